@@ -1,0 +1,120 @@
+"""Model folders: config.json + tokenizer.json + model.safetensors, and a resumable checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+
+from .config import RunConfig
+from .model import SparseGPT
+
+CONFIG, TOKENIZER, WEIGHTS, CHECKPOINT, METRICS = (
+    "config.json",
+    "tokenizer.json",
+    "model.safetensors",
+    "checkpoint.safetensors",
+    "metrics.jsonl",
+)
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"corrupt or unreadable checkpoint file {path}: {e}") from None
+    return tensors, meta
+
+
+def read_run_config(folder: Path) -> RunConfig:
+    path = Path(folder) / CONFIG
+    if not path.is_file():
+        raise CheckpointError(f"{folder} holds no {CONFIG}; is it a model folder?")
+    try:
+        return RunConfig.model_validate_json(path.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"invalid {path}: {e}") from None
+
+
+def save_model(folder: Path, model: SparseGPT) -> None:
+    _atomic_save_tensors(Path(folder) / WEIGHTS, model.state_dict(), {"format": "sparse-circuits/1"})
+
+
+def _load_state(model: SparseGPT, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise CheckpointError(f"{path} lacks weights {missing[:3]} for this config")
+    for name, t in expected.items():
+        if tensors[name].shape != t.shape:
+            raise CheckpointError(f"{path}: {name} has shape {tuple(tensors[name].shape)}, expected {tuple(t.shape)}")
+    model.load_state_dict({k: tensors[k] for k in expected})
+
+
+def load_model(folder: Path, device: str | torch.device = "cpu") -> tuple[SparseGPT, Tokenizer, RunConfig]:
+    """A trained model folder -> (model in eval mode, tokenizer, config)."""
+    folder = Path(folder)
+    run = read_run_config(folder)
+    if not (folder / WEIGHTS).is_file():
+        raise CheckpointError(f"{folder} holds no {WEIGHTS}: training did not finish (resume it with --resume)")
+    try:
+        tok = Tokenizer.from_file(str(folder / TOKENIZER))
+    except Exception as e:  # tokenizers raises plain Exception subclasses
+        raise CheckpointError(f"unreadable tokenizer {folder / TOKENIZER}: {e}") from None
+    model = SparseGPT(run.model)
+    tensors, _ = _load_tensors(folder / WEIGHTS)
+    _load_state(model, tensors, folder / WEIGHTS)
+    return model.to(device).eval(), tok, run
+
+
+def save_checkpoint(folder: Path, model: SparseGPT, opt: torch.optim.Optimizer, step: int) -> None:
+    """Weights + Adam moments + step, in one file renamed into place (never half-written)."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    state = opt.state_dict()
+    for i, s in state["state"].items():
+        for key, v in s.items():
+            tensors[f"opt.{i}.{key}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    meta = {"step": str(step), "param_groups": json.dumps(state["param_groups"])}
+    _atomic_save_tensors(Path(folder) / CHECKPOINT, tensors, meta)
+
+
+def load_checkpoint(folder: Path, model: SparseGPT, opt: torch.optim.Optimizer) -> int:
+    path = Path(folder) / CHECKPOINT
+    if not path.is_file():
+        raise CheckpointError(f"{folder} holds no {CHECKPOINT} to resume from")
+    tensors, meta = _load_tensors(path)
+    if "step" not in meta or "param_groups" not in meta:
+        raise CheckpointError(f"corrupt checkpoint file {path}: metadata lacks step/param_groups")
+    _load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    opt_state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, i, key = k.split(".", 2)
+            opt_state.setdefault(int(i), {})[key] = v
+    opt.load_state_dict({"state": opt_state, "param_groups": json.loads(meta["param_groups"])})
+    return int(meta["step"])

@@ -1,0 +1,117 @@
+"""Configuration objects for the engine. Every feature of the model and of training is a switch here."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ModelConfig(BaseModel):
+    """Shape and feature switches of the (sparse or dense) GPT."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vocab_size: int = Field(2048, ge=16, le=65536)
+    n_ctx: int = Field(128, ge=4, le=4096)
+    d_model: int = Field(256, ge=8, le=8192)
+    n_layer: int = Field(4, ge=1, le=64)
+    d_head: int = Field(16, ge=1)
+    mlp_ratio: int = Field(4, ge=1)
+    act_frac: float | None = Field(0.25, gt=0, le=1)  # AbsTopK keep fraction; None = off
+    attn_sink: bool = True
+    bigram_table: bool = True
+    pos_emb: bool = False
+    bias: bool = True
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelConfig:
+        if self.d_model % self.d_head:
+            raise ValueError(f"d_model {self.d_model} is not a multiple of d_head {self.d_head}")
+        return self
+
+    @property
+    def n_head(self) -> int:
+        return self.d_model // self.d_head
+
+    @property
+    def d_mlp(self) -> int:
+        return self.mlp_ratio * self.d_model
+
+
+class TrainConfig(BaseModel):
+    """Optimisation, sparsity schedule and data settings (PAPERS.md section 2)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(4e-3, gt=0)  # LR once fully sparse; the sharkfin factor scales it down before
+    warmup_frac: float = Field(0.01, ge=0, lt=1)
+    dense: bool = False
+    weight_density: float = Field(1 / 16, gt=0, le=1)  # kept fraction of every weight matrix
+    embed_density: float = Field(0.5, gt=0, le=1)  # embeddings, unembedding and biases
+    min_per_neuron: int = Field(4, ge=0)
+    anneal_start: float = Field(0.01, ge=0, le=1)
+    anneal_end: float = Field(0.5, ge=0, le=1)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 0.1
+    weight_decay: float = 0.1
+    grad_rms_norm: bool = True
+    bf16: bool = False
+    seed: int = 0
+    corpus: str | None = None  # None = the running interpreter's standard library
+    max_corpus_bytes: int | None = Field(None, ge=1)
+    val_percent: float = Field(10.0, gt=0, lt=100)
+    eval_every: int = Field(100, ge=1)
+    eval_batches: int = Field(8, ge=1)
+    checkpoint_every: int = Field(250, ge=1)
+
+    @model_validator(mode="after")
+    def _anneal_order(self) -> TrainConfig:
+        if self.anneal_end < self.anneal_start:
+            raise ValueError("anneal_end must not be before anneal_start")
+        return self
+
+
+class RunConfig(BaseModel):
+    """What gets written to config.json beside a checkpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = 1
+    model: ModelConfig
+    train: TrainConfig
+
+
+PRESETS: dict[str, RunConfig] = {
+    # Trains in seconds; used by the test suite.
+    "test": RunConfig(
+        model=ModelConfig(vocab_size=1024, n_ctx=64, d_model=64, n_layer=2),
+        train=TrainConfig(
+            steps=200,
+            batch_size=16,
+            lr=1e-2,
+            weight_density=1 / 4,
+            max_corpus_bytes=1_000_000,
+            eval_every=50,
+            eval_batches=2,
+            checkpoint_every=50,
+        ),
+    ),
+    # The app's default model: shape chosen by measurement (see README, "The small preset").
+    "small": RunConfig(
+        model=ModelConfig(vocab_size=2048, n_ctx=128, d_model=256, n_layer=4),
+        train=TrainConfig(steps=2000, batch_size=32, lr=4e-3, bf16=True, eval_every=100),
+    ),
+}
+
+
+def preset(name: str, *, dense: bool = False, steps: int | None = None) -> RunConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    run = PRESETS[name].model_copy(deep=True)
+    updates = {"dense": dense}
+    if steps is not None:
+        updates["steps"] = steps
+    run.train = TrainConfig.model_validate({**run.train.model_dump(), **updates})
+    return run

@@ -1,0 +1,225 @@
+"""The weight-sparse GPT (PAPERS.md section 1) with named sites.
+
+Every activation the rest of the project talks about passes through `Pass.site(name, x)`, which is the
+one place where activations are captured and edited. A node is `site[index]`, e.g. `1.mlp.post_act[7]`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+LAYER_SITES = (
+    "attn.act_in",
+    "attn.q",
+    "attn.k",
+    "attn.v",
+    "attn.resid_delta",
+    "mlp.act_in",
+    "mlp.post_act",
+    "mlp.resid_delta",
+)
+NODE_RE = re.compile(r"^(embed|final_resid|(\d+)\.(attn|mlp)\.([a-z_]+))\[(\d+)\]$")
+
+
+def node_name(site: str, index: int) -> str:
+    return f"{site}[{index}]"
+
+
+def parse_node(node: str) -> tuple[str, int]:
+    m = NODE_RE.match(node)
+    if not m:
+        raise ValueError(f"{node!r} is not a node name like '0.mlp.post_act[12]'")
+    return m.group(1), int(m.group(5))
+
+
+def site_layer(site: str) -> int | None:
+    head = site.split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k entries of largest |x| along the last axis, zero the rest."""
+    if k >= x.shape[-1]:
+        return x
+    idx = x.abs().topk(k, dim=-1, sorted=False).indices
+    return torch.zeros_like(x).scatter(-1, idx, x.gather(-1, idx))
+
+
+@dataclass
+class SiteEdit:
+    """x -> keep * x + (1 - keep) * replace + add, broadcast over (batch, position, channel).
+
+    Mean ablation: keep = node mask, replace = node means. Setting a node to v: keep 0, replace v.
+    A differentiable `keep` (e.g. a pruning mask) passes gradients through."""
+
+    keep: torch.Tensor | None = None
+    replace: torch.Tensor | None = None
+    add: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.keep is not None:
+            keep = self.keep.to(x.dtype)
+            replaced = 0.0 if self.replace is None else (1 - keep) * self.replace.to(x.dtype)
+            x = keep * x + replaced
+        elif self.replace is not None:
+            x = self.replace.to(x.dtype).expand_as(x)
+        if self.add is not None:
+            x = x + self.add.to(x.dtype)
+        return x
+
+
+class Pass:
+    """State of one forward pass: which sites to edit and which to record."""
+
+    def __init__(self, edits: dict[str, SiteEdit] | None, capture: Iterable[str]):
+        self.edits = edits or {}
+        self.capture = set(capture)
+        self.acts: dict[str, torch.Tensor] = {}
+
+    def site(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if name in self.edits:
+            x = self.edits[name](x)
+        if name in self.capture:
+            self.acts[name] = x
+        return x
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        d = cfg.d_model
+        self.norm = RMSNorm(d)
+        self.q_proj = nn.Linear(d, d, bias=cfg.bias)
+        self.k_proj = nn.Linear(d, d, bias=cfg.bias)
+        self.v_proj = nn.Linear(d, d, bias=cfg.bias)
+        self.o_proj = nn.Linear(d, d, bias=cfg.bias)
+        # The sink is an extra always-visible slot with zero key and value: only its logit is learnt.
+        self.sink = nn.Parameter(torch.zeros(cfg.n_head)) if cfg.attn_sink else None
+
+    def forward(self, x: torch.Tensor, p: Pass, topk) -> torch.Tensor:
+        B, T, _ = x.shape
+        H, Dh = self.cfg.n_head, self.cfg.d_head
+        s = f"{self.layer}.attn"
+        h = p.site(f"{s}.act_in", topk(self.norm(x)))
+        q = p.site(f"{s}.q", topk(self.q_proj(h)))
+        k = p.site(f"{s}.k", topk(self.k_proj(h)))
+        v = p.site(f"{s}.v", topk(self.v_proj(h)))
+        q, k, v = (t.view(B, T, H, Dh).transpose(1, 2) for t in (q, k, v))
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(Dh)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        att = att.masked_fill(~causal, float("-inf"))
+        if self.sink is not None:
+            sink = self.sink.to(att.dtype).view(1, H, 1, 1).expand(B, H, T, 1)
+            att = torch.cat([att, sink], dim=-1).softmax(-1)[..., :T]
+        else:
+            att = att.softmax(-1)
+        y = (att.to(v.dtype) @ v).transpose(1, 2).reshape(B, T, H * Dh)
+        return p.site(f"{s}.resid_delta", topk(self.o_proj(y)))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.norm = RMSNorm(cfg.d_model)
+        self.fc_in = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
+        self.fc_out = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
+
+    def forward(self, x: torch.Tensor, p: Pass, topk) -> torch.Tensor:
+        s = f"{self.layer}.mlp"
+        h = p.site(f"{s}.act_in", topk(self.norm(x)))
+        h = p.site(f"{s}.post_act", topk(F.gelu(self.fc_in(h))))
+        return p.site(f"{s}.resid_delta", topk(self.fc_out(h)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.attn = Attention(cfg, layer)
+        self.mlp = MLP(cfg, layer)
+
+    def forward(self, x, p: Pass, topk):
+        x = x + self.attn(x, p, topk)
+        return x + self.mlp(x, p, topk)
+
+
+class SparseGPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.wpe = nn.Embedding(cfg.n_ctx, cfg.d_model) if cfg.pos_emb else None
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.final_norm = RMSNorm(cfg.d_model)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.bias)
+        self.bigram = nn.Embedding(cfg.vocab_size, cfg.vocab_size) if cfg.bigram_table else None
+        self._init_weights()
+
+    def _init_weights(self):
+        out_std = 0.02 / math.sqrt(2 * self.cfg.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                continue
+            if name.endswith(".bias") or name.endswith("sink") or name.startswith("bigram"):
+                nn.init.zeros_(p)
+            elif name.endswith(("o_proj.weight", "fc_out.weight")):
+                nn.init.normal_(p, std=out_std)
+            else:
+                nn.init.normal_(p, std=0.02)
+
+    def site_dims(self) -> dict[str, int]:
+        c = self.cfg
+        dims = {"embed": c.d_model}
+        for i in range(c.n_layer):
+            for s in LAYER_SITES:
+                dims[f"{i}.{s}"] = c.d_mlp if s == "mlp.post_act" else c.d_model
+        dims["final_resid"] = c.d_model
+        return dims
+
+    def _topk(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.act_frac is None:
+            return x
+        return abs_topk(x, int(self.cfg.act_frac * x.shape[-1]))
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        edits: dict[str, SiteEdit] | None = None,
+        capture: Iterable[str] = (),
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits (batch, position, vocab) and the captured site activations."""
+        T = idx.shape[1]
+        if T > self.cfg.n_ctx:
+            raise ValueError(f"sequence of {T} tokens exceeds the context of {self.cfg.n_ctx}")
+        p = Pass(edits, capture)
+        x = self.wte(idx)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(T, device=idx.device))
+        x = p.site("embed", x)
+        for block in self.blocks:
+            x = block(x, p, self._topk)
+        x = p.site("final_resid", x)
+        logits = self.lm_head(self.final_norm(x))
+        if self.bigram is not None:
+            logits = logits + self.bigram(idx).to(logits.dtype)
+        return logits, p.acts

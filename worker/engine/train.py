@@ -1,0 +1,175 @@
+"""train(run, out) -> model folder. Sparse (PAPERS.md section 2) or dense with the same code."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import checkpoints as ck
+from .config import RunConfig
+from .data import encode_documents, fixed_batches, load_corpus, sample_batch, split_corpus, train_tokenizer
+from .data import load_tokenizer
+from .model import SparseGPT
+from .sparsity import density_at, l0_fraction, lr_at, project_model_, sparse_params
+
+ProgressFn = Callable[[dict], None]
+
+
+class TrainError(ValueError):
+    pass
+
+
+def autocast(enabled: bool, device: torch.device):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+@torch.no_grad()
+def evaluate_loss(model: SparseGPT, batches, bf16: bool) -> tuple[float, float]:
+    """Mean next-token loss over fixed batches, and the fraction of MLP neurons that never fired."""
+    model.eval()
+    device = next(model.parameters()).device
+    sites = [f"{i}.mlp.post_act" for i in range(model.cfg.n_layer)]
+    fired = {s: torch.zeros(model.cfg.d_mlp, dtype=torch.bool, device=device) for s in sites}
+    losses = []
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        with autocast(bf16, device):
+            logits, acts = model(x, capture=sites)
+        losses.append(F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).item())
+        for s in sites:
+            fired[s] |= (acts[s] != 0).flatten(0, 1).any(0)
+    model.train()
+    dead = sum(int((~f).sum()) for f in fired.values()) / (len(sites) * model.cfg.d_mlp)
+    return sum(losses) / len(losses), dead
+
+
+def _prepare_folder(run: RunConfig, out: Path, resume: bool) -> RunConfig:
+    if resume:
+        saved = ck.read_run_config(out)
+        if (out / ck.WEIGHTS).exists():
+            raise TrainError(f"{out} already holds a finished model; nothing to resume")
+        if not (out / ck.CHECKPOINT).exists():
+            raise TrainError(f"{out} holds no checkpoint yet; start again without --resume")
+        return saved
+    if (out / ck.CONFIG).exists():
+        raise TrainError(f"{out} already holds a training run; use --resume or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def train(
+    run: RunConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    on_progress: ProgressFn | None = None,
+    stop_after: int | None = None,
+    device: str = "cpu",
+) -> Path:
+    """Train into `out`. With resume, continue bit for bit from out's checkpoint (its config wins).
+    `stop_after` ends the run early after that many steps (an interruption, for tests and jobs)."""
+    out = Path(out)
+    fresh = not resume and not (out / ck.CONFIG).exists()
+    run = _prepare_folder(run, out, resume)
+    try:
+        return _train(run, out, resume, on_progress, stop_after, torch.device(device))
+    except BaseException:
+        if fresh and not (out / ck.CHECKPOINT).exists():
+            shutil.rmtree(out, ignore_errors=True)  # nothing resumable: leave nothing behind
+        raise
+
+
+def _train(run, out, resume, on_progress, stop_after, device) -> Path:
+    mc, tc = run.model, run.train
+    report = on_progress or (lambda _: None)
+    report({"stage": "corpus", "step": 0, "total": tc.steps})
+    docs = load_corpus(tc.corpus, tc.max_corpus_bytes)
+    train_docs, val_docs = split_corpus(docs, tc.val_percent)
+    if resume:
+        tok = load_tokenizer(out / ck.TOKENIZER)
+    else:
+        report({"stage": "tokenizer", "step": 0, "total": tc.steps})
+        tok = train_tokenizer(train_docs, mc.vocab_size)
+        tok.save(str(out / ck.TOKENIZER))
+        ck.atomic_write_text(out / ck.CONFIG, run.model_dump_json(indent=2))
+    report({"stage": "encode", "step": 0, "total": tc.steps})
+    train_stream = encode_documents(tok, train_docs)
+    val_stream = encode_documents(tok, val_docs)
+    val_batches = fixed_batches(val_stream, tc.eval_batches, tc.batch_size, mc.n_ctx, seed=tc.seed + 1)
+    train_eval_batches = fixed_batches(train_stream, tc.eval_batches, tc.batch_size, mc.n_ctx, seed=tc.seed + 2)
+
+    torch.manual_seed(tc.seed)
+    model = SparseGPT(mc).to(device)
+    opt = torch.optim.Adam(
+        model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.adam_eps, weight_decay=0.0
+    )
+    sparse = [] if tc.dense else sparse_params(model)
+    decayed = [p for n, p in model.named_parameters() if n.endswith(".weight") and "norm" not in n and not n.startswith("bigram")]
+    start = 0
+    metrics_path = out / ck.METRICS
+    if resume:
+        start = ck.load_checkpoint(out, model, opt)
+        kept = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln)["step"] <= start] if metrics_path.exists() else []
+        ck.atomic_write_text(metrics_path, "".join(ln + "\n" for ln in kept))
+    metrics = metrics_path.open("a")
+    end = tc.steps if stop_after is None else min(tc.steps, stop_after)
+    tokens_per_step = tc.batch_size * mc.n_ctx
+    report({"stage": "train", "step": start, "total": tc.steps})
+    try:
+        t0 = time.perf_counter()
+        for step in range(start, end):
+            density = 1.0 if tc.dense else density_at(step + 1, tc.steps, tc.weight_density, tc.anneal_start, tc.anneal_end)
+            embed_density = 1.0 if tc.dense else density_at(step + 1, tc.steps, tc.embed_density, tc.anneal_start, tc.anneal_end)
+            target = 1.0 if tc.dense else tc.weight_density
+            lr = lr_at(step, tc.steps, tc.lr, tc.warmup_frac, density, target)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            g = torch.Generator().manual_seed(tc.seed * 1_000_003 + step)
+            x, y = (t.to(device) for t in sample_batch(train_stream, tc.batch_size, mc.n_ctx, g))
+            with autocast(tc.bf16, device):
+                logits, _ = model(x)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_rms_norm:
+                grads = [p.grad for p in model.parameters() if p.grad is not None]
+                rms = torch.sqrt(sum(g.pow(2).sum() for g in grads) / sum(g.numel() for g in grads))
+                torch._foreach_div_(grads, rms.clamp_min(1e-12))
+            opt.step()
+            with torch.no_grad():
+                if sparse:
+                    project_model_(sparse, density, embed_density, tc.min_per_neuron)
+                torch._foreach_mul_(decayed, 1.0 - lr * tc.weight_decay)
+            done = step + 1
+            elapsed = time.perf_counter() - t0
+            rec = {
+                "step": done,
+                "loss": loss.item(),
+                "lr": lr,
+                "density": density,
+                "tokens_per_s": tokens_per_step * (done - start) / max(elapsed, 1e-9),
+            }
+            if done % tc.eval_every == 0 or done == tc.steps:
+                rec["val_loss"], rec["dead_neurons"] = evaluate_loss(model, val_batches, tc.bf16)
+                rec["train_eval_loss"], _ = evaluate_loss(model, train_eval_batches, tc.bf16)
+                rec["l0"] = l0_fraction(sparse) if sparse else 1.0
+            metrics.write(json.dumps(rec) + "\n")
+            metrics.flush()
+            if done % tc.checkpoint_every == 0 or done == end:
+                ck.save_checkpoint(out, model, opt, done)
+            report({"stage": "train", "total": tc.steps, **rec})
+    finally:
+        metrics.close()
+    if end == tc.steps:
+        ck.save_model(out, model)
+        report({"stage": "done", "step": tc.steps, "total": tc.steps})
+    return out
