@@ -100,8 +100,8 @@ PRESETS: dict[str, RunConfig] = {
     ),
     # The app's default model: shape chosen by measurement (see README, "The small preset").
     "small": RunConfig(
-        model=ModelConfig(vocab_size=2048, n_ctx=128, d_model=256, n_layer=4),
-        train=TrainConfig(steps=2000, batch_size=32, lr=4e-3, bf16=True, eval_every=100),
+        model=ModelConfig(vocab_size=2048, n_ctx=128, d_model=128, n_layer=4),
+        train=TrainConfig(steps=1200, batch_size=32, lr=4e-3, weight_density=1 / 8, eval_every=100),
     ),
 }
 

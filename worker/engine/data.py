@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 EOT = "<|endoftext|>"
+# Always whole tokens, so task completions such as "]\n" vs "]]\n" differ in their first token.
+FORCED_TOKENS = ("]]",)
 SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "__pycache__", "lib2to3"}
 
 
@@ -99,12 +101,13 @@ def train_tokenizer(docs: list[Document], vocab_size: int) -> Tokenizer:
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
+        vocab_size=vocab_size - len(FORCED_TOKENS),
         special_tokens=[EOT],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator((d.text for d in docs), trainer=trainer, length=len(docs))
+    tok.add_tokens([AddedToken(t, normalized=False) for t in FORCED_TOKENS])
     return tok
 
 

@@ -50,8 +50,9 @@ def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the k entries of largest |x| along the last axis, zero the rest."""
     if k >= x.shape[-1]:
         return x
-    idx = x.abs().topk(k, dim=-1, sorted=False).indices
-    return torch.zeros_like(x).scatter(-1, idx, x.gather(-1, idx))
+    a = x.abs()
+    threshold = a.topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+    return x * (a >= threshold)  # ties at the threshold (measure zero for floats) would keep a few more
 
 
 @dataclass

@@ -1,0 +1,176 @@
+"""Binary next-token tasks (PAPERS.md section 3): prompt pairs from real code with one edit.
+
+A task family yields *edits*: a shared context and two line prefixes, one whose correct next token is
+completion A's first token and one whose is completion B's. Prompts are the last `prompt_len` tokens, so
+every prompt of a task has the same length and both prompts of a pair end in the edited line.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from ..data import Document, is_validation, load_corpus
+
+CONTEXT_CHARS = 500  # text before the edited line that is tokenised (more than prompt_len tokens need)
+
+
+class TaskError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Edit:
+    context: str  # text before the edited line
+    tail_a: str  # edited line up to the answer, class A
+    tail_b: str  # the same with the one feature changed, class B
+    source: str  # "path:line"
+
+
+EditFn = Callable[[Document], Iterator[Edit]]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    completion_a: str
+    completion_b: str
+    edits: EditFn
+    description: str
+
+
+@dataclass
+class TaskData:
+    """A task tokenised for one model: token tensors ready for a forward pass."""
+
+    name: str
+    completion_a: str
+    completion_b: str
+    token_a: int
+    token_b: int
+    train: torch.Tensor  # (pairs, 2, prompt_len): [:, 0] expects token_a, [:, 1] expects token_b
+    test: torch.Tensor
+    sources: dict[str, list[str]] = field(default_factory=dict)
+
+    def split(self, name: str) -> torch.Tensor:
+        if name not in ("train", "test"):
+            raise TaskError(f"unknown split {name!r}; use 'train' or 'test'")
+        return self.train if name == "train" else self.test
+
+
+REGISTRY: dict[str, TaskSpec] = {}
+
+
+def register(name: str, completion_a: str, completion_b: str):
+    def wrap(fn: EditFn) -> EditFn:
+        REGISTRY[name] = TaskSpec(name, completion_a, completion_b, fn, (fn.__doc__ or "").strip())
+        return fn
+
+    return wrap
+
+
+def get_task(name: str) -> TaskSpec:
+    if name not in REGISTRY:
+        raise TaskError(f"unknown task {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+def first_tokens(tok: Tokenizer, spec: TaskSpec) -> tuple[int, int]:
+    a, b = tok.encode(spec.completion_a).ids, tok.encode(spec.completion_b).ids
+    if not a or not b or a[0] == b[0]:
+        raise TaskError(
+            f"task {spec.name}: completions {spec.completion_a!r} and {spec.completion_b!r} share their "
+            "first token under this tokenizer"
+        )
+    return a[0], b[0]
+
+
+def lines_with_context(doc: Document) -> Iterator[tuple[int, str, str]]:
+    """(line number, the line, the text before it)."""
+    offset = 0
+    for i, line in enumerate(doc.text.split("\n")):
+        yield i + 1, line, doc.text[max(0, offset - CONTEXT_CHARS) : offset]
+        offset += len(line) + 1
+
+
+def build_task(
+    spec: TaskSpec,
+    tok: Tokenizer,
+    docs: list[Document] | None = None,
+    prompt_len: int = 40,
+    max_pairs: int = 1024,
+    seed: int = 0,
+    val_percent: float = 10.0,
+) -> TaskData:
+    """Tokenise a task for a model. Test pairs come from the corpus's validation files only."""
+    token_a, token_b = first_tokens(tok, spec)
+    docs = load_corpus(None) if docs is None else docs
+    edits = [e for d in docs for e in spec.edits(d)]
+    texts = [e.context + t for e in edits for t in (e.tail_a, e.tail_b)]
+    full = [e.context + t + c for e in edits for t, c in ((e.tail_a, spec.completion_a), (e.tail_b, spec.completion_b))]
+    enc, enc_full = tok.encode_batch(texts), tok.encode_batch(full)
+    pairs: dict[str, list[tuple[list[int], list[int], str]]] = {"train": [], "test": []}
+    for j, e in enumerate(edits):
+        a, b = enc[2 * j].ids, enc[2 * j + 1].ids
+        # The answer must be the token that follows the prompt when the completion is appended.
+        fa, fb = enc_full[2 * j].ids, enc_full[2 * j + 1].ids
+        if fa[: len(a)] != a or fb[: len(b)] != b or fa[len(a)] != token_a or fb[len(b)] != token_b:
+            continue
+        if min(len(a), len(b)) < prompt_len:
+            continue
+        split = "test" if is_validation(e.source.rsplit(":", 1)[0], val_percent) else "train"
+        pairs[split].append((a[-prompt_len:], b[-prompt_len:], e.source))
+    out = {}
+    for split, items in pairs.items():
+        random.Random(f"{spec.name}/{seed}/{split}").shuffle(items)
+        items = items[:max_pairs]
+        if not items:
+            raise TaskError(f"task {spec.name}: the corpus yields no {split} pairs")
+        out[split] = items
+    return TaskData(
+        name=spec.name,
+        completion_a=spec.completion_a,
+        completion_b=spec.completion_b,
+        token_a=token_a,
+        token_b=token_b,
+        train=torch.tensor([[a, b] for a, b, _ in out["train"]]),
+        test=torch.tensor([[a, b] for a, b, _ in out["test"]]),
+        sources={s: [src for *_, src in items] for s, items in out.items()},
+    )
+
+
+def two_class_logits(logits: torch.Tensor, task: TaskData) -> torch.Tensor:
+    """Last-position logits of the two candidates: (..., 2)."""
+    return logits[..., -1, :][..., [task.token_a, task.token_b]].float()
+
+
+def pair_labels(n_pairs: int, device=None) -> torch.Tensor:
+    return torch.tensor([0, 1], device=device).repeat(n_pairs)
+
+
+def task_loss(logits2: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-prompt two-class cross-entropy (mean over prompts, not the released x2 sum over a pair)."""
+    return F.cross_entropy(logits2, labels)
+
+
+@torch.no_grad()
+def evaluate_task(model, task: TaskData, split: str = "test", batch_pairs: int = 64, edits=None) -> dict:
+    """Accuracy and mean per-prompt two-class CE of a model (optionally with site edits) on a split."""
+    prompts = task.split(split)
+    device = next(model.parameters()).device
+    losses, correct, n = 0.0, 0, 0
+    for i in range(0, len(prompts), batch_pairs):
+        chunk = prompts[i : i + batch_pairs]
+        x = chunk.flatten(0, 1).to(device)
+        logits, _ = model(x, edits=edits)
+        l2 = two_class_logits(logits, task)
+        labels = pair_labels(len(chunk), device)
+        losses += F.cross_entropy(l2, labels, reduction="sum").item()
+        correct += int((l2.argmax(-1) == labels).sum())
+        n += len(labels)
+    return {"accuracy": correct / n, "loss": losses / n, "prompts": n}
