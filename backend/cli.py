@@ -9,7 +9,9 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None
+)
 
 
 def fail(message: str) -> None:
@@ -29,8 +31,12 @@ def train(
     preset: Annotated[str, typer.Option(help="test | small")] = "small",
     dense: Annotated[bool, typer.Option("--dense", help="same architecture without weight sparsity")] = False,
     steps: Annotated[int | None, typer.Option(help="optimizer steps (default: the preset's)")] = None,
-    corpus: Annotated[str | None, typer.Option(help="directory or glob of text files (default: stdlib)")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from its checkpoint")] = False,
+    corpus: Annotated[
+        str | None, typer.Option(help="directory or glob of text files (default: stdlib)")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue the run in --out from its checkpoint")
+    ] = False,
 ) -> None:
     """Train a weight-sparse (or --dense) transformer."""
     from tqdm import tqdm
@@ -53,7 +59,11 @@ def train(
             bar = tqdm(total=rec["total"], initial=rec["step"], desc="train", unit="step", dynamic_ncols=True)
         if "loss" in rec:
             bar.update(rec["step"] - bar.n)
-            post = {"loss": f"{rec['loss']:.3f}", "L0": f"{rec['density']:.4f}", "tok/s": f"{rec['tokens_per_s']:.0f}"}
+            post = {
+                "loss": f"{rec['loss']:.3f}",
+                "L0": f"{rec['density']:.4f}",
+                "tok/s": f"{rec['tokens_per_s']:.0f}",
+            }
             if "val_loss" in rec:
                 post["val"] = f"{rec['val_loss']:.3f}"
             bar.set_postfix(post)
@@ -62,7 +72,9 @@ def train(
         if resume:
             run = read_run_config(out)
             if steps is not None and steps != run.train.steps:
-                fail(f"--steps {steps} differs from the run's {run.train.steps}; resume keeps the saved config")
+                fail(
+                    f"--steps {steps} differs from the run's {run.train.steps}; resume keeps the saved config"
+                )
         else:
             run = cfg.preset(preset, dense=dense, steps=steps)
             if corpus is not None:
@@ -99,7 +111,9 @@ def eval_tasks(
         typer.echo(json.dumps({"tasks": results}, indent=2))
     else:
         for name, r in results.items():
-            typer.echo(f"{name:24s} accuracy {r['accuracy']:.3f}  loss {r['loss']:.4f}  ({r['prompts']} prompts)")
+            typer.echo(
+                f"{name:24s} accuracy {r['accuracy']:.3f}  loss {r['loss']:.4f}  ({r['prompts']} prompts)"
+            )
 
 
 def main() -> None:

@@ -61,6 +61,14 @@ def read_run_config(folder: Path) -> RunConfig:
         raise CheckpointError(f"invalid {path}: {e}") from None
 
 
+def load_tokenizer(folder: Path) -> Tokenizer:
+    path = Path(folder) / TOKENIZER
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises plain Exception subclasses
+        raise CheckpointError(f"unreadable tokenizer {path}: {e}") from None
+
+
 def save_model(folder: Path, model: SparseGPT) -> None:
     _atomic_save_tensors(Path(folder) / WEIGHTS, model.state_dict(), {"format": "sparse-circuits/1"})
 
@@ -72,7 +80,9 @@ def _load_state(model: SparseGPT, tensors: dict[str, torch.Tensor], path: Path) 
         raise CheckpointError(f"{path} lacks weights {missing[:3]} for this config")
     for name, t in expected.items():
         if tensors[name].shape != t.shape:
-            raise CheckpointError(f"{path}: {name} has shape {tuple(tensors[name].shape)}, expected {tuple(t.shape)}")
+            raise CheckpointError(
+                f"{path}: {name} has shape {tuple(tensors[name].shape)}, expected {tuple(t.shape)}"
+            )
     model.load_state_dict({k: tensors[k] for k in expected})
 
 
@@ -81,11 +91,10 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> tuple[Sparse
     folder = Path(folder)
     run = read_run_config(folder)
     if not (folder / WEIGHTS).is_file():
-        raise CheckpointError(f"{folder} holds no {WEIGHTS}: training did not finish (resume it with --resume)")
-    try:
-        tok = Tokenizer.from_file(str(folder / TOKENIZER))
-    except Exception as e:  # tokenizers raises plain Exception subclasses
-        raise CheckpointError(f"unreadable tokenizer {folder / TOKENIZER}: {e}") from None
+        raise CheckpointError(
+            f"{folder} holds no {WEIGHTS}: training did not finish (resume it with --resume)"
+        )
+    tok = load_tokenizer(folder)
     model = SparseGPT(run.model)
     tensors, _ = _load_tensors(folder / WEIGHTS)
     _load_state(model, tensors, folder / WEIGHTS)

@@ -13,11 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoints as ck
-from .config import RunConfig
+from .config import RunConfig, TrainConfig
 from .data import encode_documents, fixed_batches, load_corpus, sample_batch, split_corpus, train_tokenizer
-from .data import load_tokenizer
 from .model import SparseGPT
-from .sparsity import density_at, l0_fraction, lr_at, project_model_, sparse_params
+from .sparsity import SparseParam, density_at, l0_fraction, lr_at, project_model_, sparse_params
 
 ProgressFn = Callable[[dict], None]
 
@@ -88,75 +87,114 @@ def train(
         raise
 
 
-def _train(run, out, resume, on_progress, stop_after, device) -> Path:
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records written after the checkpoint a resumed run starts from."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    ck.atomic_write_text(path, "".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= step))
+
+
+def _grad_rms_normalise_(model: SparseGPT) -> None:
+    """Scale the whole gradient (all parameters together) to RMS 1."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    rms = torch.sqrt(sum(g.pow(2).sum() for g in grads) / sum(g.numel() for g in grads))
+    torch._foreach_div_(grads, rms.clamp_min(1e-12))
+
+
+def optimizer_step(
+    model: SparseGPT,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    tc: TrainConfig,
+    sparse: list[SparseParam],
+    density: float = 1.0,
+    embed_density: float = 1.0,
+) -> torch.Tensor:
+    """One step: loss, gradient RMS normalisation, Adam, top-k projection, decoupled weight decay."""
+    with autocast(tc.bf16, x.device):
+        logits, _ = model(x)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if tc.grad_rms_norm:
+        _grad_rms_normalise_(model)
+    opt.step()
+    with torch.no_grad():
+        if sparse:
+            project_model_(sparse, density, embed_density, tc.min_per_neuron)
+        decayed = [p for n, p in model.named_parameters() if _decays(n)]
+        torch._foreach_mul_(decayed, 1.0 - opt.param_groups[0]["lr"] * tc.weight_decay)
+    return loss.detach()
+
+
+def _densities(tc: TrainConfig, done: int) -> tuple[float, float]:
+    """Kept fraction of matrices and of embeddings/biases after `done` steps."""
+    if tc.dense:
+        return 1.0, 1.0
+    return tuple(
+        density_at(done, tc.steps, d, tc.anneal_start, tc.anneal_end)
+        for d in (tc.weight_density, tc.embed_density)
+    )
+
+
+def _decays(name: str) -> bool:
+    """Weight decay on matrices and embeddings; not on biases, norm gains, sinks or the bigram table."""
+    return name.endswith(".weight") and "norm" not in name and name != "bigram.weight"
+
+
+def _train(run: RunConfig, out: Path, resume: bool, on_progress, stop_after, device) -> Path:
     mc, tc = run.model, run.train
     report = on_progress or (lambda _: None)
-    report({"stage": "corpus", "step": 0, "total": tc.steps})
-    docs = load_corpus(tc.corpus, tc.max_corpus_bytes)
-    train_docs, val_docs = split_corpus(docs, tc.val_percent)
-    if resume:
-        tok = load_tokenizer(out / ck.TOKENIZER)
-    else:
-        report({"stage": "tokenizer", "step": 0, "total": tc.steps})
-        tok = train_tokenizer(train_docs, mc.vocab_size)
-        tok.save(str(out / ck.TOKENIZER))
-        ck.atomic_write_text(out / ck.CONFIG, run.model_dump_json(indent=2))
-    report({"stage": "encode", "step": 0, "total": tc.steps})
-    train_stream = encode_documents(tok, train_docs)
-    val_stream = encode_documents(tok, val_docs)
-    val_batches = fixed_batches(val_stream, tc.eval_batches, tc.batch_size, mc.n_ctx, seed=tc.seed + 1)
-    train_eval_batches = fixed_batches(train_stream, tc.eval_batches, tc.batch_size, mc.n_ctx, seed=tc.seed + 2)
-
     torch.manual_seed(tc.seed)
     model = SparseGPT(mc).to(device)
     opt = torch.optim.Adam(
         model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.adam_eps, weight_decay=0.0
     )
     sparse = [] if tc.dense else sparse_params(model)
-    decayed = [p for n, p in model.named_parameters() if n.endswith(".weight") and "norm" not in n and not n.startswith("bigram")]
-    start = 0
+    start = ck.load_checkpoint(out, model, opt) if resume else 0
+
+    report({"stage": "corpus", "step": start, "total": tc.steps})
+    train_docs, val_docs = split_corpus(load_corpus(tc.corpus, tc.max_corpus_bytes), tc.val_percent)
+    if resume:
+        tok = ck.load_tokenizer(out)
+    else:
+        report({"stage": "tokenizer", "step": 0, "total": tc.steps})
+        tok = train_tokenizer(train_docs, mc.vocab_size)
+        tok.save(str(out / ck.TOKENIZER))
+        ck.atomic_write_text(out / ck.CONFIG, run.model_dump_json(indent=2))
+    report({"stage": "encode", "step": start, "total": tc.steps})
+    train_stream, val_stream = encode_documents(tok, train_docs), encode_documents(tok, val_docs)
+    val_batches = fixed_batches(val_stream, tc.eval_batches, tc.batch_size, mc.n_ctx, seed=tc.seed + 1)
+    train_eval_batches = fixed_batches(
+        train_stream, tc.eval_batches, tc.batch_size, mc.n_ctx, seed=tc.seed + 2
+    )
+
     metrics_path = out / ck.METRICS
     if resume:
-        start = ck.load_checkpoint(out, model, opt)
-        kept = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln)["step"] <= start] if metrics_path.exists() else []
-        ck.atomic_write_text(metrics_path, "".join(ln + "\n" for ln in kept))
-    metrics = metrics_path.open("a")
+        _truncate_metrics(metrics_path, start)
     end = tc.steps if stop_after is None else min(tc.steps, stop_after)
+    target = 1.0 if tc.dense else tc.weight_density
     tokens_per_step = tc.batch_size * mc.n_ctx
     report({"stage": "train", "step": start, "total": tc.steps})
-    try:
-        t0 = time.perf_counter()
+    t0 = time.perf_counter()
+    with metrics_path.open("a") as metrics:
         for step in range(start, end):
-            density = 1.0 if tc.dense else density_at(step + 1, tc.steps, tc.weight_density, tc.anneal_start, tc.anneal_end)
-            embed_density = 1.0 if tc.dense else density_at(step + 1, tc.steps, tc.embed_density, tc.anneal_start, tc.anneal_end)
-            target = 1.0 if tc.dense else tc.weight_density
+            done = step + 1
+            density, embed_density = _densities(tc, done)
             lr = lr_at(step, tc.steps, tc.lr, tc.warmup_frac, density, target)
             for group in opt.param_groups:
                 group["lr"] = lr
+            # The batch depends only on (seed, step), so a resumed run sees the same data.
             g = torch.Generator().manual_seed(tc.seed * 1_000_003 + step)
             x, y = (t.to(device) for t in sample_batch(train_stream, tc.batch_size, mc.n_ctx, g))
-            with autocast(tc.bf16, device):
-                logits, _ = model(x)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_rms_norm:
-                grads = [p.grad for p in model.parameters() if p.grad is not None]
-                rms = torch.sqrt(sum(g.pow(2).sum() for g in grads) / sum(g.numel() for g in grads))
-                torch._foreach_div_(grads, rms.clamp_min(1e-12))
-            opt.step()
-            with torch.no_grad():
-                if sparse:
-                    project_model_(sparse, density, embed_density, tc.min_per_neuron)
-                torch._foreach_mul_(decayed, 1.0 - lr * tc.weight_decay)
-            done = step + 1
-            elapsed = time.perf_counter() - t0
+            loss = optimizer_step(model, opt, x, y, tc, sparse, density, embed_density)
+
             rec = {
                 "step": done,
                 "loss": loss.item(),
                 "lr": lr,
                 "density": density,
-                "tokens_per_s": tokens_per_step * (done - start) / max(elapsed, 1e-9),
+                "tokens_per_s": tokens_per_step * (done - start) / max(time.perf_counter() - t0, 1e-9),
             }
             if done % tc.eval_every == 0 or done == tc.steps:
                 rec["val_loss"], rec["dead_neurons"] = evaluate_loss(model, val_batches, tc.bf16)
@@ -167,8 +205,6 @@ def _train(run, out, resume, on_progress, stop_after, device) -> Path:
             if done % tc.checkpoint_every == 0 or done == end:
                 ck.save_checkpoint(out, model, opt, done)
             report({"stage": "train", "total": tc.steps, **rec})
-    finally:
-        metrics.close()
     if end == tc.steps:
         ck.save_model(out, model)
         report({"stage": "done", "step": tc.steps, "total": tc.steps})

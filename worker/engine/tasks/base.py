@@ -112,7 +112,11 @@ def build_task(
     docs = load_corpus(None) if docs is None else docs
     edits = [e for d in docs for e in spec.edits(d)]
     texts = [e.context + t for e in edits for t in (e.tail_a, e.tail_b)]
-    full = [e.context + t + c for e in edits for t, c in ((e.tail_a, spec.completion_a), (e.tail_b, spec.completion_b))]
+    full = [
+        e.context + t + c
+        for e in edits
+        for t, c in ((e.tail_a, spec.completion_a), (e.tail_b, spec.completion_b))
+    ]
     enc, enc_full = tok.encode_batch(texts), tok.encode_batch(full)
     pairs: dict[str, list[tuple[list[int], list[int], str]]] = {"train": [], "test": []}
     for j, e in enumerate(edits):
@@ -121,8 +125,8 @@ def build_task(
         fa, fb = enc_full[2 * j].ids, enc_full[2 * j + 1].ids
         if fa[: len(a)] != a or fb[: len(b)] != b or fa[len(a)] != token_a or fb[len(b)] != token_b:
             continue
-        if min(len(a), len(b)) < prompt_len:
-            continue
+        if min(len(a), len(b)) < prompt_len or a[-prompt_len:] == b[-prompt_len:]:
+            continue  # too little context, or the edit fell outside the window
         split = "test" if is_validation(e.source.rsplit(":", 1)[0], val_percent) else "train"
         pairs[split].append((a[-prompt_len:], b[-prompt_len:], e.source))
     out = {}

@@ -5,7 +5,9 @@ import re
 from .base import Edit, lines_with_context, register
 
 # A list literal that ends its line and is not an index (preceded by `=`, `(`, `return`, `in`, `:` ...).
-FLAT_LIST_AT_EOL = re.compile(r"^(?P<head>[^\[\]#\n]*(?:[=(:,]|return|yield|in)\s*)\[(?P<body>[^\[\]#\n]+)\]\s*$")
+FLAT_LIST_AT_EOL = re.compile(
+    r"^(?P<head>[^\[\]#\n]*(?:[=(:,]|return|yield|in)\s*)\[(?P<body>[^\[\]#\n]+)\]\s*$"
+)
 
 
 @register("bracket_counting", "]\n", "]]\n")

@@ -11,7 +11,11 @@ LINES_PER_FILE = 8
 
 def indented_lines(doc):
     """Statement lines inside a block, a deterministic sample per file: places to insert a line."""
-    found = [(n, m["indent"], ctx) for n, line, ctx in lines_with_context(doc) if (m := INDENTED_STATEMENT.match(line))]
+    found = [
+        (n, m["indent"], ctx)
+        for n, line, ctx in lines_with_context(doc)
+        if (m := INDENTED_STATEMENT.match(line))
+    ]
     random.Random(doc.path).shuffle(found)
     return found[:LINES_PER_FILE]
 

@@ -4,7 +4,9 @@ import re
 
 from .base import Edit, lines_with_context, register
 
-CALL_WITH_STRING = re.compile(r"""^(?P<head>[^"'#\n]*\()(?P<q>["'])(?P<body>[A-Za-z0-9 _,.:%=-]*[A-Za-z0-9])(?P=q)\)\s*$""")
+CALL_WITH_STRING = re.compile(
+    r"""^(?P<head>[^"'#\n]*\()(?P<q>["'])(?P<body>[A-Za-z0-9 _,.:%=-]*[A-Za-z0-9])(?P=q)\)\s*$"""
+)
 
 
 @register("single_double_quote", '")', "')")
