@@ -116,6 +116,67 @@ def eval_tasks(
             )
 
 
+class FractionBar:
+    """A tqdm bar driven by (fraction, message) progress callbacks."""
+
+    def __init__(self, desc: str):
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=1000, desc=desc, dynamic_ncols=True, bar_format="{l_bar}{bar}| {elapsed} {postfix}"
+        )
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self.bar.update(int(fraction * 1000) - self.bar.n)
+        self.bar.set_postfix_str(message)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@app.command()
+def prune(
+    model: Annotated[Path, typer.Option(help="trained model folder")],
+    task: Annotated[str, typer.Option(help="task name (see eval-tasks)")],
+    out: Annotated[Path, typer.Option(help="circuit JSON file to write")],
+    target_loss: Annotated[float, typer.Option(help="per-prompt two-class CE the circuit must reach")] = 0.15,
+    runs: Annotated[int, typer.Option(help="hyper-parameter search runs")] = 4,
+    steps: Annotated[int, typer.Option(help="mask optimisation steps per run")] = 150,
+    validate: Annotated[bool, typer.Option("--validate", help="also run the controls")] = False,
+) -> None:
+    """Prune a model to the smallest circuit that does a task."""
+    from worker.engine.ablation import load_or_compute_means
+    from worker.engine.checkpoints import atomic_write_text, load_model
+    from worker.engine.prune import PruneConfig, find_circuit
+    from worker.engine.prune import validate as validate_circuit
+    from worker.engine.tasks import build_task, get_task
+
+    bar = None
+    try:
+        cfg = PruneConfig(target_loss=target_loss, runs=runs, steps=steps)
+        spec = get_task(task)
+        net, tok, run = load_model(model)
+        data = build_task(spec, tok)
+        means = load_or_compute_means(model, net, tok, run)
+        bar = FractionBar(f"prune {task}")
+        circuit = find_circuit(net, data, means, cfg, str(model), bar)
+        if validate:
+            bar(1.0, "controls")
+            circuit.validation = validate_circuit(net, data, means, circuit, cfg)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, json.dumps(circuit.to_json(), indent=1))
+    except _user_errors() as e:
+        fail(str(e).splitlines()[0])
+    finally:
+        if bar is not None:
+            bar.close()
+    losses = circuit.losses
+    typer.echo(
+        f"{task}: {len(circuit.nodes)} nodes, {len(circuit.edges)} edges; loss full {losses['full']:.3f} "
+        f"circuit {losses['circuit']:.3f} ablated {losses['ablated']:.3f} -> {out}"
+    )
+
+
 def main() -> None:
     app(prog_name="circuits")
 

@@ -1,0 +1,126 @@
+"""Circuit / Node / Edge: the kept nodes of a pruned model, edges read off its weights, JSON form.
+
+JSON schema (version 1), top-level keys:
+  schema_version  1
+  task, model     task name; model reference (folder or id)
+  target_loss     the bisection target (per-prompt two-class CE)
+  nodes           [{name, site, layer, index, tau}]  name = "site[index]", largest tau first
+  edges           [{src, dst, weight, kind}]  kind: "weight" (a nonzero matrix entry), "residual"
+                  (a write channel to the same-index read channel later on; weight = reader's norm
+                  gain) or "qk" (a key channel and the query channel it is dotted with; weight 1)
+  losses          {full, circuit, ablated, circuit_uncalibrated}: mean per-prompt CE on the test split
+  calibration     {scale, shift} on the two-class logit difference
+  curve           [{k, loss}]  calibrated test loss of the top-k nodes by tau
+  runs            the hyper-parameter search, one record per run
+  validation      optional: controls (random circuit, shuffled labels)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .model import SparseGPT, node_name, parse_node, site_layer
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class Node:
+    name: str
+    site: str
+    layer: int
+    index: int
+    tau: float
+
+
+@dataclass
+class Edge:
+    src: str
+    dst: str
+    weight: float
+    kind: str
+
+
+@dataclass
+class Circuit:
+    task: str
+    model: str
+    target_loss: float
+    nodes: list[Node]
+    edges: list[Edge]
+    losses: dict[str, float]
+    calibration: dict[str, float]
+    curve: list[dict]
+    runs: list[dict] = field(default_factory=list)
+    validation: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"schema_version": SCHEMA_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Circuit:
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"circuit schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
+        body = {k: v for k, v in data.items() if k != "schema_version"}
+        body["nodes"] = [Node(**n) for n in body["nodes"]]
+        body["edges"] = [Edge(**e) for e in body["edges"]]
+        return cls(**body)
+
+
+def _by_site(nodes: list[str]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for n in nodes:
+        site, idx = parse_node(n)
+        out.setdefault(site, []).append(idx)
+    return {s: sorted(v) for s, v in out.items()}
+
+
+def _matrix_edges(w: torch.Tensor, src: str, dst: str, kept: dict[str, list[int]]) -> list[Edge]:
+    """Edges src[i] -> dst[j] for nonzero w[j, i] (torch Linear layout: out x in)."""
+    ins, outs = kept.get(src, []), kept.get(dst, [])
+    if not ins or not outs:
+        return []
+    sub = w[outs][:, ins]
+    return [
+        Edge(node_name(src, ins[i]), node_name(dst, outs[j]), float(sub[j, i]), "weight")
+        for j, i in sub.nonzero().tolist()
+    ]
+
+
+@torch.no_grad()
+def edges_from_weights(model: SparseGPT, nodes: list[str]) -> list[Edge]:
+    kept = _by_site(nodes)
+    edges: list[Edge] = []
+    readers = []  # (forward position, site, norm gain) of every residual read
+    writers = []  # (forward position, site)
+    for layer, block in enumerate(model.blocks):
+        a, m = f"{layer}.attn", f"{layer}.mlp"
+        for name in "qkv":
+            proj = getattr(block.attn, f"{name}_proj").weight
+            edges += _matrix_edges(proj, f"{a}.act_in", f"{a}.{name}", kept)
+        for c in sorted(set(kept.get(f"{a}.q", [])) & set(kept.get(f"{a}.k", []))):
+            edges.append(Edge(node_name(f"{a}.k", c), node_name(f"{a}.q", c), 1.0, "qk"))
+        edges += _matrix_edges(block.attn.o_proj.weight, f"{a}.v", f"{a}.resid_delta", kept)
+        edges += _matrix_edges(block.mlp.fc_in.weight, f"{m}.act_in", f"{m}.post_act", kept)
+        edges += _matrix_edges(block.mlp.fc_out.weight, f"{m}.post_act", f"{m}.resid_delta", kept)
+        readers += [
+            (2 * layer, f"{a}.act_in", block.attn.norm.weight),
+            (2 * layer + 1, f"{m}.act_in", block.mlp.norm.weight),
+        ]
+        writers += [(2 * layer, f"{a}.resid_delta"), (2 * layer + 1, f"{m}.resid_delta")]
+    for wpos, wsite in writers:
+        for rpos, rsite, gain in readers:
+            if rpos > wpos:
+                for c in sorted(set(kept.get(wsite, [])) & set(kept.get(rsite, []))):
+                    edges.append(Edge(node_name(wsite, c), node_name(rsite, c), float(gain[c]), "residual"))
+    return edges
+
+
+def make_nodes(names: list[str], tau: dict[str, float]) -> list[Node]:
+    out = []
+    for n in names:
+        site, idx = parse_node(n)
+        out.append(Node(n, site, site_layer(site), idx, tau[n]))
+    return out

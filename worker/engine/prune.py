@@ -1,0 +1,319 @@
+"""Learned node masks -> the smallest circuit that does a task (PAPERS.md section 4).
+
+One mask logit tau per node at every site of every layer, clamped to [-1, 1]. The forward pass uses
+Heaviside(tau) (masked nodes are mean-ablated); the backward pass uses the gradient of sigmoid(tau / T).
+Objective: two-class task CE + k_coef * (number of active nodes). Then bisection on the number of kept
+nodes (largest tau first) for the smallest circuit whose calibrated task loss <= target.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from .ablation import ablation_edits, prunable_sites, shuffled_labels
+from .circuit import Circuit, edges_from_weights, make_nodes
+from .model import SparseGPT, node_name
+from .tasks.base import TaskData, pair_labels, two_class_logits
+
+
+class PruneConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target_loss: float = Field(0.15, gt=0)
+    k_coef: float = Field(1e-4, gt=0)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-3, ge=0)
+    beta2: float = Field(0.95, gt=0, lt=1)
+    temperature: float = Field(1.0, gt=0)
+    steps: int = Field(150, ge=1, le=100_000)
+    batch_pairs: int = Field(64, ge=1)
+    eval_pairs: int = Field(256, ge=1)
+    init_mean: float = 0.1
+    init_std: float = 0.01
+    runs: int = Field(4, ge=1, le=256)  # hyper-parameter search around the centre
+    seed: int = 0
+
+
+class NodeMasks(torch.nn.Module):
+    """All mask logits in one flat tensor; `slices` maps a site to its range."""
+
+    def __init__(self, site_dims: dict[str, int], mean: float, std: float, generator: torch.Generator):
+        super().__init__()
+        self.slices, start = {}, 0
+        for site, dim in site_dims.items():
+            self.slices[site] = (start, start + dim)
+            start += dim
+        self.tau = torch.nn.Parameter(mean + std * torch.randn(start, generator=generator))
+
+    def keep(self, temperature: float) -> torch.Tensor:
+        """Heaviside forward, sigmoid-surrogate backward."""
+        hard = (self.tau > 0).float()
+        soft = torch.sigmoid(self.tau / temperature)
+        return hard + soft - soft.detach()
+
+    def by_site(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {s: flat[a:b] for s, (a, b) in self.slices.items()}
+
+    def node(self, flat_index: int) -> str:
+        for site, (a, b) in self.slices.items():
+            if a <= flat_index < b:
+                return node_name(site, flat_index - a)
+        raise IndexError(flat_index)
+
+
+def calibrate(logits2: torch.Tensor, labels: torch.Tensor, steps: int = 16) -> tuple[float, float]:
+    """Scale and shift of the two-class logit difference that minimise CE (LBFGS)."""
+    d = (logits2[:, 0] - logits2[:, 1]).detach()
+    params = torch.tensor([1.0, 0.0], requires_grad=True)
+    opt = torch.optim.LBFGS([params], max_iter=steps, line_search_fn="strong_wolfe")
+    sign = 1 - 2 * labels.float()  # +1 when A is right
+
+    def closure():
+        opt.zero_grad()
+        loss = F.softplus(-sign * (params[0] * d + params[1])).mean()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    scale, shift = params.detach().tolist()
+    if not (math.isfinite(scale) and math.isfinite(shift)):
+        return 1.0, 0.0
+    return scale, shift
+
+
+def calibrated_loss(logits2: torch.Tensor, labels: torch.Tensor, scale: float, shift: float) -> float:
+    d = scale * (logits2[:, 0] - logits2[:, 1]) + shift
+    return F.softplus(-(1 - 2 * labels.float()) * d).mean().item()
+
+
+@torch.no_grad()
+def task_logits(model: SparseGPT, task: TaskData, prompts: torch.Tensor, keep_flat, masks, means, chunk=128):
+    """Two-class logits of every prompt (pairs flattened) with nodes outside keep mean-ablated."""
+    edits = None if keep_flat is None else ablation_edits(masks.by_site(keep_flat), means)
+    out = []
+    for i in range(0, len(prompts), chunk):
+        logits, _ = model(prompts[i : i + chunk].flatten(0, 1), edits=edits)
+        out.append(two_class_logits(logits, task))
+    return torch.cat(out)
+
+
+@dataclass
+class SearchRun:
+    k_coef: float
+    lr: float
+    nodes_active: int  # tau > 0 after training
+    nodes: int  # after bisection
+    loss: float  # calibrated train-split loss of the bisected circuit
+    reached_target: bool
+
+
+@dataclass
+class PruneResult:
+    order: list[int]  # flat node indices, largest tau first
+    tau: torch.Tensor
+    k: int
+    scale: float
+    shift: float
+    masks: NodeMasks
+    runs: list[SearchRun] = field(default_factory=list)
+
+
+def learn_masks(model, task, means, cfg: PruneConfig, k_coef: float, lr: float, seed: int, progress=None):
+    g = torch.Generator().manual_seed(seed)
+    sites = prunable_sites(model)
+    dims = model.site_dims()
+    masks = NodeMasks({s: dims[s] for s in sites}, cfg.init_mean, cfg.init_std, g)
+    opt = torch.optim.AdamW(masks.parameters(), lr=lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay)
+    train = task.train
+    for step in range(cfg.steps):
+        idx = torch.randint(0, len(train), (min(cfg.batch_pairs, len(train)),), generator=g)
+        keep = masks.keep(cfg.temperature)
+        logits, _ = model(train[idx].flatten(0, 1), edits=ablation_edits(masks.by_site(keep), means))
+        loss = F.cross_entropy(two_class_logits(logits, task), pair_labels(len(idx))) + k_coef * keep.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            masks.tau.clamp_(-1, 1)
+        if progress:
+            progress(step + 1, cfg.steps)
+    return masks
+
+
+def bisect_nodes(model, task, means, masks: NodeMasks, order: list[int], hi: int, target: float, prompts):
+    """Smallest k (top-k nodes by tau) whose calibrated loss <= target; (k, loss, scale, shift)."""
+    labels = pair_labels(len(prompts))
+    cache: dict[int, tuple[float, float, float]] = {}
+
+    def evaluate(k: int):
+        if k not in cache:
+            keep = torch.zeros(masks.tau.numel())
+            keep[order[:k]] = 1
+            l2 = task_logits(model, task, prompts, keep, masks, means)
+            scale, shift = calibrate(l2, labels)
+            cache[k] = (calibrated_loss(l2, labels, scale, shift), scale, shift)
+        return cache[k]
+
+    if evaluate(hi)[0] > target:
+        hi = len(order)  # the learnt set misses the target: allow every node
+        if evaluate(hi)[0] > target:
+            return (hi, *evaluate(hi))
+    lo = 0
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if evaluate(mid)[0] <= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return (hi, *evaluate(hi))
+
+
+def search_grid(runs: int) -> list[tuple[float, float]]:
+    """Multipliers of (k_coef, lr) around the centre: the centre first, then widening."""
+    ks = [1, 2, 0.5, 4, 0.25, 8, 0.125, 16]
+    lrs = [1, 3, 1 / 3, 10]
+    grid = sorted(itertools.product(ks, lrs), key=lambda p: (abs(math.log(p[0])) + abs(math.log(p[1])), p))
+    return [grid[i % len(grid)] for i in range(runs)]
+
+
+def prune(
+    model: SparseGPT,
+    task: TaskData,
+    means: dict[str, torch.Tensor],
+    cfg: PruneConfig,
+    on_progress: Callable[[float, str], None] | None = None,
+) -> PruneResult:
+    """Search over `cfg.runs` hyper-parameter settings; keep the smallest circuit that meets the target."""
+    model.eval().requires_grad_(False)
+    report = on_progress or (lambda f, m: None)
+    prompts = task.train[: cfg.eval_pairs]
+    best: PruneResult | None = None
+    best_key = None
+    runs: list[SearchRun] = []
+    for r, (km, lm) in enumerate(search_grid(cfg.runs)):
+        k_coef, lr = cfg.k_coef * km, cfg.lr * lm
+
+        def progress(step, total, r=r):
+            report((r + step / total) / cfg.runs, f"run {r + 1}/{cfg.runs}: mask step {step}/{total}")
+
+        masks = learn_masks(model, task, means, cfg, k_coef, lr, cfg.seed + r, progress)
+        tau = masks.tau.detach().clone()
+        order = torch.argsort(tau, descending=True, stable=True).tolist()
+        active = int((tau > 0).sum())
+        target = cfg.target_loss
+        k, loss, scale, shift = bisect_nodes(model, task, means, masks, order, active, target, prompts)
+        runs.append(SearchRun(k_coef, lr, active, k, loss, loss <= cfg.target_loss))
+        key = (runs[-1].reached_target, -k, -loss)  # meets the target, then fewest nodes, then lowest loss
+        if best is None or key > best_key:
+            best, best_key = PruneResult(order, tau, k, scale, shift, masks), key
+    best.runs = runs
+    report(1.0, "done")
+    return best
+
+
+def keep_top(masks: NodeMasks, order: list[int], k: int) -> torch.Tensor:
+    keep = torch.zeros(masks.tau.numel())
+    keep[order[:k]] = 1
+    return keep
+
+
+def ce(logits2: torch.Tensor, labels: torch.Tensor) -> float:
+    return F.cross_entropy(logits2, labels).item()
+
+
+def circuit_losses(model, task: TaskData, means, masks: NodeMasks, keep: torch.Tensor, scale, shift) -> dict:
+    """Test-split losses: full model, circuit alone (calibrated and not), circuit's nodes ablated."""
+    test = task.test
+    labels = pair_labels(len(test))
+    circuit = task_logits(model, task, test, keep, masks, means)
+    return {
+        "full": ce(task_logits(model, task, test, None, masks, means), labels),
+        "circuit": calibrated_loss(circuit, labels, scale, shift),
+        "circuit_uncalibrated": ce(circuit, labels),
+        "ablated": ce(task_logits(model, task, test, 1 - keep, masks, means), labels),
+    }
+
+
+def loss_curve(
+    model, task: TaskData, means, masks: NodeMasks, order: list[int], k_max: int, points: int = 12
+):
+    """Calibrated test loss of the top-k circuit for k on a geometric grid (calibration fitted on train)."""
+    ks = sorted({int(round(k_max ** (i / (points - 1)))) for i in range(points)} | {0})
+    train, test = task.train[:128], task.test
+    out = []
+    for k in ks:
+        keep = keep_top(masks, order, k)
+        scale, shift = calibrate(task_logits(model, task, train, keep, masks, means), pair_labels(len(train)))
+        test_logits = task_logits(model, task, test, keep, masks, means)
+        out.append({"k": k, "loss": calibrated_loss(test_logits, pair_labels(len(test)), scale, shift)})
+    return out
+
+
+def find_circuit(model, task: TaskData, means, cfg: PruneConfig, model_ref: str, on_progress=None) -> Circuit:
+    """prune() -> a Circuit with edges, test losses and the loss-vs-k curve."""
+    report = on_progress or (lambda f, m: None)
+    result = prune(model, task, means, cfg, lambda f, m: report(0.9 * f, m))
+    masks, order, k = result.masks, result.order, result.k
+    report(0.9, "losses and loss-vs-k curve")
+    keep = keep_top(masks, order, k)
+    names = [masks.node(i) for i in order[:k]]
+    tau = {masks.node(i): float(result.tau[i]) for i in order[:k]}
+    active = max(k, int((result.tau > 0).sum()))
+    circuit = Circuit(
+        task=task.name,
+        model=model_ref,
+        target_loss=cfg.target_loss,
+        nodes=make_nodes(names, tau),
+        edges=edges_from_weights(model, names),
+        losses=circuit_losses(model, task, means, masks, keep, result.scale, result.shift),
+        calibration={"scale": result.scale, "shift": result.shift},
+        curve=loss_curve(model, task, means, masks, order, min(len(order), max(2 * active, 4))),
+        runs=[asdict(r) for r in result.runs],
+    )
+    report(1.0, "done")
+    return circuit
+
+
+def random_control(model, task: TaskData, means, circuit: Circuit, draws: int = 3, seed: int = 0) -> dict:
+    """Circuits of the same size drawn at random (same number of nodes per site): calibrated test loss."""
+    dims = {s: d for s, d in model.site_dims().items() if s in prunable_sites(model)}
+    masks = NodeMasks(dims, 0.0, 0.0, torch.Generator())
+    per_site: dict[str, int] = {}
+    for n in circuit.nodes:
+        per_site[n.site] = per_site.get(n.site, 0) + 1
+    g = torch.Generator().manual_seed(seed)
+    train, test = task.train[:128], task.test
+    losses = []
+    for _ in range(draws):
+        keep = torch.zeros(masks.tau.numel())
+        for site, count in per_site.items():
+            a, b = masks.slices[site]
+            keep[a + torch.randperm(b - a, generator=g)[:count]] = 1
+        scale, shift = calibrate(task_logits(model, task, train, keep, masks, means), pair_labels(len(train)))
+        test_logits = task_logits(model, task, test, keep, masks, means)
+        losses.append(calibrated_loss(test_logits, pair_labels(len(test)), scale, shift))
+    return {"nodes": len(circuit.nodes), "losses": losses, "mean_loss": sum(losses) / len(losses)}
+
+
+def validate(model, task: TaskData, means, circuit: Circuit, cfg: PruneConfig) -> dict:
+    """Necessity and sufficiency (from the circuit's losses), a random circuit of equal size, and the
+    same pruning on a shuffled-label control task (a faithful method should find nothing small)."""
+    control = find_circuit(model, shuffled_labels(task, cfg.seed), means, cfg, circuit.model)
+    return {
+        "necessity_ablated_loss": circuit.losses["ablated"],
+        "sufficiency_circuit_loss": circuit.losses["circuit"],
+        "random_circuit": random_control(model, task, means, circuit),
+        "shuffled_labels": {
+            "nodes": len(control.nodes),
+            "edges": len(control.edges),
+            "circuit_loss": control.losses["circuit"],
+            "reached_target": control.losses["circuit"] <= cfg.target_loss,
+        },
+    }
