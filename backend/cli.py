@@ -25,6 +25,16 @@ def _user_errors():
     return (ValueError, ValidationError, OSError)
 
 
+def describe(e: Exception) -> str:
+    """One line naming the problem; pydantic errors name the offending field."""
+    from pydantic import ValidationError
+
+    if isinstance(e, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 @app.command()
 def train(
     out: Annotated[Path, typer.Option(help="folder for the checkpoint, tokenizer and metrics")],
@@ -81,7 +91,7 @@ def train(
                 run.train = run.train.model_copy(update={"corpus": corpus})
         run_training(run, out, resume=resume, on_progress=progress)
     except _user_errors() as e:
-        fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        fail(describe(e))
     finally:
         if bar is not None:
             bar.close()
@@ -106,7 +116,7 @@ def eval_tasks(
         docs = load_corpus(None)
         results = {s.name: evaluate_task(net, build_task(s, tok, docs)) for s in specs}
     except _user_errors() as e:
-        fail(str(e))
+        fail(describe(e))
     if as_json:
         typer.echo(json.dumps({"tasks": results}, indent=2))
     else:
@@ -166,7 +176,7 @@ def prune(
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, json.dumps(circuit.to_json(), indent=1))
     except _user_errors() as e:
-        fail(str(e).splitlines()[0])
+        fail(describe(e))
     finally:
         if bar is not None:
             bar.close()

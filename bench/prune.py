@@ -1,0 +1,47 @@
+"""Pruning cost and quality: seconds per task and runs used with the default budget, and the circuit
+size it reaches against a wider search (ratio), measured in one run.
+
+    python bench/prune.py --model data/models/small [--tasks a,b] [--wide-runs 64]"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from worker.engine.ablation import load_or_compute_means
+from worker.engine.checkpoints import load_model
+from worker.engine.prune import PruneConfig, find_circuit
+from worker.engine.tasks import build_task, get_task
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--tasks", default="single_double_quote")
+    ap.add_argument("--wide-runs", type=int, default=64)
+    args = ap.parse_args()
+    model, tok, run = load_model(args.model)
+    means = load_or_compute_means(args.model, model, tok, run)
+    for name in args.tasks.split(","):
+        task = build_task(get_task(name), tok)
+        rows = {}
+        for label, cfg in (("default", PruneConfig()), ("wide", PruneConfig(runs=args.wide_runs))):
+            t0 = time.perf_counter()
+            c = find_circuit(model, task, means, cfg, args.model)
+            rows[label] = (
+                time.perf_counter() - t0,
+                cfg.runs,
+                len(c.nodes),
+                len(c.edges),
+                c.losses["circuit"],
+            )
+            s, r, n, e, loss = rows[label]
+            print(
+                f"{name:22s} {label:8s} {s:7.1f} s  {r:3d} runs  {n:5d} nodes  {e:6d} edges  loss {loss:.3f}"
+            )
+        ratio = rows["default"][2] / max(1, rows["wide"][2])
+        print(f"{name:22s} default/wide node ratio {ratio:.2f} (goal <= 1.25)")
+
+
+if __name__ == "__main__":
+    main()

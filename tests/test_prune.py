@@ -1,0 +1,123 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from worker.engine import checkpoints as ck
+from worker.engine.ablation import load_or_compute_means, prunable_sites, shuffled_labels
+from worker.engine.circuit import SCHEMA_VERSION, Circuit, edges_from_weights
+from worker.engine.model import parse_node
+from worker.engine.prune import NodeMasks, PruneConfig, calibrate, calibrated_loss, find_circuit
+from worker.engine.tasks import build_task, get_task
+
+
+@pytest.fixture(scope="module")
+def loaded(test_model):
+    model, tok, run = ck.load_model(test_model)
+    means = load_or_compute_means(test_model, model, tok, run, n_batches=2)
+    task = build_task(get_task("while_return_true"), tok, max_pairs=64)
+    return model, tok, means, task
+
+
+def test_masks_are_heaviside_forward_sigmoid_backward():
+    masks = NodeMasks({"0.attn.q": 4}, 0.0, 0.0, torch.Generator())
+    with torch.no_grad():
+        masks.tau.copy_(torch.tensor([-0.5, -0.1, 0.2, 0.9]))
+    keep = masks.keep(temperature=1.0)
+    assert keep.tolist() == [0.0, 0.0, 1.0, 1.0]
+    keep.sum().backward()
+    s = torch.sigmoid(masks.tau.detach())
+    torch.testing.assert_close(masks.tau.grad, s * (1 - s))
+
+
+def test_calibration_recovers_scale_and_shift():
+    torch.manual_seed(0)
+    d = torch.randn(4000) * 2
+    labels = (torch.rand(4000) > torch.sigmoid(0.5 * d - 0.3)).long()  # P(A) = sigmoid(0.5 d - 0.3)
+    logits2 = torch.stack([d, torch.zeros_like(d)], -1)
+    scale, shift = calibrate(logits2, labels)
+    assert scale == pytest.approx(0.5, abs=0.08) and shift == pytest.approx(-0.3, abs=0.1)
+    assert calibrated_loss(logits2, labels, scale, shift) <= calibrated_loss(logits2, labels, 1.0, 0.0)
+
+
+def test_means_cover_every_site_and_are_cached(test_model, loaded):
+    model, _, means, _ = loaded
+    assert set(means) == set(model.site_dims())
+    assert all(means[s].shape == (d,) for s, d in model.site_dims().items())
+    assert (test_model / "means.safetensors").is_file()
+
+
+def test_edges_are_the_nonzero_weights_between_kept_nodes(loaded):
+    model, *_ = loaded
+    w = model.blocks[1].mlp.fc_in.weight
+    j, i = (w != 0).nonzero()[0].tolist()
+    zero_j, zero_i = (w == 0).nonzero()[0].tolist()
+    nodes = [
+        f"1.mlp.act_in[{i}]",
+        f"1.mlp.post_act[{j}]",
+        f"1.mlp.act_in[{zero_i}]",
+        f"1.mlp.post_act[{zero_j}]",
+    ]
+    edges = edges_from_weights(model, nodes)
+    pairs = {(e.src, e.dst): e.weight for e in edges if e.kind == "weight"}
+    assert pairs[(f"1.mlp.act_in[{i}]", f"1.mlp.post_act[{j}]")] == pytest.approx(float(w[j, i]))
+    assert (f"1.mlp.act_in[{zero_i}]", f"1.mlp.post_act[{zero_j}]") not in pairs
+    assert len(pairs) == int((w[[j, zero_j]][:, [i, zero_i]] != 0).sum())
+    res = edges_from_weights(model, ["0.attn.resid_delta[3]", "1.mlp.act_in[3]", "0.mlp.act_in[3]"])
+    gains = {e.dst: e.weight for e in res if e.kind == "residual"}
+    assert gains == {
+        "0.mlp.act_in[3]": pytest.approx(float(model.blocks[0].mlp.norm.weight[3])),
+        "1.mlp.act_in[3]": pytest.approx(float(model.blocks[1].mlp.norm.weight[3])),
+    }
+
+
+def test_find_circuit_produces_a_complete_circuit(loaded):
+    model, _, means, task = loaded
+    cfg = PruneConfig(steps=4, runs=2, eval_pairs=32, batch_pairs=16)
+    seen = []
+    circuit = find_circuit(model, task, means, cfg, "test-model", lambda f, m: seen.append(f))
+    assert seen[-1] == 1.0 and all(0 <= f <= 1 for f in seen)
+    data = json.loads(json.dumps(circuit.to_json()))
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert {"nodes", "edges", "losses", "curve", "task", "model"} <= set(data)
+    assert set(data["losses"]) >= {"full", "circuit", "ablated"}
+    assert len(data["runs"]) == 2
+    names = {n["name"] for n in data["nodes"]}
+    sites = set(prunable_sites(model))
+    assert all(parse_node(n)[0] in sites for n in names)
+    assert all(e["src"] in names and e["dst"] in names for e in data["edges"])
+    ks = [p["k"] for p in data["curve"]]
+    assert ks == sorted(ks) and ks[0] == 0
+    assert Circuit.from_json(data).to_json() == data
+
+
+def test_shuffled_control_keeps_prompts_but_breaks_labels(loaded):
+    *_, task = loaded
+    control = shuffled_labels(task, seed=0)
+    assert control.test.shape == task.test.shape
+    swapped = (control.test[:, 0] != task.test[:, 0]).any(-1)
+    assert 0.2 < swapped.float().mean() < 0.8
+    assert torch.equal(control.test[swapped].flip(1), task.test[swapped])
+
+
+def test_prune_cli_writes_json_and_rejects_bad_input(tmp_path, test_model):
+    out = tmp_path / "c.json"
+    args = [sys.executable, "-m", "backend.cli", "prune", "--model", str(test_model)]
+    r = subprocess.run([*args, "--task", "nope", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown task" in r.stderr and not out.exists()
+    r = subprocess.run(
+        [*args, "--task", "while_return_true", "--target-loss", "-1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "target_loss" in r.stderr and not out.exists()
+    r = subprocess.run(
+        [*args, "--task", "while_return_true", "--runs", "1", "--steps", "2", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(out.read_text())["task"] == "while_return_true"
