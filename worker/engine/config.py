@@ -100,17 +100,22 @@ PRESETS: dict[str, RunConfig] = {
     ),
     # The app's default model: shape chosen by measurement (see README, "The small preset").
     "small": RunConfig(
-        model=ModelConfig(vocab_size=2048, n_ctx=128, d_model=128, n_layer=4),
-        train=TrainConfig(steps=1200, batch_size=32, lr=4e-3, weight_density=1 / 8, eval_every=100),
+        model=ModelConfig(vocab_size=2048, n_ctx=128, d_model=128, n_layer=2),
+        train=TrainConfig(steps=2400, batch_size=32, lr=1e-2, weight_density=1 / 8, eval_every=200),
     ),
 }
+
+
+# Dense baselines of a preset: the same run without weight sparsity, at a dense model's learning rate
+# (sparse models need a larger one, PAPERS.md section 2).
+DENSE_OVERRIDES: dict[str, dict] = {"small": {"lr": 4e-3}}
 
 
 def preset(name: str, *, dense: bool = False, steps: int | None = None) -> RunConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     run = PRESETS[name].model_copy(deep=True)
-    updates = {"dense": dense}
+    updates = {"dense": dense, **(DENSE_OVERRIDES.get(name, {}) if dense else {})}
     if steps is not None:
         updates["steps"] = steps
     run.train = TrainConfig.model_validate({**run.train.model_dump(), **updates})
