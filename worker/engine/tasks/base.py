@@ -8,6 +8,7 @@ every prompt of a task has the same length and both prompts of a pair end in the
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -96,6 +97,14 @@ def lines_with_context(doc: Document) -> Iterator[tuple[int, str, str]]:
     for i, line in enumerate(doc.text.split("\n")):
         yield i + 1, line, doc.text[max(0, offset - CONTEXT_CHARS) : offset]
         offset += len(line) + 1
+
+
+def line_edits(doc: Document, pattern: re.Pattern, make: Callable[[re.Match], tuple[str, str] | None]):
+    """Edits from every line matching `pattern`; `make` turns a match into (tail_a, tail_b) or None."""
+    for n, line, context in lines_with_context(doc):
+        m = pattern.match(line)
+        if m and (tails := make(m)):
+            yield Edit(context, tails[0], tails[1], f"{doc.path}:{n}")
 
 
 def build_task(

@@ -3,10 +3,22 @@
 import random
 import re
 
-from .base import Edit, lines_with_context, register
+from .base import Edit, line_edits, lines_with_context, register
 
 INDENTED_STATEMENT = re.compile(r"^(?P<indent> {4,})[a-z_]")
 LINES_PER_FILE = 8
+NAME = r"[A-Za-z_][\w.]*"
+SIMPLE = r"[^:#\n\[\]{}()'\"]*[\w)]"  # an expression without brackets, strings or colons
+
+ELSE_OR_ELIF_NOT = re.compile(r"^(?P<indent>\s*)(?:else:|elif not .*:)\s*$")
+WITH_AS = re.compile(rf"^(?P<indent>\s*)with (?P<expr>[^#\n]*?) as {NAME}:\s*$")
+WITH_OPEN = re.compile(rf"^(?P<indent>\s*)with open\((?P<args>[^()#\n]*)\) as (?P<name>{NAME}):\s*$")
+FOR_NAME = re.compile(rf"^(?P<indent>\s*)for (?P<name>{NAME}) in .*:\s*$")
+IF_SIMPLE = re.compile(rf"^(?P<indent>\s*)if (?P<cond>{SIMPLE}):\s*$")
+IF_EQUALS = re.compile(rf"^(?P<indent>\s*)if (?P<lhs>{NAME}) == (?P<rhs>{SIMPLE}):\s*$")
+IF_NAME = re.compile(rf"^(?P<indent>\s*)if (?P<name>{NAME}):\s*$")
+DEF_SIMPLE = re.compile(r"^(?P<indent>\s*)def (?P<name>\w+)\((?P<args>[\w, ]+)\):\s*$")
+FOR_AT_4 = re.compile(rf"^(?P<indent> {{4}})for (?P<target>{NAME}) in (?P<iter>{SIMPLE}):\s*$")
 
 
 def indented_lines(doc):
@@ -26,3 +38,98 @@ def while_return_true(doc):
     is the keyword: `while True` -> `:` (A); `return True` -> newline (B)."""
     for n, indent, context in indented_lines(doc):
         yield Edit(context, f"{indent}while True", f"{indent}return True", f"{doc.path}:{n}")
+
+
+@register("else_elif", ":", " not")
+def else_elif(doc):
+    """A real `else:` or `elif not …:` branch cut after its keyword: `else` -> `:` (A); `elif` -> a
+    condition, here ` not` (B). The edit swaps the keyword."""
+    return line_edits(doc, ELSE_OR_ELIF_NOT, lambda m: (f"{m['indent']}else", f"{m['indent']}elif"))
+
+
+@register("with_as", " as", ":")
+def with_as(doc):
+    """A real `with EXPR as NAME:` line cut after EXPR: `with` -> ` as` (A). The edit turns the
+    statement into `if EXPR` -> `:` (B)."""
+    return line_edits(
+        doc, WITH_AS, lambda m: (f"{m['indent']}with {m['expr']}", f"{m['indent']}if {m['expr']}")
+    )
+
+
+@register("with_open", " as", "\n")
+def with_open(doc):
+    """A real `with open(ARGS) as f:` line cut after the call: `with open(…)` -> ` as` (A). The edit
+    assigns instead, `f = open(…)` -> newline (B)."""
+    return line_edits(
+        doc,
+        WITH_OPEN,
+        lambda m: (f"{m['indent']}with open({m['args']})", f"{m['indent']}{m['name']} = open({m['args']})"),
+    )
+
+
+@register("for_while", " in", ":")
+def for_while(doc):
+    """A real `for NAME in …:` loop cut after NAME: `for NAME` -> ` in` (A); the edit `while NAME` ->
+    `:` (B)."""
+    return line_edits(
+        doc, FOR_NAME, lambda m: (f"{m['indent']}for {m['name']}", f"{m['indent']}while {m['name']}")
+    )
+
+
+@register("if_ternary", " else", ":")
+def if_ternary(doc):
+    """A real `if COND:` line cut after COND. The edit (A) makes it a conditional expression,
+    `result = None if COND` -> ` else`; the statement `if COND` -> `:` (B)."""
+    return line_edits(
+        doc,
+        IF_SIMPLE,
+        lambda m: (f"{m['indent']}result = None if {m['cond']}", f"{m['indent']}if {m['cond']}"),
+    )
+
+
+@register("if_equals", ":", "\n")
+def if_equals(doc):
+    """A real `if X == Y:` line cut after Y: comparison `if X == Y` -> `:` (A); the edit `X = Y`
+    (an assignment) -> newline (B)."""
+    return line_edits(
+        doc,
+        IF_EQUALS,
+        lambda m: (f"{m['indent']}if {m['lhs']} == {m['rhs']}", f"{m['indent']}{m['lhs']} = {m['rhs']}"),
+    )
+
+
+@register("var_if", ":", "\n")
+def var_if(doc):
+    """A real `if NAME:` test cut after NAME: `if NAME` -> `:` (A); the edit negates the variable in
+    an assignment, `NAME = not NAME` -> newline (B)."""
+    return line_edits(
+        doc,
+        IF_NAME,
+        lambda m: (f"{m['indent']}if {m['name']}", f"{m['indent']}{m['name']} = not {m['name']}"),
+    )
+
+
+@register("lambda_func", ":", "):")
+def lambda_func(doc):
+    """A real `def NAME(ARGS):` line cut after ARGS: the edit (A) makes it `NAME = lambda ARGS` -> `:`;
+    the def `def NAME(ARGS` -> `):` (B)."""
+    return line_edits(
+        doc,
+        DEF_SIMPLE,
+        lambda m: (
+            f"{m['indent']}{m['name']} = lambda {m['args']}",
+            f"{m['indent']}def {m['name']}({m['args']}",
+        ),
+    )
+
+
+@register("indent_for", "        x", "    x")
+def indent_for(doc):
+    """A real `for T in I:` loop at indentation 4, cut after its line's newline: the next line is
+    indented deeper, 8 spaces (A). The edit makes the line a plain assignment `T = I` -> the next line
+    stays at 4 spaces (B)."""
+    return line_edits(
+        doc,
+        FOR_AT_4,
+        lambda m: (f"    for {m['target']} in {m['iter']}:\n", f"    {m['target']} = {m['iter']}\n"),
+    )
