@@ -91,20 +91,57 @@ def first_tokens(tok: Tokenizer, spec: TaskSpec) -> tuple[int, int]:
     return a[0], b[0]
 
 
-def lines_with_context(doc: Document) -> Iterator[tuple[int, str, str]]:
-    """(line number, the line, the text before it)."""
+@dataclass(frozen=True)
+class Line:
+    doc: Document
+    number: int
+    text: str
+    start: int  # offset of the line in the document
+
+    @property
+    def context(self) -> str:
+        """The text before this line (computed only for lines a task uses)."""
+        return self.doc.text[max(0, self.start - CONTEXT_CHARS) : self.start]
+
+    @property
+    def source(self) -> str:
+        return f"{self.doc.path}:{self.number}"
+
+
+def lines(doc: Document) -> Iterator[Line]:
     offset = 0
-    for i, line in enumerate(doc.text.split("\n")):
-        yield i + 1, line, doc.text[max(0, offset - CONTEXT_CHARS) : offset]
-        offset += len(line) + 1
+    for i, text in enumerate(doc.text.split("\n")):
+        yield Line(doc, i + 1, text, offset)
+        offset += len(text) + 1
 
 
 def line_edits(doc: Document, pattern: re.Pattern, make: Callable[[re.Match], tuple[str, str] | None]):
     """Edits from every line matching `pattern`; `make` turns a match into (tail_a, tail_b) or None."""
-    for n, line, context in lines_with_context(doc):
-        m = pattern.match(line)
+    for line in lines(doc):
+        m = pattern.match(line.text)
         if m and (tails := make(m)):
-            yield Edit(context, tails[0], tails[1], f"{doc.path}:{n}")
+            yield Edit(line.context, tails[0], tails[1], line.source)
+
+
+def _tokenise_pairs(
+    edits: list[Edit], spec: TaskSpec, tok: Tokenizer, token_a: int, token_b: int, prompt_len: int
+):
+    """Prompt pairs of the edits that tokenise cleanly: the answer must be the token that follows the
+    prompt when the completion is appended, and the edit must fall inside the last prompt_len tokens."""
+    texts = [e.context + t for e in edits for t in (e.tail_a, e.tail_b)]
+    full = [e.context + e.tail_a + spec.completion_a for e in edits] + [
+        e.context + e.tail_b + spec.completion_b for e in edits
+    ]
+    enc, enc_full = tok.encode_batch(texts), tok.encode_batch(full)
+    n = len(edits)
+    for j, e in enumerate(edits):
+        a, b = enc[2 * j].ids, enc[2 * j + 1].ids
+        fa, fb = enc_full[j].ids, enc_full[n + j].ids
+        if fa[: len(a)] != a or fb[: len(b)] != b or fa[len(a)] != token_a or fb[len(b)] != token_b:
+            continue
+        if min(len(a), len(b)) < prompt_len or a[-prompt_len:] == b[-prompt_len:]:
+            continue
+        yield a[-prompt_len:], b[-prompt_len:], e.source
 
 
 def build_task(
@@ -116,35 +153,24 @@ def build_task(
     seed: int = 0,
     val_percent: float = 10.0,
 ) -> TaskData:
-    """Tokenise a task for a model. Test pairs come from the corpus's validation files only."""
+    """Tokenise a task for a model. Test pairs come from the corpus's validation files only.
+    Edits are shuffled by seed and tokenised in chunks until max_pairs per split are found."""
     token_a, token_b = first_tokens(tok, spec)
     docs = load_corpus(None) if docs is None else docs
-    edits = [e for d in docs for e in spec.edits(d)]
-    texts = [e.context + t for e in edits for t in (e.tail_a, e.tail_b)]
-    full = [
-        e.context + t + c
-        for e in edits
-        for t, c in ((e.tail_a, spec.completion_a), (e.tail_b, spec.completion_b))
-    ]
-    enc, enc_full = tok.encode_batch(texts), tok.encode_batch(full)
-    pairs: dict[str, list[tuple[list[int], list[int], str]]] = {"train": [], "test": []}
-    for j, e in enumerate(edits):
-        a, b = enc[2 * j].ids, enc[2 * j + 1].ids
-        # The answer must be the token that follows the prompt when the completion is appended.
-        fa, fb = enc_full[2 * j].ids, enc_full[2 * j + 1].ids
-        if fa[: len(a)] != a or fb[: len(b)] != b or fa[len(a)] != token_a or fb[len(b)] != token_b:
-            continue
-        if min(len(a), len(b)) < prompt_len or a[-prompt_len:] == b[-prompt_len:]:
-            continue  # too little context, or the edit fell outside the window
-        split = "test" if is_validation(e.source.rsplit(":", 1)[0], val_percent) else "train"
-        pairs[split].append((a[-prompt_len:], b[-prompt_len:], e.source))
+    by_split: dict[str, list[Edit]] = {"train": [], "test": []}
+    for d in docs:
+        by_split["test" if is_validation(d.path, val_percent) else "train"] += spec.edits(d)
     out = {}
-    for split, items in pairs.items():
-        random.Random(f"{spec.name}/{seed}/{split}").shuffle(items)
-        items = items[:max_pairs]
-        if not items:
+    for split, edits in by_split.items():
+        random.Random(f"{spec.name}/{seed}/{split}").shuffle(edits)
+        found: list[tuple[list[int], list[int], str]] = []
+        for i in range(0, len(edits), 512):
+            found += _tokenise_pairs(edits[i : i + 512], spec, tok, token_a, token_b, prompt_len)
+            if len(found) >= max_pairs:
+                break
+        if not found:
             raise TaskError(f"task {spec.name}: the corpus yields no {split} pairs")
-        out[split] = items
+        out[split] = found[:max_pairs]
     return TaskData(
         name=spec.name,
         completion_a=spec.completion_a,

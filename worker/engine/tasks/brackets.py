@@ -2,13 +2,15 @@
 
 import re
 
-from .base import Edit, line_edits, lines_with_context, register
+from .base import Edit, line_edits, lines, register
 
 # A list literal that ends its line and is not an index (preceded by `=`, `(`, `return`, `in`, `:` ...).
 FLAT_LIST_AT_EOL = re.compile(
     r"^(?P<head>[^\[\]#\n]*(?:[=(:,]|return|yield|in)\s*)\[(?P<body>[^\[\]#\n]+)\]\s*$"
 )
-DICT_AT_EOL = re.compile(r"^(?P<head>[^\[\]{}#\n]*=\s*)\{(?P<body>[^\[\]{}#\n]*:[^\[\]{}#\n]*[\w)'\"])\}\s*$")
+DICT_AT_EOL = re.compile(
+    r"^(?P<head>[^\[\]{}#\n]*(?:[=(:,]|return|yield|in)\s*)\{(?P<body>[^\[\]{}#\n]+)\}\s*$"
+)
 ENUMERATE_LOOP = re.compile(
     r"^(?P<indent>\s*)for (?P<i>\w+), (?P<x>\w+) in enumerate\((?P<seq>[\w.]+)\):\s*$"
 )
@@ -19,22 +21,33 @@ def bracket_counting(doc):
     """A one-line list literal ending its line, cut before its closing bracket after any of its
     elements (dropping the later ones is part of the edit). The feature is the nesting depth:
     `x = [a, b` -> `]` + newline (A); `x = [[a, b` -> `]]` + newline (B)."""
-    for n, line, context in lines_with_context(doc):
-        m = FLAT_LIST_AT_EOL.match(line)
-        if not m or line.count("(") != line.count(")"):
+    for line in lines(doc):
+        m = FLAT_LIST_AT_EOL.match(line.text)
+        if not m or line.text.count("(") != line.text.count(")"):
             continue
-        head, elements = m["head"], m["body"].split(",")
-        for j in range(1, len(elements) + 1):
-            body = ",".join(elements[:j]).rstrip()
-            if body and (body[-1].isalnum() or body[-1] in "_)'\""):
-                yield Edit(context, f"{head}[{body}", f"{head}[[{body}", f"{doc.path}:{n}")
+        for body in _prefixes(m["body"]):
+            yield Edit(line.context, f"{m['head']}[{body}", f"{m['head']}[[{body}", line.source)
 
 
 @register("bracket_brace", "}", "]")
 def bracket_brace(doc):
-    """A one-line dict literal ending its line, cut before the closing brace: `{k: v` -> `}` (A). The
-    edit opens it with `[` -> `]` (B)."""
-    return line_edits(doc, DICT_AT_EOL, lambda m: (f"{m['head']}{{{m['body']}", f"{m['head']}[{m['body']}"))
+    """A one-line dict or set display ending its line, cut after any of its items (dropping the later
+    ones is part of the edit): `{k: v` -> `}` (A). The edit opens it with `[` -> `]` (B)."""
+    for line in lines(doc):
+        m = DICT_AT_EOL.match(line.text)
+        if not m or line.text.count("(") != line.text.count(")"):
+            continue
+        for body in _prefixes(m["body"]):
+            yield Edit(line.context, f"{m['head']}{{{body}", f"{m['head']}[{body}", line.source)
+
+
+def _prefixes(body: str):
+    """The display's first 1, 2, ... comma-separated items, each ending in a name, call or string."""
+    items = body.split(",")
+    for j in range(1, len(items) + 1):
+        prefix = ",".join(items[:j]).rstrip()
+        if prefix and (prefix[-1].isalnum() or prefix[-1] in "_)'\""):
+            yield prefix
 
 
 @register("enumerate_range", "):", "))")

@@ -7,7 +7,7 @@ from .base import line_edits, register
 DEF_WITH_DEFAULT = re.compile(
     r"^(?P<indent>\s*)def (?P<name>\w+)\((?P<args>[^()#\n:]*\w+=[^()#\n:,]+)\):\s*$"
 )
-INIT_DEF = re.compile(r"^(?P<indent>\s*)def __init__\(self, (?P<args>[\w, ]+)\):\s*$")
+INIT_DEF = re.compile(r"^(?P<indent>\s*)def __init__\(self(?P<args>(?:, [^()#\n:]+)?)\):\s*$")
 
 
 @register("final_kwarg", "):", ")")
@@ -23,13 +23,13 @@ def final_kwarg(doc):
 
 @register("class_init", "):", ")")
 def class_init(doc):
-    """A real `def __init__(self, ARGS):` cut after ARGS: the def -> `):` (A). The edit makes it the
-    parent-class call `super().__init__(ARGS` -> `)` (B)."""
+    """A real `def __init__(self, ARGS):` cut after its arguments: the def -> `):` (A). The edit makes
+    it the parent-class call `super().__init__(ARGS` -> `)` (B)."""
     return line_edits(
         doc,
         INIT_DEF,
         lambda m: (
-            f"{m['indent']}def __init__(self, {m['args']}",
-            f"{m['indent']}super().__init__({m['args']}",
+            f"{m['indent']}def __init__(self{m['args']}",
+            f"{m['indent']}super().__init__({m['args'].removeprefix(', ')}",
         ),
     )

@@ -3,7 +3,7 @@
 import random
 import re
 
-from .base import Edit, line_edits, lines_with_context, register
+from .base import Edit, line_edits, lines, register
 
 INDENTED_STATEMENT = re.compile(r"^(?P<indent> {4,})[a-z_]")
 LINES_PER_FILE = 8
@@ -11,7 +11,7 @@ NAME = r"[A-Za-z_][\w.]*"
 SIMPLE = r"[^:#\n\[\]{}()'\"]*[\w)]"  # an expression without brackets, strings or colons
 
 ELSE_OR_ELIF_NOT = re.compile(r"^(?P<indent>\s*)(?:else:|elif not .*:)\s*$")
-WITH_AS = re.compile(rf"^(?P<indent>\s*)with (?P<expr>[^#\n]*?) as {NAME}:\s*$")
+WITH_AS = re.compile(rf"^(?P<indent>\s*)with (?P<expr>[^#\n]*?) as (?P<name>{NAME}):\s*$")
 WITH_OPEN = re.compile(rf"^(?P<indent>\s*)with open\((?P<args>[^()#\n]*)\) as (?P<name>{NAME}):\s*$")
 FOR_NAME = re.compile(rf"^(?P<indent>\s*)for (?P<name>{NAME}) in .*:\s*$")
 IF_SIMPLE = re.compile(rf"^(?P<indent>\s*)if (?P<cond>{SIMPLE}):\s*$")
@@ -22,12 +22,9 @@ FOR_AT_4 = re.compile(rf"^(?P<indent> {{4}})for (?P<target>{NAME}) in (?P<iter>{
 
 
 def indented_lines(doc):
-    """Statement lines inside a block, a deterministic sample per file: places to insert a line."""
-    found = [
-        (n, m["indent"], ctx)
-        for n, line, ctx in lines_with_context(doc)
-        if (m := INDENTED_STATEMENT.match(line))
-    ]
+    """(line, indentation) of statement lines inside a block, a deterministic sample per file: places
+    to insert a line."""
+    found = [(line, m["indent"]) for line in lines(doc) if (m := INDENTED_STATEMENT.match(line.text))]
     random.Random(doc.path).shuffle(found)
     return found[:LINES_PER_FILE]
 
@@ -36,8 +33,8 @@ def indented_lines(doc):
 def while_return_true(doc):
     """A line inserted into a real block, at that block's indentation, cut after `True`. The feature
     is the keyword: `while True` -> `:` (A); `return True` -> newline (B)."""
-    for n, indent, context in indented_lines(doc):
-        yield Edit(context, f"{indent}while True", f"{indent}return True", f"{doc.path}:{n}")
+    for line, indent in indented_lines(doc):
+        yield Edit(line.context, f"{indent}while True", f"{indent}return True", line.source)
 
 
 @register("else_elif", ":", " not")
@@ -47,12 +44,12 @@ def else_elif(doc):
     return line_edits(doc, ELSE_OR_ELIF_NOT, lambda m: (f"{m['indent']}else", f"{m['indent']}elif"))
 
 
-@register("with_as", " as", ":")
+@register("with_as", " as", "\n")
 def with_as(doc):
-    """A real `with EXPR as NAME:` line cut after EXPR: `with` -> ` as` (A). The edit turns the
-    statement into `if EXPR` -> `:` (B)."""
+    """A real `with EXPR as NAME:` line cut after EXPR: `with EXPR` -> ` as` (A). The edit turns the
+    statement into an assignment `NAME = EXPR` -> newline (B)."""
     return line_edits(
-        doc, WITH_AS, lambda m: (f"{m['indent']}with {m['expr']}", f"{m['indent']}if {m['expr']}")
+        doc, WITH_AS, lambda m: (f"{m['indent']}with {m['expr']}", f"{m['indent']}{m['name']} = {m['expr']}")
     )
 
 

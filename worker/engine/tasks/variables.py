@@ -10,7 +10,8 @@ SIMPLE_ASSIGN = re.compile(r"^(?P<indent>\s*)(?P<a>[a-z_]\w*) = (?P<b>[a-z_]\w*)
 
 
 def _set_or_string(doc, fixed_name: str | None):
-    for n, indent, context in indented_lines(doc):
+    for line, indent in indented_lines(doc):
+        context = line.context
         names = ASSIGNED_NAME.findall(context)
         if len(names) < 2:
             continue
@@ -18,9 +19,7 @@ def _set_or_string(doc, fixed_name: str | None):
         if var == seq:
             continue
         loop = f"{indent}for item in {seq}:\n{indent}    {var}"
-        yield Edit(
-            context, f"{indent}{var} = set()\n{loop}", f'{indent}{var} = ""\n{loop}', f"{doc.path}:{n}"
-        )
+        yield Edit(context, f"{indent}{var} = set()\n{loop}", f'{indent}{var} = ""\n{loop}', line.source)
 
 
 @register("set_or_string", ".", " +=")
