@@ -41,6 +41,20 @@ class PruneConfig(BaseModel):
     seed: int = 0
 
 
+class HeavisideSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tau: torch.Tensor, temperature: float) -> torch.Tensor:
+        ctx.save_for_backward(tau)
+        ctx.temperature = temperature
+        return (tau > 0).to(tau.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (tau,) = ctx.saved_tensors
+        s = torch.sigmoid(tau / ctx.temperature)
+        return grad * s * (1 - s) / ctx.temperature, None
+
+
 class NodeMasks(torch.nn.Module):
     """All mask logits in one flat tensor; `slices` maps a site to its range."""
 
@@ -53,10 +67,8 @@ class NodeMasks(torch.nn.Module):
         self.tau = torch.nn.Parameter(mean + std * torch.randn(start, generator=generator))
 
     def keep(self, temperature: float) -> torch.Tensor:
-        """Heaviside forward, sigmoid-surrogate backward."""
-        hard = (self.tau > 0).float()
-        soft = torch.sigmoid(self.tau / temperature)
-        return hard + soft - soft.detach()
+        """Exactly 0/1 forward (Heaviside), sigmoid(tau / T) gradient backward."""
+        return HeavisideSTE.apply(self.tau, temperature)
 
     def by_site(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         return {s: flat[a:b] for s, (a, b) in self.slices.items()}
