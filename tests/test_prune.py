@@ -62,7 +62,7 @@ def test_edges_are_the_nonzero_weights_between_kept_nodes(loaded):
     ]
     edges = edges_from_weights(model, nodes)
     pairs = {(e.src, e.dst): e.weight for e in edges if e.kind == "weight"}
-    assert pairs[(f"1.mlp.act_in[{i}]", f"1.mlp.post_act[{j}]")] == pytest.approx(float(w[j, i]))
+    assert pairs[(f"1.mlp.act_in[{i}]", f"1.mlp.post_act[{j}]")] == pytest.approx(w[j, i].item())
     assert (f"1.mlp.act_in[{zero_i}]", f"1.mlp.post_act[{zero_j}]") not in pairs
     outs, ins = sorted({j, zero_j}), sorted({i, zero_i})
     assert len(pairs) == int((w[outs][:, ins] != 0).sum())
