@@ -115,12 +115,14 @@ def lines(doc: Document) -> Iterator[Line]:
         offset += len(text) + 1
 
 
-def line_edits(doc: Document, pattern: re.Pattern, make: Callable[[re.Match], tuple[str, str] | None]):
-    """Edits from every line matching `pattern`; `make` turns a match into (tail_a, tail_b) or None."""
+def line_edits(doc: Document, pattern: re.Pattern, tail_a: str, tail_b: str) -> Iterator[Edit]:
+    """An edit for every line matching `pattern`; the tails are format strings over its named groups
+    (a group that did not take part is the empty string)."""
     for line in lines(doc):
         m = pattern.match(line.text)
-        if m and (tails := make(m)):
-            yield Edit(line.context, tails[0], tails[1], line.source)
+        if m:
+            groups = m.groupdict(default="")
+            yield Edit(line.context, tail_a.format(**groups), tail_b.format(**groups), line.source)
 
 
 def _tokenise_pairs(

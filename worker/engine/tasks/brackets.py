@@ -16,29 +16,16 @@ ENUMERATE_LOOP = re.compile(
 )
 
 
-@register("bracket_counting", "]\n", "]]\n")
-def bracket_counting(doc):
-    """A one-line list literal ending its line, cut before its closing bracket after any of its
-    elements (dropping the later ones is part of the edit). The feature is the nesting depth:
-    `x = [a, b` -> `]` + newline (A); `x = [[a, b` -> `]]` + newline (B)."""
+def display_prefix_edits(doc, pattern, opener_a: str, opener_b: str):
+    """A one-line display ending its line, cut after any of its items (dropping the later ones is part
+    of the edit), opened with opener_a (A) or opener_b (B)."""
     for line in lines(doc):
-        m = FLAT_LIST_AT_EOL.match(line.text)
-        if not m or line.text.count("(") != line.text.count(")"):
-            continue
-        for body in _prefixes(m["body"]):
-            yield Edit(line.context, f"{m['head']}[{body}", f"{m['head']}[[{body}", line.source)
-
-
-@register("bracket_brace", "}", "]")
-def bracket_brace(doc):
-    """A one-line dict or set display ending its line, cut after any of its items (dropping the later
-    ones is part of the edit): `{k: v` -> `}` (A). The edit opens it with `[` -> `]` (B)."""
-    for line in lines(doc):
-        m = DICT_AT_EOL.match(line.text)
-        if not m or line.text.count("(") != line.text.count(")"):
-            continue
-        for body in _prefixes(m["body"]):
-            yield Edit(line.context, f"{m['head']}{{{body}", f"{m['head']}[{body}", line.source)
+        m = pattern.match(line.text)
+        if m and line.text.count("(") == line.text.count(")"):
+            for body in _prefixes(m["body"]):
+                yield Edit(
+                    line.context, m["head"] + opener_a + body, m["head"] + opener_b + body, line.source
+                )
 
 
 def _prefixes(body: str):
@@ -50,15 +37,25 @@ def _prefixes(body: str):
             yield prefix
 
 
+@register("bracket_counting", "]\n", "]]\n")
+def bracket_counting(doc):
+    """A one-line list literal ending its line, cut before its closing bracket after any of its
+    elements. The feature is the nesting depth: `x = [a, b` -> `]` + newline (A); the edit
+    `x = [[a, b` -> `]]` + newline (B)."""
+    return display_prefix_edits(doc, FLAT_LIST_AT_EOL, "[", "[[")
+
+
+@register("bracket_brace", "}", "]")
+def bracket_brace(doc):
+    """A one-line dict or set display ending its line, cut after any of its items: `{k: v` -> `}`
+    (A). The edit opens it with `[` -> `]` (B)."""
+    return display_prefix_edits(doc, DICT_AT_EOL, "{", "[")
+
+
 @register("enumerate_range", "):", "))")
 def enumerate_range(doc):
     """A real `for i, x in enumerate(seq):` loop cut after `seq`: one call open -> `):` (A). The edit
     rewrites it as `for i in range(len(seq` -> two calls open -> `))` (B)."""
     return line_edits(
-        doc,
-        ENUMERATE_LOOP,
-        lambda m: (
-            f"{m['indent']}for {m['i']}, {m['x']} in enumerate({m['seq']}",
-            f"{m['indent']}for {m['i']} in range(len({m['seq']}",
-        ),
+        doc, ENUMERATE_LOOP, "{indent}for {i}, {x} in enumerate({seq}", "{indent}for {i} in range(len({seq}"
     )

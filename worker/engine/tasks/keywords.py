@@ -41,83 +41,56 @@ def while_return_true(doc):
 def else_elif(doc):
     """A real `else:` or `elif not …:` branch cut after its keyword: `else` -> `:` (A); `elif` -> a
     condition, here ` not` (B). The edit swaps the keyword."""
-    return line_edits(doc, ELSE_OR_ELIF_NOT, lambda m: (f"{m['indent']}else", f"{m['indent']}elif"))
+    return line_edits(doc, ELSE_OR_ELIF_NOT, "{indent}else", "{indent}elif")
 
 
 @register("with_as", " as", "\n")
 def with_as(doc):
     """A real `with EXPR as NAME:` line cut after EXPR: `with EXPR` -> ` as` (A). The edit turns the
     statement into an assignment `NAME = EXPR` -> newline (B)."""
-    return line_edits(
-        doc, WITH_AS, lambda m: (f"{m['indent']}with {m['expr']}", f"{m['indent']}{m['name']} = {m['expr']}")
-    )
+    return line_edits(doc, WITH_AS, "{indent}with {expr}", "{indent}{name} = {expr}")
 
 
 @register("with_open", " as", "\n")
 def with_open(doc):
     """A real `with open(ARGS) as f:` line cut after the call: `with open(…)` -> ` as` (A). The edit
     assigns instead, `f = open(…)` -> newline (B)."""
-    return line_edits(
-        doc,
-        WITH_OPEN,
-        lambda m: (f"{m['indent']}with open({m['args']})", f"{m['indent']}{m['name']} = open({m['args']})"),
-    )
+    return line_edits(doc, WITH_OPEN, "{indent}with open({args})", "{indent}{name} = open({args})")
 
 
 @register("for_while", " in", ":")
 def for_while(doc):
     """A real `for NAME in …:` loop cut after NAME: `for NAME` -> ` in` (A); the edit `while NAME` ->
     `:` (B)."""
-    return line_edits(
-        doc, FOR_NAME, lambda m: (f"{m['indent']}for {m['name']}", f"{m['indent']}while {m['name']}")
-    )
+    return line_edits(doc, FOR_NAME, "{indent}for {name}", "{indent}while {name}")
 
 
 @register("if_ternary", " else", ":")
 def if_ternary(doc):
     """A real `if COND:` line cut after COND. The edit (A) makes it a conditional expression,
     `result = None if COND` -> ` else`; the statement `if COND` -> `:` (B)."""
-    return line_edits(
-        doc,
-        IF_SIMPLE,
-        lambda m: (f"{m['indent']}result = None if {m['cond']}", f"{m['indent']}if {m['cond']}"),
-    )
+    return line_edits(doc, IF_SIMPLE, "{indent}result = None if {cond}", "{indent}if {cond}")
 
 
 @register("if_equals", ":", "\n")
 def if_equals(doc):
     """A real `if X == Y:` line cut after Y: comparison `if X == Y` -> `:` (A); the edit `X = Y`
     (an assignment) -> newline (B)."""
-    return line_edits(
-        doc,
-        IF_EQUALS,
-        lambda m: (f"{m['indent']}if {m['lhs']} == {m['rhs']}", f"{m['indent']}{m['lhs']} = {m['rhs']}"),
-    )
+    return line_edits(doc, IF_EQUALS, "{indent}if {lhs} == {rhs}", "{indent}{lhs} = {rhs}")
 
 
 @register("var_if", ":", "\n")
 def var_if(doc):
     """A real `if NAME:` test cut after NAME: `if NAME` -> `:` (A); the edit negates the variable in
     an assignment, `NAME = not NAME` -> newline (B)."""
-    return line_edits(
-        doc,
-        IF_NAME,
-        lambda m: (f"{m['indent']}if {m['name']}", f"{m['indent']}{m['name']} = not {m['name']}"),
-    )
+    return line_edits(doc, IF_NAME, "{indent}if {name}", "{indent}{name} = not {name}")
 
 
 @register("lambda_func", ":", "):")
 def lambda_func(doc):
     """A real `def NAME(ARGS):` line cut after ARGS: the edit (A) makes it `NAME = lambda ARGS` -> `:`;
     the def `def NAME(ARGS` -> `):` (B)."""
-    return line_edits(
-        doc,
-        DEF_SIMPLE,
-        lambda m: (
-            f"{m['indent']}{m['name']} = lambda {m['args']}",
-            f"{m['indent']}def {m['name']}({m['args']}",
-        ),
-    )
+    return line_edits(doc, DEF_SIMPLE, "{indent}{name} = lambda {args}", "{indent}def {name}({args}")
 
 
 @register("indent_for", "        x", "    x")
@@ -125,8 +98,4 @@ def indent_for(doc):
     """A real `for T in I:` loop at indentation 4, cut after its line's newline: the next line is
     indented deeper, 8 spaces (A). The edit makes the line a plain assignment `T = I` -> the next line
     stays at 4 spaces (B)."""
-    return line_edits(
-        doc,
-        FOR_AT_4,
-        lambda m: (f"    for {m['target']} in {m['iter']}:\n", f"    {m['target']} = {m['iter']}\n"),
-    )
+    return line_edits(doc, FOR_AT_4, "    for {target} in {iter}:\n", "    {target} = {iter}\n")

@@ -15,13 +15,11 @@ def single_double_quote(doc):
     """A call whose only argument is a string literal, cut just before the closing quote.
     The feature is the opening quote: `"` -> the answer is `")` (A); `'` -> `')` (B).
     The edit swaps the quote type of a real line of code."""
-    return line_edits(
-        doc, CALL_WITH_STRING, lambda m: (f'{m["head"]}"{m["body"]}', f"{m['head']}'{m['body']}")
-    )
+    return line_edits(doc, CALL_WITH_STRING, '{head}"{body}', "{head}'{body}")
 
 
 @register("fstring_brace", "}", ")")
 def fstring_brace(doc):
     """A real f-string replacement field `{name`, cut after the name: `{` -> `}` (A). The edit opens the
     field with `(` instead -> `)` (B): which bracket closes depends on which one opened."""
-    return line_edits(doc, FSTRING_FIELD, lambda m: (f"{m['head']}{{{m['expr']}", f"{m['head']}({m['expr']}"))
+    return line_edits(doc, FSTRING_FIELD, "{head}{{{expr}", "{head}({expr}")

@@ -40,8 +40,4 @@ def set_or_string_fixedvarname(doc):
 def var_swap(doc):
     """A real `A = B` assignment of one name to another, cut after B. The edit (A) makes it the start
     of a swap, `A, B = B` -> `,`; the plain assignment -> newline (B)."""
-    return line_edits(
-        doc,
-        SIMPLE_ASSIGN,
-        lambda m: (f"{m['indent']}{m['a']}, {m['b']} = {m['b']}", f"{m['indent']}{m['a']} = {m['b']}"),
-    )
+    return line_edits(doc, SIMPLE_ASSIGN, "{indent}{a}, {b} = {b}", "{indent}{a} = {b}")
