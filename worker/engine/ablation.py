@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -61,8 +62,6 @@ def ablation_edits(keep: dict[str, torch.Tensor], means: dict[str, torch.Tensor]
 
 def shuffled_labels(task, seed: int = 0):
     """Control task: each pair's two prompts swapped at random, so the label no longer follows the feature."""
-    from dataclasses import replace
-
     g = torch.Generator().manual_seed(seed)
 
     def shuffle(prompts: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
@@ -40,8 +40,6 @@ def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata:
 
 
 def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
     try:
         tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as f:
