@@ -69,8 +69,8 @@ def test_edges_are_the_nonzero_weights_between_kept_nodes(loaded):
     res = edges_from_weights(model, ["0.attn.resid_delta[3]", "1.mlp.act_in[3]", "0.mlp.act_in[3]"])
     gains = {e.dst: e.weight for e in res if e.kind == "residual"}
     assert gains == {
-        "0.mlp.act_in[3]": pytest.approx(float(model.blocks[0].mlp.norm.weight[3])),
-        "1.mlp.act_in[3]": pytest.approx(float(model.blocks[1].mlp.norm.weight[3])),
+        "0.mlp.act_in[3]": pytest.approx(model.blocks[0].mlp.norm.weight[3].item()),
+        "1.mlp.act_in[3]": pytest.approx(model.blocks[1].mlp.norm.weight[3].item()),
     }
 
 
