@@ -166,9 +166,7 @@ def bisect_nodes(model, task, means, masks: NodeMasks, order: list[int], hi: int
 
     def evaluate(k: int):
         if k not in cache:
-            keep = torch.zeros(masks.tau.numel())
-            keep[order[:k]] = 1
-            l2 = task_logits(model, task, prompts, keep, masks, means)
+            l2 = task_logits(model, task, prompts, keep_top(masks, order, k), masks, means)
             scale, shift = calibrate(l2, labels)
             cache[k] = (calibrated_loss(l2, labels, scale, shift), scale, shift)
         return cache[k]
@@ -221,7 +219,7 @@ def prune(
         active = int((tau > 0).sum())
         target = cfg.target_loss
         k, loss, scale, shift = bisect_nodes(model, task, means, masks, order, active, target, prompts)
-        runs.append(SearchRun(k_coef, lr, active, k, loss, loss <= cfg.target_loss))
+        runs.append(SearchRun(k_coef, lr, active, k, loss, loss <= target))
         key = (runs[-1].reached_target, -k, -loss)  # meets the target, then fewest nodes, then lowest loss
         if best is None or key > best_key:
             best, best_key = PruneResult(order, tau, k, scale, shift, masks), key
@@ -258,14 +256,18 @@ def loss_curve(
 ):
     """Calibrated test loss of the top-k circuit for k on a geometric grid (calibration fitted on train)."""
     ks = sorted({int(round(k_max ** (i / (points - 1)))) for i in range(points)} | {0})
+    return [
+        {"k": k, "loss": calibrated_test_loss(model, task, means, masks, keep_top(masks, order, k))}
+        for k in ks
+    ]
+
+
+def calibrated_test_loss(model, task: TaskData, means, masks: NodeMasks, keep: torch.Tensor) -> float:
+    """Calibrate the kept-node model on 128 train pairs, report its calibrated loss on the test split."""
     train, test = task.train[:128], task.test
-    out = []
-    for k in ks:
-        keep = keep_top(masks, order, k)
-        scale, shift = calibrate(task_logits(model, task, train, keep, masks, means), pair_labels(len(train)))
-        test_logits = task_logits(model, task, test, keep, masks, means)
-        out.append({"k": k, "loss": calibrated_loss(test_logits, pair_labels(len(test)), scale, shift)})
-    return out
+    scale, shift = calibrate(task_logits(model, task, train, keep, masks, means), pair_labels(len(train)))
+    test_logits = task_logits(model, task, test, keep, masks, means)
+    return calibrated_loss(test_logits, pair_labels(len(test)), scale, shift)
 
 
 def find_circuit(model, task: TaskData, means, cfg: PruneConfig, model_ref: str, on_progress=None) -> Circuit:
@@ -301,16 +303,13 @@ def random_control(model, task: TaskData, means, circuit: Circuit, draws: int = 
     for n in circuit.nodes:
         per_site[n.site] = per_site.get(n.site, 0) + 1
     g = torch.Generator().manual_seed(seed)
-    train, test = task.train[:128], task.test
     losses = []
     for _ in range(draws):
         keep = torch.zeros(masks.tau.numel())
         for site, count in per_site.items():
             a, b = masks.slices[site]
             keep[a + torch.randperm(b - a, generator=g)[:count]] = 1
-        scale, shift = calibrate(task_logits(model, task, train, keep, masks, means), pair_labels(len(train)))
-        test_logits = task_logits(model, task, test, keep, masks, means)
-        losses.append(calibrated_loss(test_logits, pair_labels(len(test)), scale, shift))
+        losses.append(calibrated_test_loss(model, task, means, masks, keep))
     return {"nodes": len(circuit.nodes), "losses": losses, "mean_loss": sum(losses) / len(losses)}
 
 
