@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None
@@ -19,16 +20,11 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _user_errors():
-    from pydantic import ValidationError
-
-    return (ValueError, ValidationError, OSError)
+USER_ERRORS = (ValueError, ValidationError, OSError)  # bad input: one line, exit 2
 
 
 def describe(e: Exception) -> str:
     """One line naming the problem; pydantic errors name the offending field."""
-    from pydantic import ValidationError
-
     if isinstance(e, ValidationError):
         return "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
     text = str(e).strip()
@@ -90,7 +86,7 @@ def train(
             if corpus is not None:
                 run.train = run.train.model_copy(update={"corpus": corpus})
         run_training(run, out, resume=resume, on_progress=progress)
-    except _user_errors() as e:
+    except USER_ERRORS as e:
         fail(describe(e))
     finally:
         if bar is not None:
@@ -115,7 +111,7 @@ def eval_tasks(
         net, tok, _ = load_model(model)
         docs = load_corpus(None)
         results = {s.name: evaluate_task(net, build_task(s, tok, docs)) for s in specs}
-    except _user_errors() as e:
+    except USER_ERRORS as e:
         fail(describe(e))
     if as_json:
         typer.echo(json.dumps({"tasks": results}, indent=2))
@@ -175,7 +171,7 @@ def prune(
             circuit.validation = validate_circuit(net, data, means, circuit, cfg)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, json.dumps(circuit.to_json(), indent=1))
-    except _user_errors() as e:
+    except USER_ERRORS as e:
         fail(describe(e))
     finally:
         if bar is not None:
