@@ -1,0 +1,128 @@
+"""create_app(settings): the FastAPI application (routers under /api/v1, OpenAPI, error bodies)."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
+from sqlalchemy import inspect
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .auth import read_access
+from .db import Database
+from .jobs import JobService
+from .routes import discover
+from .settings import Settings, get_settings
+
+log = logging.getLogger("circuits.api")
+API = "/api/v1"
+FRONTEND = Path(__file__).resolve().parent.parent / "frontend" / "dist"
+
+
+class UserError(ValueError):
+    """Raise from a route for bad input that is not a schema violation: 422 with the message."""
+
+
+def describe_errors(errors) -> str:
+    """Pydantic/FastAPI errors as one line naming each offending field, e.g. `body.params.steps: ...`."""
+    parts = []
+    for e in errors:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body",) or len(e["loc"]) == 1)
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}" if loc else e.get("msg", "invalid"))
+    return "; ".join(parts)
+
+
+def _user_error_types() -> tuple[type[Exception], ...]:
+    """Engine errors that mean bad input (unknown task, unreadable checkpoint, ...)."""
+    from worker.engine.checkpoints import CheckpointError
+    from worker.engine.tasks import TaskError
+    from worker.engine.train import TrainError
+
+    return (UserError, CheckpointError, TaskError, TrainError)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    async def validation(_: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        body = {
+            "detail": describe_errors(errors),
+            "errors": [{"loc": e["loc"], "msg": e["msg"]} for e in errors],
+        }
+        return JSONResponse(body, status_code=422)
+
+    async def pydantic_error(_: Request, exc: ValidationError):
+        return JSONResponse({"detail": describe_errors(exc.errors())}, status_code=422)
+
+    async def user_error(_: Request, exc: Exception):
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    async def http_error(_: Request, exc: StarletteHTTPException):
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    async def database_down(_: Request, exc: DBAPIError):
+        if isinstance(exc, OperationalError) or exc.connection_invalidated:
+            log.error("database error: %s", exc)
+            return JSONResponse({"detail": "database unavailable; retry later"}, status_code=503)
+        log.exception("database error", exc_info=exc)
+        return JSONResponse({"detail": "internal error (logged on the server)"}, status_code=500)
+
+    async def unexpected(_: Request, exc: Exception):
+        log.exception("unhandled error", exc_info=exc)
+        return JSONResponse({"detail": "internal error (logged on the server)"}, status_code=500)
+
+    app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(ValidationError, pydantic_error)
+    for t in _user_error_types():
+        app.add_exception_handler(t, user_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(DBAPIError, database_down)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def check_schema(db: Database) -> None:
+    if not inspect(db.engine).has_table("jobs"):
+        raise RuntimeError(f"database {db.engine.url!r} has no tables: run `circuits db upgrade` first")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        check_schema(app.state.db)
+        app.state.jobs.start()
+        try:
+            yield
+        finally:
+            app.state.jobs.stop()
+            app.state.db.dispose()
+
+    app = FastAPI(
+        title="Sparse Circuit Explorer",
+        version="0.1.0",
+        description="Train weight-sparse transformers, prune them to task circuits, and explore them.",
+        lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
+    )
+    app.state.settings = settings
+    app.state.db = Database(settings)
+    app.state.jobs = JobService(settings, app.state.db)
+    add_error_handlers(app)
+
+    @app.get(f"{API}/health", tags=["meta"])
+    def health() -> dict[str, str]:
+        """Liveness: answers without touching the database (also the benchmarks' trivial endpoint)."""
+        return {"status": "ok"}
+
+    for router in discover():
+        app.include_router(router, prefix=API, dependencies=[Depends(read_access)])
+    if FRONTEND.is_dir():
+        app.mount("/", StaticFiles(directory=FRONTEND, html=True), name="frontend")
+    return app

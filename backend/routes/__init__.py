@@ -1,0 +1,19 @@
+"""One module per resource. Every module here that defines `router` (a fastapi.APIRouter) is mounted
+under /api/v1 by backend.app.create_app; adding a resource means adding a module, nothing else."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from fastapi import APIRouter
+
+
+def discover() -> list[APIRouter]:
+    routers = []
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        router = getattr(module, "router", None)
+        if isinstance(router, APIRouter):
+            routers.append(router)
+    return routers

@@ -1,0 +1,62 @@
+"""Every setting of the backend and the worker: one class, environment variables prefixed CIRCUITS_."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CIRCUITS_", extra="ignore")
+
+    # Storage: artifacts (model folders) live under data_dir; the database defaults to a SQLite file there.
+    data_dir: Path = Path("./data")
+    database_url: str | None = None  # e.g. postgresql+psycopg://user@host/db; None = SQLite in data_dir
+
+    # Jobs: Celery with this broker (e.g. redis://localhost:6379/0); None = in-process runner threads.
+    broker_url: str | None = None
+    inprocess_workers: int = Field(1, ge=1, le=16)
+    job_max_attempts: int = Field(3, ge=1, le=20)  # a job whose worker died this often is failed
+    heartbeat_seconds: float = Field(2.0, gt=0)  # a running job touches its row this often
+    stale_after_seconds: float = Field(60.0, gt=0)  # no heartbeat for this long = its worker died
+    sweep_seconds: float = Field(15.0, gt=0)  # how often workers look for jobs of dead workers
+    visibility_timeout_seconds: int = Field(3600, ge=1)  # Redis redelivers unacked messages after this
+    broker_timeout_seconds: float = Field(3.0, gt=0)  # give up reaching the broker after this (-> 503)
+    progress_min_interval: float = Field(0.5, ge=0)  # seconds between progress writes to the database
+
+    # Access: writes always need an x-api-key; reads only when this is set.
+    reads_require_key: bool = False
+    job_rate_limit: int = Field(30, ge=1)  # job submissions per key ...
+    job_rate_window_seconds: float = Field(3600.0, gt=0)  # ... per this window
+
+    # Caps on job parameters (422 naming the limit when exceeded).
+    max_model_params: int = Field(50_000_000, ge=1)  # weights of a model to train
+    max_train_steps: int = Field(20_000, ge=1)
+    max_corpus_bytes: int = Field(200_000_000, ge=1)
+    max_prune_steps: int = Field(2_000, ge=1)
+    max_prune_runs: int = Field(16, ge=1)
+    max_profile_tokens: int = Field(2_000_000, ge=1)
+
+    # The API process's LRU cache of loaded models for interactive forward passes.
+    model_cache_size: int = Field(4, ge=1)
+    max_body_bytes: int = Field(1_000_000, ge=1024)  # larger request bodies get 413
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'circuits.db').resolve()}"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def artifact(self, relative: str) -> Path:
+        """Artifact paths are stored relative to data_dir, so API and worker may mount it anywhere."""
+        return self.data_dir / relative
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

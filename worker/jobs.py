@@ -1,0 +1,578 @@
+"""Job bodies and their lifecycle, shared by the Celery worker and the in-process runner.
+
+run_job(job_id, ctx) is the whole contract: it claims the job row atomically (so a redelivered message
+or a second worker never runs a job twice), keeps a heartbeat while the body runs, writes progress,
+and commits the results together with the final status. A job whose worker died has a stale heartbeat;
+recover_stale() puts it back in the queue and the next attempt resumes (training from its checkpoint).
+Job code never knows which runner called it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from pydantic import ValidationError
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.orm import Session
+
+from backend.db import Database
+from backend.models import (
+    ActivationExample,
+    Circuit,
+    CircuitEdge,
+    CircuitNode,
+    CorpusDocument,
+    Job,
+    JobStatus,
+    Model,
+    ModelKind,
+    ModelStatus,
+    NodeStat,
+    Task,
+)
+from backend.schemas import PARAMS_BY_KIND, ProfileParams, PruneParams, TrainParams
+from backend.settings import Settings
+
+log = logging.getLogger("circuits.jobs")
+METRICS_POINTS = 1000  # training curve points kept in the Model row (eval records always kept)
+
+
+class JobCancelled(Exception):
+    pass
+
+
+class JobInterrupted(Exception):
+    """The process is shutting down: put the job back in the queue."""
+
+
+class JobLost(Exception):
+    """Another attempt owns the job now (we were presumed dead): stop without writing anything."""
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that mean bad input or state, reported as the job's error without a traceback."""
+    from worker.engine.checkpoints import CheckpointError
+    from worker.engine.tasks import TaskError
+    from worker.engine.train import TrainError
+
+    return (ValueError, ValidationError, CheckpointError, TaskError, TrainError, FileNotFoundError)
+
+
+@dataclass
+class JobContext:
+    """What a job needs from its runner: settings, database, and how to queue a job again."""
+
+    settings: Settings
+    db: Database
+    dispatch: Callable[[str], None]
+    shutdown: threading.Event = field(default_factory=threading.Event)
+    worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+
+class Attempt:
+    """One claimed run of a job: heartbeat thread, throttled progress, cancel and loss detection."""
+
+    def __init__(self, ctx: JobContext, job_id: str, claim: str):
+        self.ctx, self.job_id, self.claim = ctx, job_id, claim
+        self.cancelled, self.lost, self.done = threading.Event(), threading.Event(), threading.Event()
+        self.last_write = 0.0
+        self.thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id[:8]}", daemon=True)
+
+    def __enter__(self) -> Attempt:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def _mine(self):
+        return and_(Job.id == self.job_id, Job.claim == self.claim, Job.status == JobStatus.running)
+
+    def _beat(self) -> None:
+        while not self.done.wait(self.ctx.settings.heartbeat_seconds):
+            try:
+                self.touch()
+            except Exception as e:  # a database hiccup must not kill the heartbeat
+                log.warning("heartbeat of job %s failed: %s", self.job_id, e)
+
+    def touch(self, **values) -> None:
+        """Heartbeat (plus any column values); notices cancellation and loss of the claim."""
+        with self.ctx.db.session() as s:
+            done = s.execute(update(Job).where(self._mine()).values(heartbeat_at=now(), **values)).rowcount
+            cancel = s.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
+        if not done:
+            self.lost.set()
+        if cancel:
+            self.cancelled.set()
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise JobLost(self.job_id)
+        if self.cancelled.is_set():
+            raise JobCancelled(self.job_id)
+        if self.ctx.shutdown.is_set():
+            raise JobInterrupted(self.job_id)
+
+    def progress(self, fraction: float, stage: str, message: str = "", force: bool = False) -> None:
+        """Called often by job bodies: raises to stop the job; writes at most every progress_min_interval."""
+        self.check()
+        t = time.monotonic()
+        if force or t - self.last_write >= self.ctx.settings.progress_min_interval:
+            self.last_write = t
+            self.touch(progress=min(max(fraction, 0.0), 1.0), stage=stage[:64], message=message)
+            self.check()
+
+    def finish(self, s: Session, status: JobStatus, **values) -> None:
+        """Final status, in the caller's transaction (so results and status commit together)."""
+        values = {"status": status, "finished_at": now(), "heartbeat_at": now(), **values}
+        if status == JobStatus.succeeded:
+            values.setdefault("progress", 1.0)
+        if not s.execute(update(Job).where(self._mine()).values(**values)).rowcount:
+            raise JobLost(self.job_id)
+
+
+def claim(ctx: JobContext, job_id: str) -> tuple[str, Job] | None:
+    """Atomically take a queued job (or a running one whose worker stopped heartbeating)."""
+    token, t = uuid.uuid4().hex, now()
+    stale = t - timedelta(seconds=ctx.settings.stale_after_seconds)
+    claimable = or_(
+        Job.status == JobStatus.queued,
+        and_(Job.status == JobStatus.running, or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale)),
+    )
+    with ctx.db.session() as s:
+        took = s.execute(
+            update(Job)
+            .where(Job.id == job_id, claimable, Job.cancel_requested.is_(False))
+            .values(
+                status=JobStatus.running,
+                claim=token,
+                worker=ctx.worker,
+                attempts=Job.attempts + 1,
+                heartbeat_at=t,
+                stage="starting",
+                message=f"started on {ctx.worker}",
+                error=None,
+            )
+        ).rowcount
+        if not took:
+            # Cancelled before it started: record that (no-op for finished or running jobs).
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.queued, Job.cancel_requested.is_(True))
+                .values(status=JobStatus.cancelled, finished_at=t, stage="cancelled", message="cancelled")
+            )
+            return None
+        job = s.get(Job, job_id)
+        if job.started_at is None:
+            job.started_at = t
+        return token, job
+
+
+def run_job(job_id: str, ctx: JobContext) -> str | None:
+    """Run one job to a final status (or back to the queue). Returns the status it left, None if the
+    job was not ours to run (finished, cancelled, or running elsewhere)."""
+    claimed = claim(ctx, job_id)
+    if claimed is None:
+        log.info("job %s not claimable; skipping", job_id)
+        return None
+    token, job = claimed
+    if job.attempts > ctx.settings.job_max_attempts:
+        with ctx.db.session() as s:
+            Attempt(ctx, job_id, token).finish(
+                s,
+                JobStatus.failed,
+                stage="failed",
+                error=f"gave up after {job.attempts - 1} attempts whose worker was lost",
+                message="worker lost too often",
+            )
+        return JobStatus.failed
+    body = BODIES[job.kind]
+    params = PARAMS_BY_KIND[job.kind].model_validate(job.params)
+    with Attempt(ctx, job_id, token) as attempt:
+        try:
+            body(ctx, job, params, attempt)
+            return JobStatus.succeeded
+        except JobLost:
+            log.warning("job %s: claim lost (presumed dead); stopped without writing results", job_id)
+            return None
+        except JobCancelled:
+            with ctx.db.session() as s:
+                attempt.finish(s, JobStatus.cancelled, stage="cancelled", message="cancelled on request")
+            return JobStatus.cancelled
+        except JobInterrupted:
+            with ctx.db.session() as s:
+                s.execute(
+                    update(Job)
+                    .where(attempt._mine())
+                    .values(
+                        status=JobStatus.queued,
+                        claim=None,
+                        stage="interrupted",
+                        message=("worker shut down; queued to resume"),
+                    )
+                )
+            ctx.dispatch(job_id)
+            return JobStatus.queued
+        except Exception as e:
+            user = isinstance(e, user_errors())
+            if not user:
+                log.exception("job %s failed", job_id)
+            error = (
+                str(e).strip().splitlines()[0]
+                if user and str(e).strip()
+                else (f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}")
+            )
+            with ctx.db.session() as s:
+                attempt.finish(s, JobStatus.failed, stage="failed", error=error, message="failed")
+                on_failure = FAILURE_HOOKS.get(job.kind)
+                if on_failure:
+                    on_failure(s, job)
+            return JobStatus.failed
+
+
+def recover_stale(ctx: JobContext) -> list[str]:
+    """Requeue running jobs whose worker stopped heartbeating (it died); returns their ids."""
+    stale = now() - timedelta(seconds=ctx.settings.stale_after_seconds)
+    dead = and_(Job.status == JobStatus.running, or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale))
+    requeued = []
+    with ctx.db.session() as s:
+        for job in s.scalars(select(Job).where(dead)).all():
+            if job.cancel_requested:
+                values = {"status": JobStatus.cancelled, "finished_at": now(), "stage": "cancelled"}
+                values["message"] = "cancelled (its worker was lost)"
+            else:
+                values = {"status": JobStatus.queued, "claim": None, "stage": "requeued"}
+                values["message"] = (
+                    f"worker {job.worker} lost (no heartbeat since {job.heartbeat_at:%H:%M:%S} UTC); "
+                    "queued to resume"
+                )
+            if s.execute(update(Job).where(Job.id == job.id, dead).values(**values)).rowcount:
+                if values["status"] == JobStatus.queued:
+                    requeued.append(job.id)
+    for job_id in requeued:
+        log.warning("job %s: worker lost; requeued", job_id)
+        ctx.dispatch(job_id)
+    return requeued
+
+
+# ---------------------------------------------------------------- train
+
+
+def _thin(records: list[dict], points: int = METRICS_POINTS) -> list[dict]:
+    """At most `points` records, evenly spaced, always keeping evaluation records and the last one."""
+    if len(records) <= points:
+        return records
+    stride = -(-len(records) // points)
+    return [r for i, r in enumerate(records) if i % stride == 0 or "val_loss" in r or i == len(records) - 1]
+
+
+def _read_metrics(folder: Path) -> list[dict]:
+    import json
+
+    from worker.engine.checkpoints import METRICS
+
+    path = folder / METRICS
+    return [json.loads(ln) for ln in path.read_text().splitlines()] if path.exists() else []
+
+
+def _summary(metrics: list[dict]) -> dict:
+    summary = {}
+    for rec in metrics:
+        for key in ("loss", "val_loss", "train_eval_loss", "l0", "dead_neurons", "density", "tokens_per_s"):
+            if key in rec:
+                summary[key] = rec[key]
+    summary["steps"] = metrics[-1]["step"] if metrics else 0
+    return summary
+
+
+def build_run_config(params: TrainParams, settings: Settings):
+    """The RunConfig a train job will use (also used at submission to check the caps)."""
+    from worker.engine.config import ModelConfig, RunConfig, TrainConfig, preset
+
+    run = preset(params.preset, dense=params.dense, steps=params.steps)
+    train_updates = dict(params.train)
+    if params.corpus is not None:
+        train_updates["corpus"] = str(settings.data_dir / "corpora" / params.corpus)
+    if train_updates.get("max_corpus_bytes") is None and run.train.max_corpus_bytes is None:
+        train_updates["max_corpus_bytes"] = settings.max_corpus_bytes
+    return RunConfig(
+        model=ModelConfig.model_validate({**run.model.model_dump(), **params.model}),
+        train=TrainConfig.model_validate({**run.train.model_dump(), **train_updates}),
+    )
+
+
+def count_params(model_config) -> int:
+    import torch
+
+    from worker.engine.model import SparseGPT
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in SparseGPT(model_config).parameters())
+
+
+def _train_progress(attempt: Attempt) -> Callable[[dict], None]:
+    def report(rec: dict) -> None:
+        stage, step, total = rec["stage"], rec.get("step", 0), rec.get("total", 1)
+        if stage == "train" and "loss" in rec:
+            message = f"step {step}/{total} loss {rec['loss']:.3f}"
+            if "val_loss" in rec:
+                message += f" val {rec['val_loss']:.3f}"
+            attempt.progress(0.02 + 0.97 * step / total, "train", message, force=step == total)
+        else:
+            attempt.progress(0.02 * (stage != "corpus") if stage != "done" else 0.99, stage, f"{stage}...")
+
+    return report
+
+
+def train_body(ctx: JobContext, job: Job, params: TrainParams, attempt: Attempt) -> None:
+    from worker.engine.checkpoints import CHECKPOINT, WEIGHTS
+    from worker.engine.train import train
+
+    settings = ctx.settings
+    with ctx.db.session() as s:
+        model = s.get(Model, job.result.get("model_id", 0)) if job.result.get("model_id") else None
+        if model is None:
+            run = build_run_config(params, settings)
+            model = Model(
+                name=params.name or f"{params.preset}-{'dense' if params.dense else 'sparse'}-{job.id[:8]}",
+                kind=ModelKind.dense if run.train.dense else ModelKind.sparse,
+                status=ModelStatus.training,
+                config=run.model_dump(mode="json"),
+                n_params=count_params(run.model),
+                artifact_path="",
+                job_id=job.id,
+            )
+            s.add(model)
+            s.flush()
+            model.artifact_path = f"models/{model.id}"
+            s.execute(update(Job).where(Job.id == job.id).values(result={"model_id": model.id}))
+        model_id, run_json = model.id, model.config
+    from worker.engine.config import RunConfig
+
+    run = RunConfig.model_validate(run_json)
+    folder = settings.artifact(f"models/{model_id}")
+    resume_from = None
+    if (folder / WEIGHTS).exists():
+        pass  # finished before the previous attempt died: only registration is left
+    else:
+        if (folder / CHECKPOINT).exists():
+            from safetensors import safe_open
+
+            with safe_open(str(folder / CHECKPOINT), framework="pt") as f:
+                resume_from = int(f.metadata()["step"])
+            attempt.progress(0.0, "resume", f"resuming from the checkpoint at step {resume_from}", force=True)
+        elif folder.exists():
+            shutil.rmtree(folder)  # died before the first checkpoint: start over
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        train(run, folder, resume=resume_from is not None, on_progress=_train_progress(attempt))
+    attempt.check()
+    metrics = _read_metrics(folder)
+    result = {"model_id": model_id}
+    if resume_from is not None:
+        result["resumed_from_step"] = resume_from
+    with ctx.db.session() as s:
+        s.execute(
+            update(Model)
+            .where(Model.id == model_id)
+            .values(status=ModelStatus.ready, metrics=_thin(metrics), summary=_summary(metrics))
+        )
+        attempt.finish(
+            s, JobStatus.succeeded, stage="done", message=f"trained model {model_id}", result=result
+        )
+
+
+def train_failed(s: Session, job: Job) -> None:
+    model_id = job.result.get("model_id")
+    if model_id:
+        s.execute(update(Model).where(Model.id == model_id).values(status=ModelStatus.failed))
+
+
+# ---------------------------------------------------------------- profile
+
+
+def ready_model(ctx: JobContext, model_id: int):
+    """(Model row, its folder) for a trained model, or a clear error."""
+    with ctx.db.session() as s:
+        model = s.get(Model, model_id)
+        if model is None:
+            raise ValueError(f"model {model_id} does not exist")
+        if model.status != ModelStatus.ready:
+            raise ValueError(f"model {model_id} is {model.status}, not ready")
+        return model, ctx.settings.artifact(model.artifact_path)
+
+
+def profile_body(ctx: JobContext, job: Job, params: ProfileParams, attempt: Attempt) -> None:
+    from worker.engine import activations
+    from worker.engine.checkpoints import load_model
+
+    model, folder = ready_model(ctx, params.model_id)
+    attempt.progress(0.0, "load", "loading the model", force=True)
+    net, tok, run = load_model(folder)
+    profile = activations.profile_for_jobs(
+        net, tok, run, folder, params, lambda f, m: attempt.progress(0.95 * f, "profile", m)
+    )
+    attempt.progress(0.95, "store", "writing statistics and examples", force=True)
+    with ctx.db.session() as s:
+        write_profile(s, model.id, profile)
+        s.execute(update(Model).where(Model.id == model.id).values(profiled=True))
+        attempt.finish(
+            s,
+            JobStatus.succeeded,
+            stage="done",
+            message=f"profiled model {model.id}",
+            result={"model_id": model.id, "nodes": len(profile.stats), "examples": len(profile.examples)},
+        )
+
+
+def write_profile(s: Session, model_id: int, profile) -> None:
+    """Replace a model's node statistics and examples; documents are shared and stored once."""
+    s.execute(delete(ActivationExample).where(ActivationExample.model_id == model_id))
+    s.execute(delete(NodeStat).where(NodeStat.model_id == model_id))
+    doc_ids = {}
+    for doc in profile.documents:
+        existing = s.scalar(select(CorpusDocument.id).where(CorpusDocument.sha256 == doc.sha256))
+        if existing is None:
+            row = CorpusDocument(corpus=doc.corpus, path=doc.path, sha256=doc.sha256, text=doc.text)
+            s.add(row)
+            s.flush()
+            existing = row.id
+        doc_ids[doc.key] = existing
+    s.bulk_insert_mappings(NodeStat, [{"model_id": model_id, **st} for st in profile.stats])
+    s.bulk_insert_mappings(
+        ActivationExample,
+        [
+            {
+                "model_id": model_id,
+                **{k: v for k, v in ex.items() if k != "document"},
+                "document_id": doc_ids.get(ex.get("document")),
+            }
+            for ex in profile.examples
+        ],
+    )
+
+
+# ---------------------------------------------------------------- prune
+
+
+def task_spec(s: Session, name: str):
+    """A built-in task from the engine registry (custom tasks: see backend.tasks)."""
+    from worker.engine.tasks import get_task
+
+    return get_task(name)
+
+
+def ensure_task(s: Session, spec) -> int:
+    row = s.scalar(select(Task).where(Task.name == spec.name))
+    if row is None:
+        row = Task(
+            name=spec.name,
+            builtin=True,
+            completion_a=spec.completion_a,
+            completion_b=spec.completion_b,
+            description=spec.description,
+        )
+        s.add(row)
+        s.flush()
+    return row.id
+
+
+def prune_config(params: PruneParams):
+    from worker.engine.prune import PruneConfig
+
+    fields = params.model_dump(exclude={"model_id", "task", "validate_circuit"}, exclude_none=True)
+    return PruneConfig(**fields)
+
+
+def prune_body(ctx: JobContext, job: Job, params: PruneParams, attempt: Attempt) -> None:
+    from worker.engine.ablation import load_or_compute_means
+    from worker.engine.checkpoints import load_model
+    from worker.engine.prune import find_circuit, validate
+    from worker.engine.tasks import build_task
+
+    model, folder = ready_model(ctx, params.model_id)
+    cfg = prune_config(params)
+    with ctx.db.session() as s:
+        spec = task_spec(s, params.task)
+    attempt.progress(0.0, "load", "loading the model and task", force=True)
+    net, tok, run = load_model(folder)
+    data = build_task(spec, tok)
+    attempt.progress(0.02, "means", "mean activations", force=True)
+    means = load_or_compute_means(folder, net, tok, run)
+    span = 0.75 if params.validate_circuit else 0.95
+    circuit = find_circuit(
+        net, data, means, cfg, str(model.id), lambda f, m: attempt.progress(0.05 + span * f, "prune", m)
+    )
+    if params.validate_circuit:
+        attempt.progress(0.8, "validate", "controls: random circuit, shuffled labels", force=True)
+        circuit.validation = validate(net, data, means, circuit, cfg)
+    attempt.progress(0.98, "store", "writing the circuit", force=True)
+    with ctx.db.session() as s:
+        circuit_id = write_circuit(s, model.id, ensure_task(s, spec), circuit, cfg, job.id)
+        attempt.finish(
+            s,
+            JobStatus.succeeded,
+            stage="done",
+            message=f"circuit {circuit_id}: {len(circuit.nodes)} nodes, {len(circuit.edges)} edges",
+            result={"model_id": model.id, "circuit_id": circuit_id},
+        )
+
+
+def write_circuit(s: Session, model_id: int, task_id: int, circuit, cfg, job_id: str) -> int:
+    row = Circuit(
+        model_id=model_id,
+        task_id=task_id,
+        target_loss=circuit.target_loss,
+        n_nodes=len(circuit.nodes),
+        n_edges=len(circuit.edges),
+        losses=circuit.losses,
+        calibration=circuit.calibration,
+        curve=circuit.curve,
+        runs=circuit.runs,
+        validation=circuit.validation,
+        params=cfg.model_dump(mode="json"),
+        job_id=job_id,
+    )
+    s.add(row)
+    s.flush()
+    s.bulk_insert_mappings(
+        CircuitNode,
+        [
+            {
+                "circuit_id": row.id,
+                "name": n.name,
+                "site": n.site,
+                "layer": n.layer,
+                "index": n.index,
+                "tau": n.tau,
+            }
+            for n in circuit.nodes
+        ],
+    )
+    s.bulk_insert_mappings(
+        CircuitEdge,
+        [
+            {"circuit_id": row.id, "src": e.src, "dst": e.dst, "weight": e.weight, "kind": e.kind}
+            for e in circuit.edges
+        ],
+    )
+    return row.id
+
+
+BODIES = {"train": train_body, "profile": profile_body, "prune": prune_body}
+FAILURE_HOOKS = {"train": train_failed}
