@@ -12,7 +12,15 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from worker.jobs import JobContext, build_run_config, count_params, prune_config, recover_stale, run_job
+from worker.jobs import (
+    JobContext,
+    build_run_config,
+    count_params,
+    prune_config,
+    recover_stale,
+    run_job,
+    task_row,
+)
 
 from .db import Database
 from .models import TERMINAL, ApiKey, Job, JobStatus, Model, ModelStatus
@@ -69,12 +77,10 @@ def check_params(session: Session, settings: Settings, params) -> None:
         _cap(params.tokens, s.max_profile_tokens, "params.tokens", "max_profile_tokens")
         _ready_model(session, params.model_id)
     elif isinstance(params, PruneParams):
-        from worker.engine.tasks import get_task
-
         _cap(params.steps, s.max_prune_steps, "params.steps", "max_prune_steps")
         _cap(params.runs, s.max_prune_runs, "params.runs", "max_prune_runs")
         prune_config(params)  # PruneConfig's own validation
-        get_task(params.task)  # TaskError (422) naming the known tasks
+        task_row(session, params.task)  # TaskError (422) naming the known tasks
         _ready_model(session, params.model_id)
 
 

@@ -311,10 +311,18 @@ def build_run_config(params: TrainParams, settings: Settings):
         train_updates["corpus"] = str(settings.data_dir / "corpora" / params.corpus)
     if train_updates.get("max_corpus_bytes") is None and run.train.max_corpus_bytes is None:
         train_updates["max_corpus_bytes"] = settings.max_corpus_bytes
-    return RunConfig(
-        model=ModelConfig.model_validate({**run.model.model_dump(), **params.model}),
-        train=TrainConfig.model_validate({**run.train.model_dump(), **train_updates}),
-    )
+    parts = {}
+    for section, cls, base, updates in (
+        ("model", ModelConfig, run.model, params.model),
+        ("train", TrainConfig, run.train, train_updates),
+    ):
+        try:
+            parts[section] = cls.model_validate({**base.model_dump(), **updates})
+        except ValidationError as e:  # name the offending field as the request spells it
+            err = e.errors()[0]
+            where = ".".join(map(str, ("params", section, *err["loc"])))
+            raise ValueError(f"{where}: {err['msg']}") from None
+    return RunConfig(**parts)
 
 
 def count_params(model_config) -> int:
@@ -470,18 +478,16 @@ def write_profile(s: Session, model_id: int, profile) -> None:
 # ---------------------------------------------------------------- prune
 
 
-def task_spec(s: Session, name: str):
-    """A built-in task from the engine registry (custom tasks: see backend.tasks)."""
-    from worker.engine.tasks import get_task
+def task_row(s: Session, name: str) -> Task:
+    """The tasks-table row of a task: custom tasks are created through the API; a built-in task's row
+    is made from the engine registry the first time a job uses it."""
+    from worker.engine.tasks import REGISTRY, TaskError
 
-    return get_task(name)
-
-
-def ensure_task(s: Session, spec) -> int:
-    row = s.scalar(select(Task).where(Task.name == spec.name))
-    if row is None:
+    row = s.scalar(select(Task).where(Task.name == name))
+    if row is None and name in REGISTRY:
+        spec = REGISTRY[name]
         row = Task(
-            name=spec.name,
+            name=name,
             builtin=True,
             completion_a=spec.completion_a,
             completion_b=spec.completion_b,
@@ -489,7 +495,18 @@ def ensure_task(s: Session, spec) -> int:
         )
         s.add(row)
         s.flush()
-    return row.id
+    if row is None:
+        raise TaskError(f"unknown task {name!r}; known: {', '.join(sorted(REGISTRY))} and custom tasks")
+    return row
+
+
+def task_data(name: str, spec: dict, builtin: bool, tok):
+    """Tokenise a task for a model: built-in tasks mine the corpus, custom ones use their pairs."""
+    from worker.engine.tasks import build_custom_task, build_task, get_task, parse_custom_task
+
+    if builtin:
+        return build_task(get_task(name), tok)
+    return build_custom_task(parse_custom_task(spec), tok)[0]
 
 
 def prune_config(params: PruneParams):
@@ -503,15 +520,15 @@ def prune_body(ctx: JobContext, job: Job, params: PruneParams, attempt: Attempt)
     from worker.engine.ablation import load_or_compute_means
     from worker.engine.checkpoints import load_model
     from worker.engine.prune import find_circuit, validate
-    from worker.engine.tasks import build_task
 
     model, folder = ready_model(ctx, params.model_id)
     cfg = prune_config(params)
     with ctx.db.session() as s:
-        spec = task_spec(s, params.task)
+        task = task_row(s, params.task)
+        task_id, builtin, spec = task.id, task.builtin, task.spec
     attempt.progress(0.0, "load", "loading the model and task", force=True)
     net, tok, run = load_model(folder)
-    data = build_task(spec, tok)
+    data = task_data(params.task, spec, builtin, tok)
     attempt.progress(0.02, "means", "mean activations", force=True)
     means = load_or_compute_means(folder, net, tok, run)
     span = 0.75 if params.validate_circuit else 0.95
@@ -523,7 +540,7 @@ def prune_body(ctx: JobContext, job: Job, params: PruneParams, attempt: Attempt)
         circuit.validation = validate(net, data, means, circuit, cfg)
     attempt.progress(0.98, "store", "writing the circuit", force=True)
     with ctx.db.session() as s:
-        circuit_id = write_circuit(s, model.id, ensure_task(s, spec), circuit, cfg, job.id)
+        circuit_id = write_circuit(s, model.id, task_id, circuit, cfg, job.id)
         attempt.finish(
             s,
             JobStatus.succeeded,
