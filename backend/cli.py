@@ -97,20 +97,24 @@ def train(
 @app.command("eval-tasks")
 def eval_tasks(
     model: Annotated[Path, typer.Option(help="trained model folder")],
-    tasks: Annotated[str | None, typer.Option(help="comma-separated task names (default: all)")] = None,
+    tasks: Annotated[
+        str | None, typer.Option(help="comma-separated task names or custom .json files (default: all)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Accuracy and per-prompt two-class loss of a model on the tasks' test split."""
     from worker.engine.checkpoints import load_model
     from worker.engine.data import load_corpus
-    from worker.engine.tasks import REGISTRY, build_task, evaluate_task, get_task
+    from worker.engine.tasks import REGISTRY, evaluate_task, load_task
 
     try:
-        names = tasks.split(",") if tasks else sorted(REGISTRY)
-        specs = [get_task(n.strip()) for n in names]
+        names = [n.strip() for n in tasks.split(",")] if tasks else sorted(REGISTRY)
         net, tok, _ = load_model(model)
         docs = load_corpus(None)
-        results = {s.name: evaluate_task(net, build_task(s, tok, docs)) for s in specs}
+        results = {}
+        for name in names:
+            data = load_task(name, tok, docs)
+            results[data.name] = evaluate_task(net, data)
     except USER_ERRORS as e:
         fail(describe(e))
     if as_json:
@@ -140,46 +144,117 @@ class FractionBar:
         self.bar.close()
 
 
-@app.command()
-def prune(
-    model: Annotated[Path, typer.Option(help="trained model folder")],
-    task: Annotated[str, typer.Option(help="task name (see eval-tasks)")],
-    out: Annotated[Path, typer.Option(help="circuit JSON file to write")],
-    target_loss: Annotated[float, typer.Option(help="per-prompt two-class CE the circuit must reach")] = 0.15,
-    runs: Annotated[int, typer.Option(help="hyper-parameter search runs")] = 4,
-    steps: Annotated[int, typer.Option(help="mask optimisation steps per run")] = 150,
-    validate: Annotated[bool, typer.Option("--validate", help="also run the controls")] = False,
-) -> None:
-    """Prune a model to the smallest circuit that does a task."""
-    from worker.engine.ablation import load_or_compute_means
-    from worker.engine.checkpoints import atomic_write_text, load_model
-    from worker.engine.prune import PruneConfig, find_circuit
-    from worker.engine.prune import validate as validate_circuit
-    from worker.engine.tasks import build_task, get_task
+TargetLoss = Annotated[float, typer.Option(help="per-prompt two-class CE the circuit must reach")]
+Runs = Annotated[int | None, typer.Option(help="hyper-parameter search runs (default: PruneConfig's)")]
+Steps = Annotated[int | None, typer.Option(help="mask optimisation steps per run (default: PruneConfig's)")]
 
-    bar = None
+
+def prune_config(target_loss: float, runs: int | None, steps: int | None):
+    from worker.engine.prune import PruneConfig
+
+    given = {"runs": runs, "steps": steps}
+    return PruneConfig(target_loss=target_loss, **{k: v for k, v in given.items() if v is not None})
+
+
+def prune_one(model: Path, task: str, cfg, validate: bool = False):
+    """Load a model and its cached means, prune it on one task (with a progress bar) -> Circuit."""
+    from worker.engine.ablation import load_or_compute_means
+    from worker.engine.checkpoints import load_model
+    from worker.engine.prune import find_circuit
+    from worker.engine.prune import validate as validate_circuit
+    from worker.engine.tasks import load_task
+
+    net, tok, run = load_model(model)
+    data = load_task(task, tok)
+    means = load_or_compute_means(model, net, tok, run)
+    bar = FractionBar(f"prune {data.name} ({model.name})")
     try:
-        cfg = PruneConfig(target_loss=target_loss, runs=runs, steps=steps)
-        spec = get_task(task)
-        net, tok, run = load_model(model)
-        data = build_task(spec, tok)
-        means = load_or_compute_means(model, net, tok, run)
-        bar = FractionBar(f"prune {task}")
         circuit = find_circuit(net, data, means, cfg, str(model), bar)
         if validate:
             bar(1.0, "controls")
             circuit.validation = validate_circuit(net, data, means, circuit, cfg)
+    finally:
+        bar.close()
+    return circuit
+
+
+@app.command()
+def prune(
+    model: Annotated[Path, typer.Option(help="trained model folder")],
+    task: Annotated[str, typer.Option(help="task name (see eval-tasks) or a custom task's .json file")],
+    out: Annotated[Path, typer.Option(help="circuit JSON file to write")],
+    target_loss: TargetLoss = 0.15,
+    runs: Runs = None,
+    steps: Steps = None,
+    validate: Annotated[bool, typer.Option("--validate", help="also run the controls")] = False,
+) -> None:
+    """Prune a model to the smallest circuit that does a task."""
+    from worker.engine.checkpoints import atomic_write_text
+
+    try:
+        circuit = prune_one(model, task, prune_config(target_loss, runs, steps), validate)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, json.dumps(circuit.to_json(), indent=1))
     except USER_ERRORS as e:
         fail(describe(e))
-    finally:
-        if bar is not None:
-            bar.close()
     losses = circuit.losses
     typer.echo(
-        f"{task}: {len(circuit.nodes)} nodes, {len(circuit.edges)} edges; loss full {losses['full']:.3f} "
-        f"circuit {losses['circuit']:.3f} ablated {losses['ablated']:.3f} -> {out}"
+        f"{circuit.task}: {len(circuit.nodes)} nodes, {len(circuit.edges)} edges; loss full "
+        f"{losses['full']:.3f} circuit {losses['circuit']:.3f} ablated {losses['ablated']:.3f} -> {out}"
+    )
+    if validate:
+        rand, shuffled = circuit.validation["random_circuit"], circuit.validation["shuffled_labels"]
+        typer.echo(
+            f"random circuit of {rand['nodes']} nodes: loss {rand['mean_loss']:.3f}; "
+            f"shuffled labels: {shuffled['nodes']} nodes, loss {shuffled['circuit_loss']:.3f}"
+        )
+
+
+@app.command()
+def compare(
+    sparse: Annotated[Path, typer.Option(help="weight-sparse model folder")],
+    dense: Annotated[Path, typer.Option(help="dense baseline model folder")],
+    tasks: Annotated[str, typer.Option(help="comma-separated task names or custom .json files")],
+    target_loss: TargetLoss = 0.15,
+    runs: Runs = None,
+    steps: Steps = None,
+    out: Annotated[Path | None, typer.Option(help="folder for the circuits and the table (JSON)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the table as JSON")] = False,
+) -> None:
+    """Prune a sparse model and its dense baseline on the same tasks; print circuit sizes and ratios."""
+    from worker.engine.checkpoints import atomic_write_text
+    from worker.engine.circuit import size_comparison
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not names:
+        fail("--tasks names no task")
+    try:
+        cfg = prune_config(target_loss, runs, steps)
+        pairs = {}
+        for name in names:
+            pair = tuple(prune_one(folder, name, cfg) for folder in (sparse, dense))
+            pairs[pair[0].task] = pair
+            if out is not None:
+                out.mkdir(parents=True, exist_ok=True)
+                for kind, c in zip(("sparse", "dense"), pair, strict=True):
+                    atomic_write_text(out / f"{c.task}.{kind}.json", json.dumps(c.to_json(), indent=1))
+    except USER_ERRORS as e:
+        fail(describe(e))
+    table = size_comparison(pairs)
+    if out is not None:
+        atomic_write_text(out / "comparison.json", json.dumps(table, indent=1))
+    if as_json:
+        typer.echo(json.dumps(table, indent=2))
+        return
+    typer.echo(f"{'task':28s} {'sparse n/e':>12s} {'dense n/e':>12s} {'edge ratio':>10s}  losses s/d")
+    for r in table["tasks"]:
+        typer.echo(
+            f"{r['task']:28s} {r['sparse_nodes']:5d}/{r['sparse_edges']:<6d} {r['dense_nodes']:5d}/"
+            f"{r['dense_edges']:<6d} {r['edge_ratio']:10.2f}  {r['sparse_loss']:.3f}/{r['dense_loss']:.3f}"
+        )
+    typer.echo(
+        f"geometric mean over {len(table['tasks'])} tasks: edge ratio {table['geomean_edge_ratio']:.2f}, "
+        f"node ratio {table['geomean_node_ratio']:.2f}"
     )
 
 

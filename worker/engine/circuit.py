@@ -17,6 +17,7 @@ JSON schema (version 1), top-level keys:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -124,3 +125,32 @@ def make_nodes(names: list[str], tau: dict[str, float]) -> list[Node]:
         site, idx = parse_node(n)
         out.append(Node(n, site, site_layer(site), idx, tau[n]))
     return out
+
+
+def size_comparison(pairs: dict[str, tuple[Circuit, Circuit]]) -> dict:
+    """Dense/sparse circuit sizes per task (sparse, dense) and the geometric mean of the ratios.
+    A ratio counts a circuit of 0 edges as 1 so that it stays finite."""
+    rows = []
+    for task, (sparse, dense) in pairs.items():
+        rows.append(
+            {
+                "task": task,
+                "sparse_nodes": len(sparse.nodes),
+                "sparse_edges": len(sparse.edges),
+                "dense_nodes": len(dense.nodes),
+                "dense_edges": len(dense.edges),
+                "sparse_loss": sparse.losses["circuit"],
+                "dense_loss": dense.losses["circuit"],
+                "node_ratio": len(dense.nodes) / max(1, len(sparse.nodes)),
+                "edge_ratio": len(dense.edges) / max(1, len(sparse.edges)),
+            }
+        )
+
+    def geomean(key: str) -> float:
+        return math.exp(sum(math.log(max(r[key], 1e-12)) for r in rows) / len(rows)) if rows else float("nan")
+
+    return {
+        "tasks": rows,
+        "geomean_edge_ratio": geomean("edge_ratio"),
+        "geomean_node_ratio": geomean("node_ratio"),
+    }

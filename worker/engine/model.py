@@ -207,8 +207,10 @@ class SparseGPT(nn.Module):
         idx: torch.Tensor,
         edits: dict[str, SiteEdit] | None = None,
         capture: Iterable[str] = (),
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Logits (batch, position, vocab) and the captured site activations."""
+        """Logits (batch, position, vocab) and the captured site activations. `last_only` computes the
+        logits of the last position only (batch, 1, vocab): all that next-token tasks need."""
         T = idx.shape[1]
         if T > self.cfg.n_ctx:
             raise ValueError(f"sequence of {T} tokens exceeds the context of {self.cfg.n_ctx}")
@@ -220,6 +222,8 @@ class SparseGPT(nn.Module):
         for block in self.blocks:
             x = block(x, p, self._topk)
         x = p.site("final_resid", x)
+        if last_only:
+            x, idx = x[:, -1:], idx[:, -1:]
         logits = self.lm_head(self.final_norm(x))
         if self.bigram is not None:
             logits = logits + self.bigram(idx).to(logits.dtype)

@@ -8,6 +8,7 @@ nodes (largest tau first) for the smallest circuit whose calibrated task loss <=
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections.abc import Callable
@@ -111,7 +112,7 @@ def task_logits(model: SparseGPT, task: TaskData, prompts: torch.Tensor, keep_fl
     edits = None if keep_flat is None else ablation_edits(masks.by_site(keep_flat), means)
     out = []
     for i in range(0, len(prompts), chunk):
-        logits, _ = model(prompts[i : i + chunk].flatten(0, 1), edits=edits)
+        logits, _ = model(prompts[i : i + chunk].flatten(0, 1), edits=edits, last_only=True)
         out.append(two_class_logits(logits, task))
     return torch.cat(out)
 
@@ -137,17 +138,21 @@ class PruneResult:
     runs: list[SearchRun] = field(default_factory=list)
 
 
-def learn_masks(model, task, means, cfg: PruneConfig, k_coef: float, lr: float, seed: int, progress=None):
+def learn_masks(
+    model, task, prompts, means, cfg: PruneConfig, k_coef: float, lr: float, seed: int, progress=None
+):
+    """Mask logits trained on `prompts` (pairs) with the task CE + k_coef * active nodes objective."""
     g = torch.Generator().manual_seed(seed)
     sites = prunable_sites(model)
     dims = model.site_dims()
     masks = NodeMasks({s: dims[s] for s in sites}, cfg.init_mean, cfg.init_std, g)
     opt = torch.optim.AdamW(masks.parameters(), lr=lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay)
-    train = task.train
+    train = prompts
     for step in range(cfg.steps):
         idx = torch.randint(0, len(train), (min(cfg.batch_pairs, len(train)),), generator=g)
         keep = masks.keep(cfg.temperature)
-        logits, _ = model(train[idx].flatten(0, 1), edits=ablation_edits(masks.by_site(keep), means))
+        edits = ablation_edits(masks.by_site(keep), means)
+        logits, _ = model(train[idx].flatten(0, 1), edits=edits, last_only=True)
         loss = F.cross_entropy(two_class_logits(logits, task), pair_labels(len(idx))) + k_coef * keep.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -185,6 +190,27 @@ def bisect_nodes(model, task, means, masks: NodeMasks, order: list[int], hi: int
     return (hi, *evaluate(hi))
 
 
+def split_train(train: torch.Tensor, eval_pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(held-out pairs for bisection and calibration, pairs the masks are trained on): choosing the
+    circuit size on pairs the masks never saw keeps it from fitting their quirks."""
+    n = min(eval_pairs, len(train) // 4) if len(train) >= 8 else len(train)
+    return train[:n], (train[n:] if n < len(train) else train)
+
+
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module):
+    """Model weights out of autograd (only the masks learn), restored afterwards."""
+    flags = [p.requires_grad for p in model.parameters()]
+    was_training = model.training
+    model.eval().requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
 def search_grid(runs: int) -> list[tuple[float, float]]:
     """Multipliers of (k_coef, lr) around the centre: the centre first, then widening."""
     ks = [1, 2, 0.5, 4, 0.25, 8, 0.125, 16]
@@ -201,9 +227,8 @@ def prune(
     on_progress: Callable[[float, str], None] | None = None,
 ) -> PruneResult:
     """Search over `cfg.runs` hyper-parameter settings; keep the smallest circuit that meets the target."""
-    model.eval().requires_grad_(False)
     report = on_progress or (lambda f, m: None)
-    prompts = task.train[: cfg.eval_pairs]
+    held_out, mask_train = split_train(task.train, cfg.eval_pairs)
     best: PruneResult | None = None
     best_key = None
     runs: list[SearchRun] = []
@@ -213,12 +238,13 @@ def prune(
         def progress(step, total, r=r):
             report((r + step / total) / cfg.runs, f"run {r + 1}/{cfg.runs}: mask step {step}/{total}")
 
-        masks = learn_masks(model, task, means, cfg, k_coef, lr, cfg.seed + r, progress)
+        with frozen(model):
+            masks = learn_masks(model, task, mask_train, means, cfg, k_coef, lr, cfg.seed + r, progress)
         tau = masks.tau.detach().clone()
         order = torch.argsort(tau, descending=True, stable=True).tolist()
         active = int((tau > 0).sum())
         target = cfg.target_loss
-        k, loss, scale, shift = bisect_nodes(model, task, means, masks, order, active, target, prompts)
+        k, loss, scale, shift = bisect_nodes(model, task, means, masks, order, active, target, held_out)
         runs.append(SearchRun(k_coef, lr, active, k, loss, loss <= target))
         key = (runs[-1].reached_target, -k, -loss)  # meets the target, then fewest nodes, then lowest loss
         if best is None or key > best_key:

@@ -125,7 +125,7 @@ def line_edits(doc: Document, pattern: re.Pattern, tail_a: str, tail_b: str) -> 
             yield Edit(line.context, tail_a.format(**groups), tail_b.format(**groups), line.source)
 
 
-def _tokenise_pairs(
+def tokenise_pairs(
     edits: list[Edit], spec: TaskSpec, tok: Tokenizer, token_a: int, token_b: int, prompt_len: int
 ):
     """Prompt pairs of the edits that tokenise cleanly: the answer must be the token that follows the
@@ -167,7 +167,7 @@ def build_task(
         random.Random(f"{spec.name}/{seed}/{split}").shuffle(edits)
         found: list[tuple[list[int], list[int], str]] = []
         for i in range(0, len(edits), 512):
-            found += _tokenise_pairs(edits[i : i + 512], spec, tok, token_a, token_b, prompt_len)
+            found += tokenise_pairs(edits[i : i + 512], spec, tok, token_a, token_b, prompt_len)
             if len(found) >= max_pairs:
                 break
         if not found:
@@ -208,7 +208,7 @@ def evaluate_task(model, task: TaskData, split: str = "test", batch_pairs: int =
     for i in range(0, len(prompts), batch_pairs):
         chunk = prompts[i : i + batch_pairs]
         x = chunk.flatten(0, 1).to(device)
-        logits, _ = model(x, edits=edits)
+        logits, _ = model(x, edits=edits, last_only=True)
         l2 = two_class_logits(logits, task)
         labels = pair_labels(len(chunk), device)
         losses += F.cross_entropy(l2, labels, reduction="sum").item()

@@ -8,12 +8,10 @@ from .base import Edit, line_edits, lines, register
 FLAT_LIST_AT_EOL = re.compile(
     r"^(?P<head>[^\[\]#\n]*(?:[=(:,]|return|yield|in)\s*)\[(?P<body>[^\[\]#\n]+)\]\s*$"
 )
-DICT_AT_EOL = re.compile(
-    r"^(?P<head>[^\[\]{}#\n]*(?:[=(:,]|return|yield|in)\s*)\{(?P<body>[^\[\]{}#\n]+)\}\s*$"
-)
 ENUMERATE_LOOP = re.compile(
     r"^(?P<indent>\s*)for (?P<i>\w+), (?P<x>\w+) in enumerate\((?P<seq>[\w.]+)\):\s*$"
 )
+NAME_LOOP = re.compile(r"^(?P<indent>\s*)for (?P<x>[a-z_]\w*) in (?P<seq>[A-Za-z_][\w.]*):\s*$")
 
 
 def display_prefix_edits(doc, pattern, opener_a: str, opener_b: str):
@@ -47,15 +45,20 @@ def bracket_counting(doc):
 
 @register("bracket_brace", "}", "]")
 def bracket_brace(doc):
-    """A one-line dict or set display ending its line, cut after any of its items: `{k: v` -> `}`
-    (A). The edit opens it with `[` -> `]` (B)."""
-    return display_prefix_edits(doc, DICT_AT_EOL, "{", "[")
+    """A one-line list display ending its line, cut after any of its elements. The edit opens it as a
+    set, `{a, b` -> `}` (A); the real list `[a, b` -> `]` (B): which bracket closes depends on which
+    one opened."""
+    return display_prefix_edits(doc, FLAT_LIST_AT_EOL, "{", "[")
 
 
 @register("enumerate_range", "):", "))")
 def enumerate_range(doc):
-    """A real `for i, x in enumerate(seq):` loop cut after `seq`: one call open -> `):` (A). The edit
-    rewrites it as `for i in range(len(seq` -> two calls open -> `))` (B)."""
-    return line_edits(
+    """A real `for i, x in enumerate(seq):` loop, or a real `for x in seq:` loop given the index `i`,
+    cut after `seq`: one call open, `for i, x in enumerate(seq` -> `):` (A). The edit rewrites it as
+    `for i in range(len(seq` -> two calls open -> `))` (B)."""
+    yield from line_edits(
         doc, ENUMERATE_LOOP, "{indent}for {i}, {x} in enumerate({seq}", "{indent}for {i} in range(len({seq}"
+    )
+    yield from line_edits(
+        doc, NAME_LOOP, "{indent}for i, {x} in enumerate({seq}", "{indent}for i in range(len({seq}"
     )

@@ -12,13 +12,17 @@ SIMPLE = r"[^:#\n\[\]{}()'\"]*[\w)]"  # an expression without brackets, strings 
 
 ELSE_OR_ELIF_NOT = re.compile(r"^(?P<indent>\s*)(?:else:|elif not .*:)\s*$")
 WITH_AS = re.compile(rf"^(?P<indent>\s*)with (?P<expr>[^#\n]*?) as (?P<name>{NAME}):\s*$")
-WITH_OPEN = re.compile(rf"^(?P<indent>\s*)with open\((?P<args>[^()#\n]*)\) as (?P<name>{NAME}):\s*$")
+CALL_ASSIGN = re.compile(rf"^(?P<indent>\s*)(?P<name>{NAME}) = (?P<expr>{NAME}\([^#\n]*\))\s*$")
+OPEN_ARGS = r"(?P<args>(?:[^()#\n]|\([^()#\n]*\))*)"  # allows one level of nested calls
+WITH_OPEN = re.compile(rf"^(?P<indent>\s*)with open\({OPEN_ARGS}\) as (?P<name>{NAME}):\s*$")
+OPEN_ASSIGN = re.compile(rf"^(?P<indent>\s*)(?P<name>{NAME}) = open\({OPEN_ARGS}\)\s*$")
+CALL_ARGS_ASSIGN = re.compile(rf"^(?P<indent>\s*)(?P<name>{NAME}) = {NAME}\({OPEN_ARGS}\)\s*$")
 FOR_NAME = re.compile(rf"^(?P<indent>\s*)for (?P<name>{NAME}) in .*:\s*$")
 IF_SIMPLE = re.compile(rf"^(?P<indent>\s*)if (?P<cond>{SIMPLE}):\s*$")
 IF_EQUALS = re.compile(rf"^(?P<indent>\s*)if (?P<lhs>{NAME}) == (?P<rhs>{SIMPLE}):\s*$")
 IF_NAME = re.compile(rf"^(?P<indent>\s*)if (?P<name>{NAME}):\s*$")
 DEF_SIMPLE = re.compile(r"^(?P<indent>\s*)def (?P<name>\w+)\((?P<args>[\w, ]+)\):\s*$")
-FOR_AT_4 = re.compile(rf"^(?P<indent> {{4}})for (?P<target>{NAME}) in (?P<iter>{SIMPLE}):\s*$")
+FOR_AT_4 = re.compile(rf"^ {{4}}for (?P<target>{NAME}(?:, {NAME})*) in (?P<iter>[^#\n]*[^\s:]):\s*$")
 
 
 def indented_lines(doc):
@@ -46,16 +50,20 @@ def else_elif(doc):
 
 @register("with_as", " as", "\n")
 def with_as(doc):
-    """A real `with EXPR as NAME:` line cut after EXPR: `with EXPR` -> ` as` (A). The edit turns the
-    statement into an assignment `NAME = EXPR` -> newline (B)."""
-    return line_edits(doc, WITH_AS, "{indent}with {expr}", "{indent}{name} = {expr}")
+    """A real `with EXPR as NAME:` line, or a real assignment of a call `NAME = CALL(…)`, cut after the
+    expression: `with EXPR` -> ` as` (A); the assignment `NAME = EXPR` -> newline (B)."""
+    for pattern in (WITH_AS, CALL_ASSIGN):
+        yield from line_edits(doc, pattern, "{indent}with {expr}", "{indent}{name} = {expr}")
 
 
 @register("with_open", " as", "\n")
 def with_open(doc):
-    """A real `with open(ARGS) as f:` line cut after the call: `with open(…)` -> ` as` (A). The edit
-    assigns instead, `f = open(…)` -> newline (B)."""
-    return line_edits(doc, WITH_OPEN, "{indent}with open({args})", "{indent}{name} = open({args})")
+    """A real `with open(ARGS) as f:` line or `f = open(ARGS)` assignment, cut after the call:
+    `with open(…)` -> ` as` (A); the assignment `f = open(…)` -> newline (B). The standard library
+    holds only ~400 `open(` calls, so real assignments of other calls `f = CALL(ARGS)` also serve, with
+    CALL renamed `open` (their real arguments and context kept)."""
+    for pattern in (WITH_OPEN, OPEN_ASSIGN, CALL_ARGS_ASSIGN):
+        yield from line_edits(doc, pattern, "{indent}with open({args})", "{indent}{name} = open({args})")
 
 
 @register("for_while", " in", ":")
@@ -95,7 +103,7 @@ def lambda_func(doc):
 
 @register("indent_for", "        x", "    x")
 def indent_for(doc):
-    """A real `for T in I:` loop at indentation 4, cut after its line's newline: the next line is
-    indented deeper, 8 spaces (A). The edit makes the line a plain assignment `T = I` -> the next line
-    stays at 4 spaces (B)."""
+    """A real `for T in I:` loop at indentation 4 (I any expression), cut after its line's newline: the
+    next line is indented deeper, 8 spaces (A). The edit makes the line a plain assignment `T = I` ->
+    the next line stays at 4 spaces (B)."""
     return line_edits(doc, FOR_AT_4, "    for {target} in {iter}:\n", "    {target} = {iter}\n")

@@ -2,12 +2,13 @@
 
 import re
 
-from .base import line_edits, register
+from .base import Edit, line_edits, lines, register
 
 CALL_WITH_STRING = re.compile(
     r"""^(?P<head>[^"'#\n]*\()(?P<q>["'])(?P<body>[A-Za-z0-9 _,.:%=-]*[A-Za-z0-9])(?P=q)\)\s*$"""
 )
-FSTRING_FIELD = re.compile(r"""^(?P<head>[^#\n]*\bf(?P<q>["'])[^"'{}\n]*)\{(?P<expr>[A-Za-z_][\w.]*)\}""")
+FSTRING_FIELD = re.compile(r"""(?P<expr>[A-Za-z_][\w.]*)[}!:]""")  # a field's leading name
+FSTRING = re.compile(r"""\b(?:[rR]?[fF]|[fF][rR])(?P<q>["'])(?P<body>[^"'\n]*)(?P=q)""")
 
 
 @register("single_double_quote", '")', "')")
@@ -20,6 +21,16 @@ def single_double_quote(doc):
 
 @register("fstring_brace", "}", ")")
 def fstring_brace(doc):
-    """A real f-string replacement field `{name`, cut after the name: `{` -> `}` (A). The edit opens the
-    field with `(` instead -> `)` (B): which bracket closes depends on which one opened."""
-    return line_edits(doc, FSTRING_FIELD, "{head}{{{expr}", "{head}({expr}")
+    """Any real f-string replacement field `{name}` (or `{name!r}`, `{name:fmt}`), cut after the name:
+    `{name` -> `}` (A). The edit opens the field with `(` instead -> `)` (B): which bracket closes
+    depends on which one opened."""
+    for line in lines(doc):
+        if "#" in line.text:
+            continue
+        for s in FSTRING.finditer(line.text):
+            for field in re.finditer(r"(?<!\{)\{(?!\{)", s["body"]):
+                start = s.start("body") + field.end()
+                m = FSTRING_FIELD.match(line.text, start)
+                if m:
+                    head = line.text[: field.start() + s.start("body")]
+                    yield Edit(line.context, f"{head}{{{m['expr']}", f"{head}({m['expr']}", line.source)
