@@ -39,6 +39,8 @@ class PruneConfig(BaseModel):
     init_mean: float = 0.1
     init_std: float = 0.01
     runs: int = Field(4, ge=1, le=256)  # hyper-parameter search around the centre
+    curve_points: int = Field(10, ge=2, le=64)  # loss-vs-k curve: k values on a geometric grid
+    curve_pairs: int = Field(256, ge=1)  # test pairs each curve point is measured on
     seed: int = 0
 
 
@@ -278,19 +280,22 @@ def circuit_losses(model, task: TaskData, means, masks: NodeMasks, keep: torch.T
 
 
 def loss_curve(
-    model, task: TaskData, means, masks: NodeMasks, order: list[int], k_max: int, points: int = 12
+    model, task: TaskData, means, masks: NodeMasks, order: list[int], k_max: int, points: int, pairs: int
 ):
-    """Calibrated test loss of the top-k circuit for k on a geometric grid (calibration fitted on train)."""
+    """Calibrated test loss (first `pairs` test pairs) of the top-k circuit for k on a geometric grid."""
     ks = sorted({int(round(k_max ** (i / (points - 1)))) for i in range(points)} | {0})
     return [
-        {"k": k, "loss": calibrated_test_loss(model, task, means, masks, keep_top(masks, order, k))}
+        {"k": k, "loss": calibrated_test_loss(model, task, means, masks, keep_top(masks, order, k), pairs)}
         for k in ks
     ]
 
 
-def calibrated_test_loss(model, task: TaskData, means, masks: NodeMasks, keep: torch.Tensor) -> float:
-    """Calibrate the kept-node model on 128 train pairs, report its calibrated loss on the test split."""
-    train, test = task.train[:128], task.test
+def calibrated_test_loss(
+    model, task: TaskData, means, masks: NodeMasks, keep: torch.Tensor, pairs: int | None = None
+) -> float:
+    """Calibrate the kept-node model on 128 train pairs, report its calibrated loss on the test split
+    (or its first `pairs` pairs)."""
+    train, test = task.train[:128], task.test[:pairs]
     scale, shift = calibrate(task_logits(model, task, train, keep, masks, means), pair_labels(len(train)))
     test_logits = task_logits(model, task, test, keep, masks, means)
     return calibrated_loss(test_logits, pair_labels(len(test)), scale, shift)
@@ -314,7 +319,16 @@ def find_circuit(model, task: TaskData, means, cfg: PruneConfig, model_ref: str,
         edges=edges_from_weights(model, names),
         losses=circuit_losses(model, task, means, masks, keep, result.scale, result.shift),
         calibration={"scale": result.scale, "shift": result.shift},
-        curve=loss_curve(model, task, means, masks, order, min(len(order), max(2 * active, 4))),
+        curve=loss_curve(
+            model,
+            task,
+            means,
+            masks,
+            order,
+            min(len(order), max(2 * active, 4)),
+            cfg.curve_points,
+            cfg.curve_pairs,
+        ),
         runs=[asdict(r) for r in result.runs],
     )
     report(1.0, "done")
