@@ -47,9 +47,11 @@ def serve(
     import uvicorn
 
     from backend.app import create_app
+    from worker.jobs import limit_torch_threads
 
     settings = _settings()
     _upgrade(settings)
+    limit_torch_threads(settings)
     jobs = f"Celery via {settings.broker_url}" if settings.broker_url else "in-process"
     typer.echo(f"database {settings.db_url}; jobs {jobs}; http://{host}:{port}/", err=True)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
@@ -67,13 +69,20 @@ def worker(
     if pool not in ("solo", "threads", "prefork"):
         _fail(f"--pool must be solo, threads or prefork, not {pool!r}")
     from worker.celery_app import app
+    from worker.jobs import limit_torch_threads
 
+    limit_torch_threads(settings)
     args = ["worker", f"--pool={pool}", f"--loglevel={loglevel}", "--queues=circuits", "--without-gossip"]
     args += ["--without-mingle", f"--concurrency={1 if pool == 'solo' else concurrency}"]
     app.worker_main(args)
 
 
 db_app = typer.Typer(help="Database schema (Alembic migrations).", **HELP)
+
+
+@db_app.callback()
+def _db() -> None:
+    """Database schema (Alembic migrations)."""
 
 
 @db_app.command("upgrade")
@@ -95,6 +104,11 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="target revision")] 
 
 
 apikey_app = typer.Typer(help="API keys for write requests (x-api-key header).", **HELP)
+
+
+@apikey_app.callback()
+def _apikey() -> None:
+    """API keys for write requests (x-api-key header)."""
 
 
 @apikey_app.command("create")

@@ -27,11 +27,13 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 # The admin connection used to create and drop a fresh database per test session.
 POSTGRES_ADMIN = os.environ.get("CIRCUITS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 # Fast heartbeats so dead workers are noticed within seconds in tests.
+# One torch thread: on a shared, loaded machine two threads can be 10x slower.
 FAST = {
     "heartbeat_seconds": 0.5,
     "stale_after_seconds": 4.0,
     "sweep_seconds": 1.0,
     "progress_min_interval": 0.2,
+    "torch_threads": 1,
 }
 
 

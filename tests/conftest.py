@@ -29,11 +29,13 @@ def postgres_url():
 @pytest.fixture
 def make_api(tmp_path):
     """make_api(**settings) -> Api: an app on a fresh data dir (SQLite unless database_url is given)."""
+    import torch
     from backend_support import FAST, Api
 
     from backend.settings import Settings
 
-    apis = []
+    apis, threads = [], torch.get_num_threads()
+    torch.set_num_threads(FAST["torch_threads"])  # here, in the main thread: see limit_torch_threads
 
     def make(**overrides):
         api = Api(Settings(**{"data_dir": tmp_path / "data", **FAST, **overrides}))
@@ -43,3 +45,4 @@ def make_api(tmp_path):
     yield make
     for api in apis:
         api.close()
+    torch.set_num_threads(threads)

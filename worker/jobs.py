@@ -147,6 +147,15 @@ class Attempt:
             raise JobLost(self.job_id)
 
 
+def limit_torch_threads(settings: Settings) -> None:
+    """Apply CIRCUITS_TORCH_THREADS. Call it from the process's main thread too: a value set only in a
+    job thread does not reach every torch thread pool (backward stays oversubscribed)."""
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+
+
 def claim(ctx: JobContext, job_id: str) -> tuple[str, Job] | None:
     """Atomically take a queued job (or a running one whose worker stopped heartbeating)."""
     token, t = uuid.uuid4().hex, now()
@@ -201,7 +210,9 @@ def run_job(job_id: str, ctx: JobContext) -> str | None:
                 error=f"gave up after {job.attempts - 1} attempts whose worker was lost",
                 message="worker lost too often",
             )
+            unfinished(s, job.kind, job_id)
         return JobStatus.failed
+    limit_torch_threads(ctx.settings)
     body = BODIES[job.kind]
     params = PARAMS_BY_KIND[job.kind].model_validate(job.params)
     with Attempt(ctx, job_id, token) as attempt:
@@ -214,6 +225,7 @@ def run_job(job_id: str, ctx: JobContext) -> str | None:
         except JobCancelled:
             with ctx.db.session() as s:
                 attempt.finish(s, JobStatus.cancelled, stage="cancelled", message="cancelled on request")
+                unfinished(s, job.kind, job_id)
             return JobStatus.cancelled
         except JobInterrupted:
             with ctx.db.session() as s:
@@ -240,9 +252,7 @@ def run_job(job_id: str, ctx: JobContext) -> str | None:
             )
             with ctx.db.session() as s:
                 attempt.finish(s, JobStatus.failed, stage="failed", error=error, message="failed")
-                on_failure = FAILURE_HOOKS.get(job.kind)
-                if on_failure:
-                    on_failure(s, job)
+                unfinished(s, job.kind, job_id)
             return JobStatus.failed
 
 
@@ -405,10 +415,14 @@ def train_body(ctx: JobContext, job: Job, params: TrainParams, attempt: Attempt)
         )
 
 
-def train_failed(s: Session, job: Job) -> None:
-    model_id = job.result.get("model_id")
-    if model_id:
-        s.execute(update(Model).where(Model.id == model_id).values(status=ModelStatus.failed))
+def unfinished(s: Session, kind: str, job_id: str) -> None:
+    """A job ended without success: a model it was training will never be ready."""
+    if kind == "train":
+        s.execute(
+            update(Model)
+            .where(Model.job_id == job_id, Model.status == ModelStatus.training)
+            .values(status=ModelStatus.failed)
+        )
 
 
 # ---------------------------------------------------------------- profile
@@ -592,4 +606,3 @@ def write_circuit(s: Session, model_id: int, task_id: int, circuit, cfg, job_id:
 
 
 BODIES = {"train": train_body, "profile": profile_body, "prune": prune_body}
-FAILURE_HOOKS = {"train": train_failed}

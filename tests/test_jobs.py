@@ -1,0 +1,192 @@
+"""Jobs over HTTP with the in-process runner on SQLite: auth, validation and caps, progress (polling and
+SSE), cancel, resume after a restart, recovery of a job whose worker died, rate limit."""
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from backend_support import train_step
+from sqlalchemy import update
+from typer.testing import CliRunner
+
+from backend.auth import hash_key
+from backend.db import Database
+from backend.models import ApiKey, Job, Model
+from backend.service_cli import apikey_app, db_app
+
+# A few steps of the `test` preset; checkpoints often so a resume has something to resume from.
+TINY = {
+    "preset": "test",
+    "steps": 8,
+    "train": {"eval_every": 4, "checkpoint_every": 3, "max_corpus_bytes": 200_000},
+}
+
+
+def long_train(steps=2000):
+    return {**TINY, "steps": steps}
+
+
+def test_auth_validation_and_caps(make_api):
+    api = make_api(max_train_steps=500)
+    c = api.client
+    assert api.post_job("train", TINY, key=None).status_code == 401
+    r = api.post_job("train", TINY, key="sce_wrong")
+    assert r.status_code == 401 and "invalid" in r.json()["detail"]
+
+    def rejected(kind, params, status=422):
+        r = api.post_job(kind, params)
+        assert r.status_code == status, r.text
+        return r.json()["detail"]
+
+    assert "CIRCUITS_MAX_TRAIN_STEPS" in rejected("train", {"preset": "test", "steps": 501})
+    assert "CIRCUITS_MAX_MODEL_PARAMS" in rejected("train", {"preset": "test", "model": {"d_model": 4096}})
+    assert "params.train.lr" in rejected("train", {"preset": "test", "train": {"lr": -1}})
+    assert "params.model.d_head" in rejected("train", {"preset": "test", "model": {"d_head": "x"}})
+    assert "steps" in rejected("train", {"steps": "many"})
+    assert "colour" in rejected("train", {"colour": "red"})  # unknown fields are named, not ignored
+    assert "preset" in rejected("train", {"preset": "huge"})
+    assert "corpus" in rejected("train", {"corpus": "../../etc"})
+    assert "model 99 does not exist" in rejected("prune", {"model_id": 99, "task": "single_double_quote"})
+    assert "model_id" in rejected("profile", {})
+    assert "unknown task" in rejected("prune", {"model_id": 1, "task": "no_such_task"})
+    assert "does not match any of the expected tags" in rejected("nonsense", {})
+    r = c.post("/api/v1/jobs", content=b"{not json", headers={"x-api-key": api.key})
+    assert r.status_code == 422
+    r = c.post("/api/v1/jobs", content=b"x" * 2_000_000, headers={"x-api-key": api.key})
+    assert r.status_code == 413
+    assert c.get("/api/v1/jobs/" + "f" * 32).status_code == 404
+    assert c.get("/api/v1/jobs/" + "f" * 500).status_code == 404
+    assert c.get("/api/v1/jobs?status=exploded").status_code == 422
+    assert c.get("/api/v1/jobs?limit=0").status_code == 422
+    assert c.get("/api/v1/jobs").json() == {"items": [], "total": 0, "limit": 50, "offset": 0}
+    # nothing was queued by any rejected request
+    db = Database(api.settings)
+    with db.session() as s:
+        assert s.query(Job).count() == 0
+    db.dispose()
+
+
+def test_train_job_progress_sse_and_model_row(make_api):
+    api = make_api()
+    job_id = api.submit("train", {**TINY, "name": "tiny"})
+    events = []
+    with api.client.stream("GET", f"/api/v1/jobs/{job_id}/events?interval=0.2") as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        event = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                events.append((event, json.loads(line[6:])))
+    assert events[-1][0] == "end" and events[-1][1]["status"] == "succeeded"
+    progress = [e["progress"] for kind, e in events if kind == "progress" and e["status"] == "running"]
+    assert len(progress) >= 3 and progress == sorted(progress) and all(0 <= p <= 1 for p in progress)
+    assert any(e["stage"] == "train" for _, e in events)
+    job = api.job(job_id)
+    assert job["progress"] == 1.0 and job["attempts"] == 1 and job["error"] is None
+    model_id = job["result"]["model_id"]
+    db = Database(api.settings)
+    with db.session() as s:
+        model = s.get(Model, model_id)
+        assert model.name == "tiny" and model.status == "ready" and model.kind == "sparse"
+        assert [m["step"] for m in model.metrics] == list(range(1, 9)) and model.summary["steps"] == 8
+        assert "val_loss" in model.metrics[3] and model.summary["val_loss"] == model.metrics[-1]["val_loss"]
+        assert model.config["train"]["steps"] == 8 and model.n_params > 0
+        assert (api.settings.artifact(model.artifact_path) / "model.safetensors").is_file()
+    db.dispose()
+    listed = api.client.get("/api/v1/jobs?status=succeeded&kind=train").json()
+    assert [j["id"] for j in listed["items"]] == [job_id] and listed["total"] == 1
+    assert api.client.get("/api/v1/jobs?status=running").json()["total"] == 0
+    assert api.post_job("train", {**TINY, "name": "tiny"}).status_code == 409  # the name is taken
+
+
+def test_cancel_queued_and_running_jobs(make_api):
+    api = make_api(inprocess_workers=1)
+    running = api.submit("train", long_train())
+    queued = api.submit("train", long_train())
+    r = api.client.post(f"/api/v1/jobs/{queued}/cancel", headers={"x-api-key": api.key})
+    assert r.status_code == 202 and r.json()["status"] == "cancelled"  # no worker held it
+    assert api.client.post(f"/api/v1/jobs/{queued}/cancel").status_code == 401
+    api.wait(running, lambda j: j["stage"] == "train")
+    r = api.client.post(f"/api/v1/jobs/{running}/cancel", headers={"x-api-key": api.key})
+    assert r.status_code == 202 and r.json()["cancel_requested"]
+    job = api.wait(running, timeout=60)
+    assert job["status"] == "cancelled" and train_step(job) < 2000
+    r = api.client.post(f"/api/v1/jobs/{running}/cancel", headers={"x-api-key": api.key})
+    assert r.status_code == 409 and "already cancelled" in r.json()["detail"]
+    assert api.job(queued)["attempts"] == 0  # never started
+    db = Database(api.settings)
+    with db.session() as s:
+        assert s.get(Model, job["result"]["model_id"]).status == "failed"
+    db.dispose()
+
+
+def test_interrupted_job_resumes_from_checkpoint_after_restart(make_api):
+    api = make_api()
+    job_id = api.submit("train", {**TINY, "steps": 60})
+    api.wait(job_id, lambda j: train_step(j) >= 4)  # past the checkpoint at step 3
+    api.close()  # the server shuts down mid-training
+    db = Database(api.settings)
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        assert job.status == "queued" and job.stage == "interrupted"  # honest: waiting to resume
+    db.dispose()
+    api2 = make_api()  # same data dir: the new process picks the job up again
+    job = api2.wait(job_id)
+    assert job["status"] == "succeeded" and job["attempts"] == 2
+    assert job["result"]["resumed_from_step"] >= 3
+
+
+def test_job_of_a_dead_worker_is_requeued_and_finishes(make_api):
+    """A running job whose worker stopped heartbeating (it died) is reported as stalled, then requeued
+    by the sweep and run again; a job whose worker died too often fails with a clear error."""
+    api = make_api(inprocess_workers=1, sweep_seconds=3)
+    db = Database(api.settings)
+    stale = datetime.now(UTC) - timedelta(minutes=5)
+    with db.session() as s:
+        for job_id, attempts in (("d" * 32, 1), ("e" * 32, 3)):
+            s.add(
+                Job(id=job_id, kind="train", params={**TINY, "name": None, "dense": False, "corpus": None,
+                    "model": {}}, status="running", attempts=attempts, heartbeat_at=stale, worker="gone:1")
+            )  # fmt: skip
+    first = api.job("d" * 32)  # before the next sweep: running, but flagged as stalled
+    assert first["status"] == "running" and first["stalled"] and first["attempts"] == 1
+    job = api.wait("d" * 32)
+    assert job["status"] == "succeeded" and job["attempts"] == 2 and not job["stalled"]
+    failed = api.wait("e" * 32)
+    assert failed["status"] == "failed" and "gave up after 3 attempts" in failed["error"]
+    db.dispose()
+
+
+def test_rate_limit_per_key(make_api):
+    api = make_api(job_rate_limit=2, inprocess_workers=1)
+    first = api.submit("train", long_train())
+    second = api.submit("train", long_train())
+    r = api.post_job("train", long_train())
+    assert r.status_code == 429 and "CIRCUITS_JOB_RATE_LIMIT" in r.json()["detail"]
+    assert int(r.headers["retry-after"]) > 0
+    for job_id in (second, first):
+        api.client.post(f"/api/v1/jobs/{job_id}/cancel", headers={"x-api-key": api.key})
+    assert api.wait(first, timeout=60)["status"] == "cancelled"
+
+
+def test_cli_apikey_and_db_upgrade(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIRCUITS_DATA_DIR", str(tmp_path / "d"))
+    cli = CliRunner()
+    r = cli.invoke(db_app, ["upgrade"])
+    assert r.exit_code == 0, r.output
+    r = cli.invoke(apikey_app, ["create", "--name", "alice"])
+    assert r.exit_code == 0, r.output
+    key = r.stdout.strip()
+    assert key.startswith("sce_") and len(key) > 40
+    from backend.settings import Settings
+
+    db = Database(Settings())
+    with db.session() as s:
+        rows = s.query(ApiKey).all()
+        assert [(k.name, k.key_hash) for k in rows] == [("alice", hash_key(key))]  # only the hash is stored
+        s.execute(update(ApiKey).values(name="alice"))
+    db.dispose()
+    assert "alice" in cli.invoke(apikey_app, ["list"]).stdout
+    r = cli.invoke(apikey_app, ["revoke", key[:10]])
+    assert r.exit_code == 0 and "revoked" in r.stdout
+    assert "revoked" in cli.invoke(apikey_app, ["list"]).stdout
