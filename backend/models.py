@@ -190,6 +190,9 @@ class NodeStat(Base):
     std: Mapped[float | None] = mapped_column(Float)
     frequency: Mapped[float] = mapped_column(Float)  # fraction of tokens with a nonzero activation
     quantiles: Mapped[dict] = mapped_column(default=dict)  # {"0.001": v, ..., "0.999": v}
+    thresholds: Mapped[dict] = mapped_column(
+        default=dict, server_default="{}"
+    )  # lower edge of each example bin: {"top_1": v}
 
 
 class CorpusDocument(Base):
@@ -224,7 +227,8 @@ class ActivationExample(Base):
     document_id: Mapped[int | None] = mapped_column(
         ForeignKey("corpus_documents.id", ondelete="SET NULL"), index=True
     )
-    offset: Mapped[int | None] = mapped_column(Integer)  # character offset of the window in the document
+    offset: Mapped[int | None] = mapped_column(Integer)  # character span of the window in the document
+    end: Mapped[int | None] = mapped_column(Integer)
 
 
 class Job(Base):

@@ -67,6 +67,8 @@ class PruneParams(Strict):
     lr: float | None = Field(None, gt=0)
     batch_pairs: int | None = Field(None, ge=1, le=4096)
     eval_pairs: int | None = Field(None, ge=1, le=4096)
+    curve_points: int | None = Field(None, ge=2, le=64)
+    curve_pairs: int | None = Field(None, ge=1, le=4096)
     seed: int = 0
     validate_circuit: bool = Field(False, description="also run the controls (random, shuffled labels)")
 

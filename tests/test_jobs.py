@@ -190,3 +190,52 @@ def test_cli_apikey_and_db_upgrade(tmp_path, monkeypatch):
     r = cli.invoke(apikey_app, ["revoke", key[:10]])
     assert r.exit_code == 0 and "revoked" in r.stdout
     assert "revoked" in cli.invoke(apikey_app, ["list"]).stdout
+
+
+def test_profile_then_prune_jobs_store_compact_rows(make_api, test_model):
+    import numpy as np
+    from backend_support import register_model
+    from safetensors.torch import load_file
+    from sqlalchemy import func, select
+
+    from backend.models import ActivationExample, Circuit, CorpusDocument, NodeStat
+    from worker.engine.model import parse_node
+
+    api = make_api()
+    model_id = register_model(api.settings, test_model, "test-model")
+    job = api.wait(api.submit("profile", {"model_id": model_id, "tokens": 8192, "context": 4}))
+    assert job["status"] == "succeeded", job["error"]
+    folder = api.settings.artifact(f"models/{model_id}")
+    means = load_file(str(folder / "means.safetensors"))
+    db = Database(api.settings)
+    with db.session() as s:
+        stats = {n.name: n for n in s.scalars(select(NodeStat).where(NodeStat.model_id == model_id))}
+        assert len(stats) == sum(len(v) for v in means.values()) == job["result"]["nodes"]
+        node = stats["0.mlp.post_act[5]"]
+        assert node.site == "0.mlp.post_act" and node.layer == 0 and node.index == 5
+        assert abs(node.mean - float(means["0.mlp.post_act"][5])) < 1e-6 and 0 <= node.frequency <= 1
+        assert set(node.quantiles) >= {"0.5", "0.99"} and "top_0.1" in node.thresholds
+        examples = s.scalars(select(ActivationExample).where(ActivationExample.model_id == model_id)).all()
+        assert len(examples) == job["result"]["examples"] > len(stats)
+        assert {e.bin for e in examples} >= {"top_0.1", "top_1", "top_10", "top_50", "bottom_0.1"}
+        ex = max((e for e in examples if e.bin == "top_0.1"), key=lambda e: e.activation)
+        tokens = np.frombuffer(ex.token_ids, dtype="<i4")
+        values = np.frombuffer(ex.values, dtype="<f2")
+        assert len(tokens) == len(values) <= 9 and 0 <= ex.center < len(tokens)
+        assert abs(float(values[ex.center]) - ex.activation) <= 1e-2 * max(1.0, abs(ex.activation))
+        doc = s.get(CorpusDocument, ex.document_id)
+        assert 0 <= ex.offset < ex.end <= len(doc.text)  # the window's text, stored once
+        assert s.scalar(select(func.count()).select_from(CorpusDocument)) == job["result"]["documents"]
+
+    prune = {"model_id": model_id, "task": "single_double_quote", "steps": 4, "runs": 1, "eval_pairs": 32}
+    prune.update(batch_pairs=16, curve_points=3, curve_pairs=32)
+    job = api.wait(api.submit("prune", prune))
+    assert job["status"] == "succeeded", job["error"]
+    with db.session() as s:
+        circuit = s.get(Circuit, job["result"]["circuit_id"])
+        assert circuit.model_id == model_id and circuit.task.name == "single_double_quote"
+        assert circuit.n_nodes == len(circuit.nodes) > 0 and circuit.n_edges == len(circuit.edges)
+        assert all(n.name in stats and parse_node(n.name) == (n.site, n.index) for n in circuit.nodes)
+        assert set(circuit.losses) >= {"full", "circuit", "ablated"} and len(circuit.curve) >= 2
+        assert circuit.params["steps"] == 4 and circuit.job_id == job["id"]
+    db.dispose()

@@ -9,7 +9,9 @@ Job code never knows which runner called it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import os
 import shutil
 import socket
@@ -23,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pydantic import ValidationError
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from backend.db import Database
@@ -440,53 +442,127 @@ def ready_model(ctx: JobContext, model_id: int):
 
 
 def profile_body(ctx: JobContext, job: Job, params: ProfileParams, attempt: Attempt) -> None:
-    from worker.engine import activations
+    from safetensors.torch import save_file
+
+    from worker.engine.ablation import MEANS
+    from worker.engine.activations import ProfileConfig, profile_model
     from worker.engine.checkpoints import load_model
+    from worker.engine.data import load_corpus, split_corpus
 
     model, folder = ready_model(ctx, params.model_id)
-    attempt.progress(0.0, "load", "loading the model", force=True)
+    attempt.progress(0.0, "load", "loading the model and corpus", force=True)
     net, tok, run = load_model(folder)
-    profile = activations.profile_for_jobs(
-        net, tok, run, folder, params, lambda f, m: attempt.progress(0.95 * f, "profile", m)
+    docs, _ = split_corpus(load_corpus(run.train.corpus, run.train.max_corpus_bytes), run.train.val_percent)
+    cfg = ProfileConfig(
+        tokens=params.tokens, context=params.context, examples=params.examples_per_bin, seed=params.seed
     )
-    attempt.progress(0.95, "store", "writing statistics and examples", force=True)
+    profile = profile_model(net, tok, docs, cfg, lambda f, m: attempt.progress(0.02 + 0.8 * f, "profile", m))
+    attempt.progress(0.82, "store", "writing node statistics and examples", force=True)
+    # The means feed mean ablation (prune jobs, live ablation): cached beside the weights.
+    tmp = folder / (MEANS + ".tmp")
+    save_file({k: v.contiguous() for k, v in profile.means.items()}, str(tmp))
+    tmp.replace(folder / MEANS)
+    corpus = run.train.corpus or "stdlib"
     with ctx.db.session() as s:
-        write_profile(s, model.id, profile)
+        # No progress writes inside this transaction: on SQLite they would wait for its own write lock.
+        counts = write_profile(s, model.id, profile, corpus, lambda f: attempt.check())
         s.execute(update(Model).where(Model.id == model.id).values(profiled=True))
         attempt.finish(
             s,
             JobStatus.succeeded,
             stage="done",
-            message=f"profiled model {model.id}",
-            result={"model_id": model.id, "nodes": len(profile.stats), "examples": len(profile.examples)},
+            message=f"profiled {counts['nodes']} nodes over {profile.n_tokens} tokens",
+            result={"model_id": model.id, "tokens": profile.n_tokens, **counts},
         )
 
 
-def write_profile(s: Session, model_id: int, profile) -> None:
-    """Replace a model's node statistics and examples; documents are shared and stored once."""
+def _finite(x: float) -> float | None:
+    """JSON (and PostgreSQL) has no NaN or infinity: store None."""
+    return x if math.isfinite(x) else None
+
+
+def bin_label(side: str, fraction: float) -> str:
+    """`top_0.1`, `top_1`, `top_10`, `top_50`, `bottom_...`: the bin as a percentage."""
+    return f"{side}_{fraction * 100:g}"
+
+
+def write_profile(s: Session, model_id: int, profile, corpus: str, progress=lambda f: None) -> dict:
+    """Replace a model's node statistics and examples. Example windows are token ids (int32) and the
+    node's activations (float16) as bytes; the corpus text is stored once per document and referenced
+    by character offsets."""
+    import numpy as np
+
+    from worker.engine.activations import BIN_FRACTIONS, QUANTILE_LEVELS, SIDES
+    from worker.engine.model import site_layer
+
     s.execute(delete(ActivationExample).where(ActivationExample.model_id == model_id))
     s.execute(delete(NodeStat).where(NodeStat.model_id == model_id))
-    doc_ids = {}
-    for doc in profile.documents:
-        existing = s.scalar(select(CorpusDocument.id).where(CorpusDocument.sha256 == doc.sha256))
-        if existing is None:
-            row = CorpusDocument(corpus=doc.corpus, path=doc.path, sha256=doc.sha256, text=doc.text)
-            s.add(row)
-            s.flush()
-            existing = row.id
-        doc_ids[doc.key] = existing
-    s.bulk_insert_mappings(NodeStat, [{"model_id": model_id, **st} for st in profile.stats])
-    s.bulk_insert_mappings(
-        ActivationExample,
-        [
+    docs = profile.windows.docs
+    doc_ids: dict[int, int] = {}
+
+    def document_id(i: int) -> int:
+        if i not in doc_ids:
+            text = docs[i].text
+            digest = hashlib.sha256(text.encode()).hexdigest()
+            found = s.scalar(select(CorpusDocument.id).where(CorpusDocument.sha256 == digest))
+            if found is None:
+                row = CorpusDocument(corpus=corpus[:512], path=docs[i].path[:512], sha256=digest, text=text)
+                s.add(row)
+                s.flush()
+                found = row.id
+            doc_ids[i] = found
+        return doc_ids[i]
+
+    levels = [f"{q:g}" for q in QUANTILE_LEVELS]
+    labels = [(side, [bin_label(side, f) for f in BIN_FRACTIONS]) for side in SIDES]
+    stats, examples, total = [], [], sum(len(p.mean) for p in profile.sites.values())
+    for i, node in enumerate(profile.nodes()):
+        site, index = node.node.rsplit("[", 1)
+        thresholds = {}
+        for (_, names), values in zip(labels, (node.top_thresholds, node.bottom_thresholds), strict=True):
+            thresholds.update({n: _finite(v) for n, v in zip(names, values, strict=True)})
+        stats.append(
             {
                 "model_id": model_id,
-                **{k: v for k, v in ex.items() if k != "document"},
-                "document_id": doc_ids.get(ex.get("document")),
+                "name": node.node,
+                "site": site,
+                "layer": site_layer(site),
+                "index": int(index[:-1]),
+                "mean": node.mean,
+                "frequency": node.frequency,
+                "quantiles": {lv: _finite(v) for lv, v in zip(levels, node.quantiles, strict=True)},
+                "thresholds": thresholds,
             }
-            for ex in profile.examples
-        ],
-    )
+        )
+        for ex in node.examples:
+            examples.append(
+                {
+                    "model_id": model_id,
+                    "node": node.node,
+                    "bin": bin_label(ex.side, ex.fraction),
+                    "rank": ex.slot,
+                    "activation": ex.value,
+                    "center": ex.center,
+                    "token_ids": np.asarray(ex.tokens, dtype="<i4").tobytes(),
+                    "values": np.asarray(ex.values, dtype="<f2").tobytes(),
+                    "document_id": document_id(ex.doc),
+                    "offset": ex.char_start,
+                    "end": ex.char_end,
+                }
+            )
+        if len(examples) >= 20_000 or i + 1 == total:
+            s.execute(insert(NodeStat), stats)
+            if examples:
+                s.execute(insert(ActivationExample), examples)
+            stats, examples = [], []
+            progress((i + 1) / total)
+    return {
+        "nodes": total,
+        "examples": s.scalar(
+            select(func.count()).select_from(ActivationExample).where(ActivationExample.model_id == model_id)
+        ),
+        "documents": len(doc_ids),
+    }
 
 
 # ---------------------------------------------------------------- prune
@@ -581,27 +657,29 @@ def write_circuit(s: Session, model_id: int, task_id: int, circuit, cfg, job_id:
     )
     s.add(row)
     s.flush()
-    s.bulk_insert_mappings(
-        CircuitNode,
-        [
-            {
-                "circuit_id": row.id,
-                "name": n.name,
-                "site": n.site,
-                "layer": n.layer,
-                "index": n.index,
-                "tau": n.tau,
-            }
-            for n in circuit.nodes
-        ],
-    )
-    s.bulk_insert_mappings(
-        CircuitEdge,
-        [
-            {"circuit_id": row.id, "src": e.src, "dst": e.dst, "weight": e.weight, "kind": e.kind}
-            for e in circuit.edges
-        ],
-    )
+    if circuit.nodes:
+        s.execute(
+            insert(CircuitNode),
+            [
+                {
+                    "circuit_id": row.id,
+                    "name": n.name,
+                    "site": n.site,
+                    "layer": n.layer,
+                    "index": n.index,
+                    "tau": n.tau,
+                }
+                for n in circuit.nodes
+            ],
+        )
+    if circuit.edges:
+        s.execute(
+            insert(CircuitEdge),
+            [
+                {"circuit_id": row.id, "src": e.src, "dst": e.dst, "weight": e.weight, "kind": e.kind}
+                for e in circuit.edges
+            ],
+        )
     return row.id
 
 
