@@ -222,7 +222,8 @@ class JobService:
 
     def read(self, job: Job) -> JobRead:
         out = JobRead.model_validate(job)
-        if job.status == JobStatus.running and job.heartbeat_at is not None:
-            age = datetime.now(UTC) - job.heartbeat_at
-            out.stalled = age > timedelta(seconds=self.settings.stale_after_seconds)
+        if job.status == JobStatus.running:
+            beat = job.heartbeat_at
+            limit = timedelta(seconds=self.settings.stale_after_seconds)
+            out.stalled = beat is None or datetime.now(UTC) - beat > limit
         return out

@@ -239,3 +239,31 @@ def test_profile_then_prune_jobs_store_compact_rows(make_api, test_model):
         assert set(circuit.losses) >= {"full", "circuit", "ablated"} and len(circuit.curve) >= 2
         assert circuit.params["steps"] == 4 and circuit.job_id == job["id"]
     db.dispose()
+
+
+def test_redelivered_or_duplicate_messages_are_no_ops(make_api):
+    """A job's row is claimed atomically: a second delivery of a finished, cancelled or running job
+    does nothing (Redis redelivers unacked messages; the stale-job sweep may send another)."""
+    from backend_support import FAST
+
+    from backend.settings import Settings
+    from worker.jobs import JobContext, run_job
+
+    api = make_api()
+    job_id = api.submit("train", TINY)
+    done = api.wait(job_id)
+    other = JobContext(
+        Settings(data_dir=api.settings.data_dir, **FAST), Database(api.settings), lambda _: None
+    )
+    assert run_job(job_id, other) is None
+    assert api.job(job_id) == done
+    db = Database(api.settings)
+    with db.session() as s:  # a job running elsewhere (fresh heartbeat) is not taken over
+        s.add(Job(id="r" * 32, kind="train", params=done["params"], status="running", attempts=1,
+                  heartbeat_at=datetime.now(UTC), claim="x" * 32))  # fmt: skip
+    assert run_job("r" * 32, other) is None
+    with db.session() as s:
+        job = s.get(Job, "r" * 32)
+        assert (job.status, job.attempts, job.claim) == ("running", 1, "x" * 32)
+    db.dispose()
+    other.db.dispose()

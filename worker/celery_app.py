@@ -42,6 +42,9 @@ def make_celery(settings: Settings) -> Celery:
             "socket_timeout": max(timeout, 5.0),
             "max_retries": 1,
         },
+        # A lost broker connection does not stop running jobs: they keep writing to the database and a
+        # redelivered message is a no-op (the job row's claim).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )

@@ -230,18 +230,7 @@ def run_job(job_id: str, ctx: JobContext) -> str | None:
                 unfinished(s, job.kind, job_id)
             return JobStatus.cancelled
         except JobInterrupted:
-            with ctx.db.session() as s:
-                s.execute(
-                    update(Job)
-                    .where(attempt._mine())
-                    .values(
-                        status=JobStatus.queued,
-                        claim=None,
-                        stage="interrupted",
-                        message=("worker shut down; queued to resume"),
-                    )
-                )
-            ctx.dispatch(job_id)
+            requeue(ctx, attempt)
             return JobStatus.queued
         except Exception as e:
             user = isinstance(e, user_errors())
@@ -256,6 +245,37 @@ def run_job(job_id: str, ctx: JobContext) -> str | None:
                 attempt.finish(s, JobStatus.failed, stage="failed", error=error, message="failed")
                 unfinished(s, job.kind, job_id)
             return JobStatus.failed
+
+
+def requeue(ctx: JobContext, attempt: Attempt) -> None:
+    """The process is shutting down mid-job: back to the queue, to resume on the next worker. If the
+    queue cannot be reached the job is left running without a heartbeat, so that the stale-job sweep
+    requeues it later (a queued job without a queue message would wait forever)."""
+    with ctx.db.session() as s:
+        s.execute(
+            update(Job)
+            .where(attempt._mine())
+            .values(
+                status=JobStatus.queued,
+                claim=None,
+                stage="interrupted",
+                message="worker shut down; queued to resume",
+            )
+        )
+    try:
+        ctx.dispatch(attempt.job_id)
+    except Exception as e:
+        log.warning("job %s: could not requeue (%s); the stale-job sweep will", attempt.job_id, e)
+        with ctx.db.session() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == attempt.job_id, Job.status == JobStatus.queued)
+                .values(
+                    status=JobStatus.running,
+                    heartbeat_at=None,
+                    message="worker shut down; waiting to be requeued",
+                )
+            )
 
 
 def recover_stale(ctx: JobContext) -> list[str]:
