@@ -267,3 +267,38 @@ def test_redelivered_or_duplicate_messages_are_no_ops(make_api):
         assert (job.status, job.attempts, job.claim) == ("running", 1, "x" * 32)
     db.dispose()
     other.db.dispose()
+
+
+def test_serve_migrates_and_answers(tmp_path):
+    """`serve` with the embedded defaults: creates the SQLite schema, serves the API, stops on SIGTERM."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from backend_support import ROOT, free_port
+
+    port = free_port()
+    env = {**os.environ, "CIRCUITS_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT)}
+    code = "from backend.service_cli import serve; import typer; typer.run(serve)"
+    proc = subprocess.Popen([sys.executable, "-c", code, "--port", str(port)], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
+            time.sleep(0.2)
+        r = httpx.get(f"http://127.0.0.1:{port}/api/v1/jobs")
+        assert r.status_code == 200 and r.json()["total"] == 0
+        assert (tmp_path / "data" / "circuits.db").is_file()
+        assert "/api/v1/jobs" in httpx.get(f"http://127.0.0.1:{port}/openapi.json").json()["paths"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert "Application shutdown complete" in proc.stdout.read().decode()  # graceful (lifespan ran)

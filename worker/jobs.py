@@ -158,6 +158,15 @@ def limit_torch_threads(settings: Settings) -> None:
         torch.set_num_threads(settings.torch_threads)
 
 
+def job_device(settings: Settings) -> str:
+    """CIRCUITS_DEVICE for training and profiling ("auto": a GPU if there is one). Pruning runs on CPU."""
+    if settings.device != "auto":
+        return settings.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def claim(ctx: JobContext, job_id: str) -> tuple[str, Job] | None:
     """Atomically take a queued job (or a running one whose worker stopped heartbeating)."""
     token, t = uuid.uuid4().hex, now()
@@ -420,7 +429,13 @@ def train_body(ctx: JobContext, job: Job, params: TrainParams, attempt: Attempt)
         elif folder.exists():
             shutil.rmtree(folder)  # died before the first checkpoint: start over
         folder.parent.mkdir(parents=True, exist_ok=True)
-        train(run, folder, resume=resume_from is not None, on_progress=_train_progress(attempt))
+        train(
+            run,
+            folder,
+            resume=resume_from is not None,
+            on_progress=_train_progress(attempt),
+            device=job_device(settings),
+        )
     attempt.check()
     metrics = _read_metrics(folder)
     result = {"model_id": model_id}
@@ -471,7 +486,7 @@ def profile_body(ctx: JobContext, job: Job, params: ProfileParams, attempt: Atte
 
     model, folder = ready_model(ctx, params.model_id)
     attempt.progress(0.0, "load", "loading the model and corpus", force=True)
-    net, tok, run = load_model(folder)
+    net, tok, run = load_model(folder, job_device(ctx.settings))
     docs, _ = split_corpus(load_corpus(run.train.corpus, run.train.max_corpus_bytes), run.train.val_percent)
     cfg = ProfileConfig(
         tokens=params.tokens, context=params.context, examples=params.examples_per_bin, seed=params.seed
