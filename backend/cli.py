@@ -10,6 +10,8 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from backend.service_cli import apikey_app, db_app, serve, worker
+
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None
 )
@@ -256,6 +258,12 @@ def compare(
         f"geometric mean over {len(table['tasks'])} tasks: edge ratio {table['geomean_edge_ratio']:.2f}, "
         f"node ratio {table['geomean_node_ratio']:.2f}"
     )
+
+
+app.command()(serve)
+app.command()(worker)
+app.add_typer(db_app, name="db")
+app.add_typer(apikey_app, name="apikey")
 
 
 def main() -> None:

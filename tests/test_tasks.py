@@ -72,3 +72,13 @@ def test_registry_has_the_confirmed_tasks():
     assert set(CONFIRMED) <= set(REGISTRY)
     with pytest.raises(TaskError, match="unknown task"):
         get_task("nope")
+
+
+def test_all_twenty_tasks_yield_512_pairs_with_their_own_answers(model_and_tok, corpus):
+    _, tok = model_and_tok
+    assert len(REGISTRY) == 20
+    for name, spec in REGISTRY.items():
+        td = build_task(spec, tok, corpus)
+        assert len(td.train) + len(td.test) >= 512, name
+        assert spec.description, name
+        assert (td.train[:, 0] != td.train[:, 1]).any(-1).all(), name
