@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from sqlalchemy import inspect
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .auth import read_access
@@ -66,7 +66,11 @@ def add_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: StarletteHTTPException):
         return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
-    async def database_down(_: Request, exc: DBAPIError):
+    async def database_error(_: Request, exc: DBAPIError):
+        if isinstance(exc, DataError):  # e.g. a NUL character or an out-of-range number (PostgreSQL)
+            return JSONResponse({"detail": f"invalid value: {str(exc.orig).strip().splitlines()[0]}"}, 422)
+        if isinstance(exc, IntegrityError):
+            return JSONResponse({"detail": "conflicts with existing data (a unique name or reference)"}, 409)
         if isinstance(exc, OperationalError) or exc.connection_invalidated:
             log.error("database error: %s", exc)
             return JSONResponse({"detail": "database unavailable; retry later"}, status_code=503)
@@ -82,7 +86,7 @@ def add_error_handlers(app: FastAPI) -> None:
     for t in _user_error_types():
         app.add_exception_handler(t, user_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(DBAPIError, database_down)
+    app.add_exception_handler(DBAPIError, database_error)
     app.add_exception_handler(Exception, unexpected)
 
 

@@ -44,7 +44,8 @@ class Conflict(ValueError):
 
 def _cap(value: int | float, limit: int, what: str, setting: str) -> None:
     if value > limit:
-        raise LimitExceeded(f"{what} {value:,} exceeds the limit {limit:,} (CIRCUITS_{setting.upper()})")
+        where = f"CIRCUITS_{setting.upper()}" if setting[0] != "(" else setting[1:-1]
+        raise LimitExceeded(f"{what} {value:,} exceeds the limit {limit:,} ({where})")
 
 
 def _ready_model(session: Session, model_id: int) -> Model:
@@ -63,12 +64,11 @@ def check_params(session: Session, settings: Settings, params) -> None:
         run = build_run_config(params, s)
         _cap(run.train.steps, s.max_train_steps, "params.steps", "max_train_steps")
         _cap(count_params(run.model), s.max_model_params, "model parameters", "max_model_params")
-        _cap(
-            run.train.max_corpus_bytes,
-            s.max_corpus_bytes,
-            "params.train.max_corpus_bytes",
-            "max_corpus_bytes",
-        )
+        corpus_bytes = run.train.max_corpus_bytes
+        _cap(corpus_bytes, s.max_corpus_bytes, "params.train.max_corpus_bytes", "max_corpus_bytes")
+        step_tokens = run.train.batch_size * run.model.n_ctx
+        _cap(step_tokens, s.max_batch_tokens, "batch_size * n_ctx", "max_batch_tokens")
+        _cap(run.train.eval_batches, 64, "params.train.eval_batches", "(fixed limit)")
         if params.corpus is not None and not (s.data_dir / "corpora" / params.corpus).is_dir():
             raise ValueError(f"params.corpus: no folder {params.corpus!r} under {s.data_dir / 'corpora'}")
         if params.name is not None and session.scalar(select(Model.id).where(Model.name == params.name)):

@@ -48,17 +48,17 @@ class TrainParams(Strict):
 class ProfileParams(Strict):
     """Per-node statistics and activation examples of a trained model over a corpus sample."""
 
-    model_id: int = Field(ge=1)
+    model_id: int = Field(ge=1, le=2**31 - 1)
     tokens: int = Field(65_536, ge=1024, description="corpus tokens to run through the model")
     examples_per_bin: int = Field(5, ge=1, le=20)
     context: int = Field(12, ge=0, le=64, description="tokens of context on each side of an example")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
 
 
 class PruneParams(Strict):
     """Prune a model to the smallest circuit that does a task (PruneConfig fields, bounded)."""
 
-    model_id: int = Field(ge=1)
+    model_id: int = Field(ge=1, le=2**31 - 1)
     task: str = Field(min_length=1, max_length=128)
     target_loss: float = Field(0.15, gt=0, le=10)
     runs: int = Field(4, ge=1)
@@ -69,7 +69,7 @@ class PruneParams(Strict):
     eval_pairs: int | None = Field(None, ge=1, le=4096)
     curve_points: int | None = Field(None, ge=2, le=64)
     curve_pairs: int | None = Field(None, ge=1, le=4096)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     validate_circuit: bool = Field(False, description="also run the controls (random, shuffled labels)")
 
 

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     max_model_params: int = Field(50_000_000, ge=1)  # weights of a model to train
     max_train_steps: int = Field(20_000, ge=1)
     max_corpus_bytes: int = Field(200_000_000, ge=1)
+    max_batch_tokens: int = Field(262_144, ge=1)  # batch_size * n_ctx of a training step (and its evals)
     max_prune_steps: int = Field(2_000, ge=1)
     max_prune_runs: int = Field(16, ge=1)
     max_profile_tokens: int = Field(2_000_000, ge=1)

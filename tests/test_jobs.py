@@ -4,7 +4,8 @@ SSE), cancel, resume after a restart, recovery of a job whose worker died, rate 
 import json
 from datetime import UTC, datetime, timedelta
 
-from backend_support import train_step
+import pytest
+from backend_support import create_postgres_database, drop_postgres_database, train_step
 from sqlalchemy import update
 from typer.testing import CliRunner
 
@@ -25,8 +26,19 @@ def long_train(steps=2000):
     return {**TINY, "steps": steps}
 
 
-def test_auth_validation_and_caps(make_api):
-    api = make_api(max_train_steps=500)
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request):
+    """None (SQLite in the data dir) or a fresh PostgreSQL database, dropped afterwards."""
+    if request.param == "sqlite":
+        yield None
+        return
+    url, name = create_postgres_database()
+    yield url
+    drop_postgres_database(name)
+
+
+def test_auth_validation_and_caps(make_api, database_url):
+    api = make_api(max_train_steps=500, database_url=database_url)
     c = api.client
     assert api.post_job("train", TINY, key=None).status_code == 401
     r = api.post_job("train", TINY, key="sce_wrong")
@@ -55,6 +67,12 @@ def test_auth_validation_and_caps(make_api):
     assert r.status_code == 413
     assert c.get("/api/v1/jobs/" + "f" * 32).status_code == 404
     assert c.get("/api/v1/jobs/" + "f" * 500).status_code == 404
+    assert c.get("/api/v1/jobs/%00").status_code == 404
+    assert c.get("/api/v1/jobs/%00/events").status_code == 404
+    assert "CIRCUITS_MAX_BATCH_TOKENS" in rejected(
+        "train", {"preset": "test", "train": {"batch_size": 10**6}}
+    )
+    assert "less than or equal" in rejected("profile", {"model_id": 10**30})
     assert c.get("/api/v1/jobs?status=exploded").status_code == 422
     assert c.get("/api/v1/jobs?limit=0").status_code == 422
     assert c.get("/api/v1/jobs").json() == {"items": [], "total": 0, "limit": 50, "offset": 0}
@@ -259,11 +277,11 @@ def test_redelivered_or_duplicate_messages_are_no_ops(make_api):
     assert api.job(job_id) == done
     db = Database(api.settings)
     with db.session() as s:  # a job running elsewhere (fresh heartbeat) is not taken over
-        s.add(Job(id="r" * 32, kind="train", params=done["params"], status="running", attempts=1,
+        s.add(Job(id="c" * 32, kind="train", params=done["params"], status="running", attempts=1,
                   heartbeat_at=datetime.now(UTC), claim="x" * 32))  # fmt: skip
-    assert run_job("r" * 32, other) is None
+    assert run_job("c" * 32, other) is None
     with db.session() as s:
-        job = s.get(Job, "r" * 32)
+        job = s.get(Job, "c" * 32)
         assert (job.status, job.attempts, job.claim) == ("running", 1, "x" * 32)
     db.dispose()
     other.db.dispose()

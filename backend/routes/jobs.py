@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Body, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy import func, select
 
@@ -24,8 +25,11 @@ def service(request: Request) -> JobService:
     return request.app.state.jobs
 
 
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
 def get_job(session, job_id: str) -> Job:
-    job = session.get(Job, job_id) if len(job_id) <= 32 else None
+    job = session.get(Job, job_id) if JOB_ID.match(job_id) else None
     if job is None:
         raise HTTPException(404, f"job {job_id!r} not found")
     return job
@@ -102,14 +106,21 @@ def cancel_job(request: Request, session: SessionDep, key: WriteKey, job_id: str
         raise HTTPException(409, str(e)) from None
 
 
+def existing_job_id(session: SessionDep, job_id: str) -> str:
+    """Dependency: 404 before a stream starts (a generator's own checks would run too late)."""
+    get_job(session, job_id)
+    session.close()
+    return job_id
+
+
 @router.get("/{job_id}/events", response_class=EventSourceResponse, responses=ERRORS)
 async def job_events(
-    request: Request, session: SessionDep, job_id: str, interval: Annotated[float, Query(ge=0.1, le=10)] = 0.5
+    request: Request,
+    job_id: Annotated[str, Depends(existing_job_id)],
+    interval: Annotated[float, Query(ge=0.1, le=10)] = 0.5,
 ) -> AsyncIterator[ServerSentEvent]:
     """Server-sent events: a `progress` event (the job as JSON) whenever the job changes, then a final
     `end` event once it reached succeeded, failed or cancelled."""
-    get_job(session, job_id)  # 404 before the stream starts
-    session.close()
     jobs, db = service(request), request.app.state.db
 
     def snapshot() -> JobRead:
