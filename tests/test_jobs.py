@@ -210,9 +210,8 @@ def test_cli_apikey_and_db_upgrade(tmp_path, monkeypatch):
     assert "revoked" in cli.invoke(apikey_app, ["list"]).stdout
 
 
-def test_profile_then_prune_jobs_store_compact_rows(make_api, test_model):
+def test_train_profile_prune_jobs_store_compact_rows(make_api):
     import numpy as np
-    from backend_support import register_model
     from safetensors.torch import load_file
     from sqlalchemy import func, select
 
@@ -220,7 +219,7 @@ def test_profile_then_prune_jobs_store_compact_rows(make_api, test_model):
     from worker.engine.model import parse_node
 
     api = make_api()
-    model_id = register_model(api.settings, test_model, "test-model")
+    model_id = api.wait(api.submit("train", {**TINY, "steps": 20}))["result"]["model_id"]
     job = api.wait(api.submit("profile", {"model_id": model_id, "tokens": 8192, "context": 4}))
     assert job["status"] == "succeeded", job["error"]
     folder = api.settings.artifact(f"models/{model_id}")
@@ -320,3 +319,17 @@ def test_serve_migrates_and_answers(tmp_path):
         proc.terminate()
         proc.wait(30)
     assert "Application shutdown complete" in proc.stdout.read().decode()  # graceful (lifespan ran)
+
+
+def test_reads_can_require_a_key(make_api):
+    api = make_api(reads_require_key=True)
+    assert api.client.get("/api/v1/jobs").status_code == 401
+    assert api.client.get("/api/v1/jobs", headers={"x-api-key": api.key}).status_code == 200
+    assert api.client.get("/api/v1/health").status_code == 200  # liveness stays open
+    schemes = api.client.get("/openapi.json").json()["components"]["securitySchemes"]
+    assert schemes["APIKeyHeader"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-api-key",
+        "description": "Create one with `circuits apikey create`.",
+    }
