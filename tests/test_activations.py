@@ -16,7 +16,7 @@ from worker.engine.activations import (
 from worker.engine.data import EOT, load_corpus
 
 # Small enough to be quick; `exact` below the 1 % bin's rank, so exact, partial and sampled bins all occur.
-CFG = ProfileConfig(tokens=64 * 64, batch_size=16, context=4, examples=5, sample_positions=1024, exact=8)
+CFG = ProfileConfig(tokens=64 * 64, batch_tokens=1024, context=4, examples=5, sample_positions=1024, exact=8)
 
 
 @pytest.fixture(scope="module")

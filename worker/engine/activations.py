@@ -24,6 +24,7 @@ than the forward pass itself (bench/profile.py).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,13 +47,18 @@ class ProfileConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tokens: int = Field(65_536, ge=64, le=100_000_000)  # corpus sample size
-    batch_size: int = Field(32, ge=1, le=4096)  # windows per forward pass
+    batch_tokens: int = Field(4096, ge=1, le=1_048_576)  # tokens per forward pass (whole windows)
     context: int = Field(12, ge=0, le=512)  # tokens each side of an example's position
     examples: int = Field(5, ge=1, le=64)  # per bin
-    sample_positions: int = Field(4096, ge=16, le=10_000_000)  # whole-window sample for wide bins
+    sample_positions: int = Field(2048, ge=16, le=10_000_000)  # whole-window sample for wide bins
     exact: int = Field(32, ge=1, le=4096)  # highest and lowest firing values kept exactly per node
     eps: float = Field(0.0, ge=0)  # a node fires where |a| > eps
     seed: int = 0
+
+
+def batch_windows(cfg: ProfileConfig, n_ctx: int) -> int:
+    """Windows per forward pass."""
+    return max(1, cfg.batch_tokens // n_ctx)
 
 
 @dataclass
@@ -100,81 +106,152 @@ def corpus_windows(
 
 
 class _Extremes:
-    """The K largest firing values of every node seen so far, where they were, and the node's values
-    around them. Slots are unordered; a batch only touches the slots its candidates take over.
-    Contexts of positions in the whole-window sample (windows < sampled) are read from it instead."""
+    """Per node of every site, the K highest and the K lowest firing values seen so far, where they
+    were, and the node's values around them. A site with nodes [off, off + D) of the concatenated sites
+    owns rows [2 off, 2 off + 2 D): row 2 off + c holds node c's highest values, row 2 off + D + c its
+    lowest, negated, so that every row keeps its K largest entries. Slots are unordered; a merge only
+    touches the slots its candidates take over. Contexts of positions in the whole-window sample
+    (windows < sampled) are read from it at the end instead of being gathered during the pass."""
 
-    def __init__(self, dim: int, k: int, context: int, sign: float, sampled: int):
-        self.k, self.context, self.sign, self.sampled = k, context, sign, sampled
-        self.values = torch.full((dim, k), -math.inf)  # sign * activation
-        self.where = torch.full((dim, k), -1, dtype=torch.int64)  # flat position window * T + pos
-        self.ctx = torch.zeros((dim, k, 2 * context + 1), dtype=torch.float16)
+    def __init__(self, nodes: int, k: int, context: int, sampled: int):
+        self.k, self.context, self.sampled = k, context, sampled
+        self.values = torch.full((2 * nodes, k), -math.inf)
+        self.where = torch.full((2 * nodes, k), -1, dtype=torch.int64)  # flat position window * T + pos
+        self.ctx = torch.zeros((2 * nodes, k, 2 * context + 1), dtype=torch.float16)
+        self.empty = True
+        self.pending: list[tuple[torch.Tensor, ...]] = []  # candidates of the current batch
 
-    def floor(self) -> torch.Tensor:
-        """Per node, the value a candidate must beat (-inf while the list is not full)."""
-        return self.values.min(1).values
+    def floors(self, off: int, D: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per node of a site, the values a candidate must beat: (high, low), -inf / +inf while short."""
+        floor = self.values[2 * off : 2 * off + 2 * D].min(1).values
+        return floor[:D], -floor[D:]
 
-    def add_dense(self, acts: torch.Tensor, firing: torch.Tensor, first_window: int) -> None:
-        """Every firing value of the batch is a candidate (first batch, lists empty)."""
+    def _context(self, acts: torch.Tensor, b: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The node's values around (b, t) in the batch, clamped at the window's edges (masked on read)."""
+        _, T, D = acts.shape
+        pos = (t[:, None] + torch.arange(-self.context, self.context + 1)).clamp(0, T - 1)
+        return acts.reshape(-1)[(b[:, None] * T + pos) * D + c[:, None]].half()
+
+    def fill(self, off: int, acts: torch.Tensor, eps: float, first_window: int) -> None:
+        """A site's first batch: each list takes the batch's best firing values."""
         B, T, D = acts.shape
-        pad = torch.where(firing, self.sign * acts, -math.inf).permute(2, 0, 1).reshape(D, B * T)
-        cols = torch.arange(B * T)
-        self._merge(acts, pad, cols // T, cols % T, first_window)
+        k = min(self.k, B * T)
+        nodes_first = acts.reshape(B * T, D).T.contiguous()  # (D, positions)
+        high, low = nodes_first.topk(k, dim=1), nodes_first.topk(k, dim=1, largest=False)
+        values = torch.cat([high.values, -low.values])
+        index = torch.cat([high.indices, low.indices])
+        chosen = torch.cat([high.values, low.values])
+        resting = chosen == 0 if eps == 0 else chosen.abs() <= eps
+        if resting.any():  # a node with fewer than k firing values on a side: pick among firing ones
+            rows = resting.any(1).nonzero().squeeze(1)
+            node = rows % D
+            sign = torch.where(rows < D, 1.0, -1.0)[:, None]
+            firing = nodes_first[node] != 0 if eps == 0 else nodes_first[node].abs() > eps
+            redo = torch.where(firing, sign * nodes_first[node], -math.inf).topk(k, dim=1)
+            values[rows], index[rows] = redo.values, redo.indices
+        rows = slice(2 * off, 2 * off + 2 * D)
+        self.values[rows, :k] = values
+        self.where[rows, :k] = torch.where(values > -math.inf, first_window * T + index, -1)
+        outside = (values > -math.inf) & (first_window + index // T >= self.sampled)
+        if outside.any():
+            r, slot = outside.nonzero(as_tuple=True)
+            i = index[r, slot]
+            self.ctx[2 * off + r, slot] = self._context(acts, i // T, i % T, r % D)
 
-    def add_candidates(self, acts, b, t, c, first_window: int) -> None:
-        """Candidates at (b, t, c), sorted by node c."""
+    def find(self, off: int, acts: torch.Tensor, eps: float, first_window: int) -> None:
+        """A site's candidates in a batch: values beyond a node's current K-th best. Found cheaply
+        through the maxima and minima of groups of G positions; only groups that hold one are read."""
+        B, T, D = acts.shape
+        hi, lo = self.floors(off, D)
+        G = math.gcd(T, 8)
+        grouped = acts.reshape(B, T // G, G, D)
+        gb, gg, gc = ((grouped.amax(2) > hi) | (grouped.amin(2) < lo)).nonzero(as_tuple=True)
+        b, t, c = gb[:, None].expand(-1, G), gg[:, None] * G + torch.arange(G), gc[:, None].expand(-1, G)
+        v = acts.reshape(-1)[(b * T + t) * D + c]
+        live = v != 0 if eps == 0 else v.abs() > eps
+        up, down = (v > hi[gc, None]) & live, (v < lo[gc, None]) & live
+        b, t, c = torch.cat([b[up], b[down]]), torch.cat([t[up], t[down]]), torch.cat([c[up], c[down]])
         if len(c) == 0:
             return
-        D = acts.shape[2]
-        counts = torch.bincount(c, minlength=D)
-        rank = torch.arange(len(c)) - (counts.cumsum(0) - counts)[c]
-        pad = torch.full((D, int(counts.max())), -math.inf)
-        pad[c, rank] = self.sign * acts[b, t, c]
-        cand_b = torch.zeros(pad.shape, dtype=torch.int64)
-        cand_t = torch.zeros(pad.shape, dtype=torch.int64)
-        cand_b[c, rank], cand_t[c, rank] = b, t
-        self._merge(acts, pad, cand_b, cand_t, first_window)
+        row = 2 * off + c
+        row[int(up.sum()) :] += D  # the low side's rows
+        value = torch.cat([v[up], -v[down]])
+        # contexts of positions in the sample are read from it at the end
+        ctx = self._context(acts, b, t, c) if first_window + int(b.max()) >= self.sampled else None
+        self.pending.append((row, value, (first_window + b) * T + t, ctx))
 
-    def _merge(self, acts, pad, cand_b, cand_t, first_window: int) -> None:
-        """pad (D, n): candidate values per node (-inf = none); cand_b/cand_t: their window and
-        position, indexed like pad (or by column when 1-d)."""
-        T, D, K = acts.shape[1], acts.shape[2], self.k
-        merged = torch.cat([self.values, pad], 1)
+    def merge(self) -> None:
+        """Admit the batch's candidates of every site in one go."""
+        if not self.pending:
+            return
+        width = self.ctx.shape[-1]
+        row = torch.cat([p[0] for p in self.pending])
+        value = torch.cat([p[1] for p in self.pending])
+        where = torch.cat([p[2] for p in self.pending])
+        ctx = torch.cat(
+            [
+                p[3] if p[3] is not None else torch.zeros((len(p[0]), width), dtype=torch.float16)
+                for p in self.pending
+            ]
+        )
+        self.pending = []
+        order = torch.argsort(row, stable=True)
+        row, value, where, ctx = row[order], value[order], where[order], ctx[order]
+        rows, first, counts = torch.unique_consecutive(row, return_inverse=True, return_counts=True)
+        rank = torch.arange(len(row)) - (counts.cumsum(0) - counts)[first]
+        K = self.k
+        pad = torch.full((len(rows), int(counts.max())), -math.inf)
+        pad[first, rank] = value
+        index = torch.zeros(pad.shape, dtype=torch.int64)  # which candidate each pad entry is
+        index[first, rank] = torch.arange(len(row))
+        merged = torch.cat([self.values[rows], pad], 1)
         keep = torch.zeros_like(merged, dtype=torch.bool)
         keep.scatter_(1, merged.topk(K, dim=1, sorted=False).indices, True)
-        # Per node, the evicted old slots and the admitted candidates are equally many; nonzero lists
-        # both grouped by node, so they pair up in order.
-        evicted = (~keep[:, :K]).flatten().nonzero().squeeze(1)  # node * K + slot
-        admitted = keep[:, K:].flatten().nonzero().squeeze(1)  # node * n + column
-        value = pad.flatten()[admitted]
-        real = value > -math.inf
-        evicted, admitted, value = evicted[real], admitted[real], value[real]
-        if cand_b.dim() == 1:
-            col = admitted % pad.shape[1]
-            b, t = cand_b[col], cand_t[col]
-        else:
-            b, t = cand_b.flatten()[admitted], cand_t.flatten()[admitted]
-        self.values.view(-1)[evicted] = value
-        self.where.view(-1)[evicted] = (first_window + b) * T + t
-        outside = first_window + b >= self.sampled
-        evicted, b, t = evicted[outside], b[outside], t[outside]
-        if len(evicted):
-            pos = (t[:, None] + torch.arange(-self.context, self.context + 1)).clamp(0, T - 1)
-            flat = (b[:, None] * T + pos) * D + (evicted // K)[:, None]  # out-of-window: masked on read
-            self.ctx.view(-1, self.ctx.shape[-1])[evicted] = acts.reshape(-1)[flat].half()
+        # Per row, the evicted old slots and the admitted candidates are equally many; nonzero lists
+        # both grouped by row, so they pair up in order.
+        ev_r, ev_slot = (~keep[:, :K]).nonzero(as_tuple=True)
+        in_r, in_col = keep[:, K:].nonzero(as_tuple=True)
+        real = pad[in_r, in_col] > -math.inf
+        ev_r, ev_slot, j = ev_r[real], ev_slot[real], index[in_r[real], in_col[real]]
+        self.values[rows[ev_r], ev_slot] = value[j]
+        self.where[rows[ev_r], ev_slot] = where[j]
+        self.ctx[rows[ev_r], ev_slot] = ctx[j]
 
-    def sorted(self, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(values, flat positions, contexts), best first; values are real activations again."""
-        order = self.values.argsort(dim=1, descending=True, stable=True)
-        values = self.values.gather(1, order)
-        where = self.where.gather(1, order)
-        ctx = self.ctx[torch.arange(len(order))[:, None], order]
-        T = sample.shape[1]
-        in_sample = (where >= 0) & (where < self.sampled * T)
+    def sorted(self, off: int, sample: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """A site's high and low side: (values, flat positions, contexts) per node, best first, values
+        as real activations. sample: the site's whole-window sample (W_s, T, D)."""
+        D = sample.shape[2]
+        rows = slice(2 * off, 2 * off + 2 * D)
+        order = self.values[rows].argsort(dim=1, descending=True, stable=True)
+        values, where = self.values[rows].gather(1, order), self.where[rows].gather(1, order)
+        ctx = self.ctx[rows][torch.arange(len(order))[:, None], order]
+        in_sample = (where >= 0) & (where < sample.shape[0] * sample.shape[1])
         if in_sample.any():
-            node, slot = in_sample.nonzero(as_tuple=True)
-            ctx[node, slot] = _contexts(sample, where[node, slot], node, self.context)
-        return self.sign * values, where, ctx
+            r, slot = in_sample.nonzero(as_tuple=True)
+            ctx[r, slot] = _contexts(sample, where[r, slot], r % D, self.context)
+        return [(values[:D], where[:D], ctx[:D]), (-values[D:], where[D:], ctx[D:])]
+
+
+class _SiteStats:
+    def __init__(self, off: int, dim: int, extremes: _Extremes, sample_windows: int, n_ctx: int):
+        self.off, self.extremes = off, extremes
+        self.sum = torch.zeros(dim, dtype=torch.float64)
+        self.fire = torch.zeros(dim, dtype=torch.int64)
+        self.sample = torch.zeros((sample_windows, n_ctx, dim))
+
+    def update(self, acts: torch.Tensor, first_window: int, eps: float) -> None:
+        B, T, D = acts.shape
+        flat = acts.reshape(B * T, D)
+        self.sum += flat.sum(0).double()
+        firing = flat.bool() if eps == 0 else flat.abs() > eps
+        self.fire += firing.sum(0, dtype=torch.int32)
+        if self.extremes.empty:
+            self.extremes.fill(self.off, acts, eps, first_window)
+        else:
+            self.extremes.find(self.off, acts, eps, first_window)
+        n = min(B, len(self.sample) - first_window)
+        if n > 0:
+            self.sample[first_window : first_window + n] = acts[:n]
 
 
 def _contexts(acts: torch.Tensor, where: torch.Tensor, node: torch.Tensor, context: int) -> torch.Tensor:
@@ -185,40 +262,6 @@ def _contexts(acts: torch.Tensor, where: torch.Tensor, node: torch.Tensor, conte
     pos = (pos[..., None] + torch.arange(-context, context + 1)).clamp(0, T - 1)
     flat = (win[..., None] * T + pos) * D + node[..., None]
     return acts.reshape(-1)[flat].half()
-
-
-class _SiteStats:
-    def __init__(self, dim: int, k: int, context: int, sample_windows: int, n_ctx: int):
-        self.sum = torch.zeros(dim, dtype=torch.float64)
-        self.fire = torch.zeros(dim, dtype=torch.int64)
-        self.top = _Extremes(dim, k, context, 1.0, sample_windows)
-        self.bottom = _Extremes(dim, k, context, -1.0, sample_windows)
-        self.sample = torch.zeros((sample_windows, n_ctx, dim))
-
-    def update(self, acts: torch.Tensor, first_window: int, eps: float) -> None:
-        flat = acts.reshape(-1, acts.shape[-1])
-        self.sum += flat.sum(0).double()
-        firing = acts != 0 if eps == 0 else acts.abs() > eps
-        self.fire += firing.reshape(flat.shape).sum(0, dtype=torch.int32)
-        hi, lo = self.top.floor(), -self.bottom.floor()
-        if bool((hi == -math.inf).float().mean() > 0.5):
-            self.top.add_dense(acts, firing, first_window)
-            self.bottom.add_dense(acts, firing, first_window)
-        else:
-            # One pass finds both lists' candidates: values beyond a node's current K-th best.
-            cand = (acts > hi) | (acts < lo)
-            if not bool((hi >= eps).all() and (lo <= -eps).all()):
-                cand &= firing  # some list still holds (or lacks) values on the other side of zero
-            b, t, c = cand.nonzero(as_tuple=True)
-            order = torch.argsort(c, stable=True)  # group by node
-            b, t, c = b[order], t[order], c[order]
-            v = acts[b, t, c]
-            up, down = v > hi[c], v < lo[c]
-            self.top.add_candidates(acts, b[up], t[up], c[up], first_window)
-            self.bottom.add_candidates(acts, b[down], t[down], c[down], first_window)
-        n = min(len(acts), len(self.sample) - first_window)
-        if n > 0:
-            self.sample[first_window : first_window + n] = acts[:n]
 
 
 @dataclass
@@ -329,77 +372,92 @@ class Profile:
         )
 
 
-def _pick(keys: torch.Tensor, valid: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, up to n valid columns, those with the smallest random keys: (indices, found)."""
-    chosen = keys.masked_fill(~valid, math.inf).topk(min(n, keys.shape[1]), dim=1, largest=False)
-    return chosen.indices, chosen.values < math.inf
+def _spread(
+    lo: torch.Tensor, hi: torch.Tensor, n: int, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, n distinct ranks in [lo, hi), one at random in each of n equal strata (all of them
+    when fewer): (ranks (rows, n), found)."""
+    length = (hi - lo).clamp(min=0)[:, None]
+    i = torch.arange(n)
+    edge = (torch.arange(n + 1) * length) // n  # stratum i is [edge_i, edge_i+1), at least 1 wide
+    u = torch.rand((len(lo), n), generator=g)
+    strat = edge[:, :-1] + (u * (edge[:, 1:] - edge[:, :-1])).long()
+    return lo[:, None] + torch.where(length >= n, strat, i), i < length
 
 
 def _finish_site(site: str, st: _SiteStats, n_tokens: int, cfg: ProfileConfig, g) -> SiteProfile:
-    D, E, n_bins, c = len(st.sum), cfg.examples, len(BIN_FRACTIONS), cfg.context
-    sample = st.sample.reshape(-1, D).T.contiguous()  # (D, P); column = window * T + position
+    E, n_bins, c = cfg.examples, len(BIN_FRACTIONS), cfg.context
+    whole = st.sample  # (W_s, T, D)
+    D = whole.shape[2]
+    sample = whole.reshape(-1, D).T.contiguous()  # (D, P); column = window * T + position
     P = sample.shape[1]
     firing = sample != 0 if cfg.eps == 0 else sample.abs() > cfg.eps
-    srt = sample.sort(1).values  # ascending: firing negatives, the non-firing block, firing positives
+    # Ascending: the firing negatives, the resting block, the firing positives.
+    srt, column = sample.sort(1)
     m = firing.sum(1)  # firing positions per node in the sample
     n_low = (firing & (sample < 0)).sum(1)
     n_high, z = m - n_low, P - m
     fire = st.fire
     rows = torch.arange(D)[:, None]
-    sample_keys = torch.rand((D, P), generator=g)
 
-    def kth_in_sample(k: torch.Tensor, sign: float) -> torch.Tensor:
-        """Per node, its k-th best (1-based) firing value in the sample for this side, times sign."""
+    def sample_order(k: torch.Tensor, sign: float) -> torch.Tensor:
+        """Index into srt of each node's k-th best (0-based) firing sample value for this side."""
         if sign > 0:
-            idx = torch.where(k <= n_high, P - k, P - k - z)
+            idx = torch.where(k < n_high[:, None], P - 1 - k, n_low[:, None] - 1 - (k - n_high[:, None]))
         else:
-            idx = torch.where(k <= n_low, k - 1, k - 1 + z)
-        return sign * srt.gather(1, idx.clamp(0, P - 1)[:, None]).squeeze(1)
+            idx = torch.where(k < n_low[:, None], k, k + z[:, None])
+        return idx.clamp(0, P - 1)
+
+    def count_beyond(x: torch.Tensor, sign: float) -> torch.Tensor:
+        """Per node, the number of firing sample values v with sign * v >= x (NaN: none)."""
+        x = torch.nan_to_num(x, nan=math.inf)[:, None]
+        if sign > 0:
+            first = torch.searchsorted(srt, x).squeeze(1)
+            return P - first - (n_low + z - torch.maximum(first, n_low)).clamp(min=0)
+        upto = torch.searchsorted(srt, -x, right=True).squeeze(1)
+        return upto - (torch.minimum(upto, n_low + z) - n_low).clamp(min=0)
 
     ex_value = torch.full((D, 2, n_bins, E), math.nan)
     ex_where = torch.full((D, 2, n_bins, E), -1, dtype=torch.int64)
     ex_context = torch.zeros((D, 2, n_bins, E, 2 * c + 1), dtype=torch.float16)
     thresholds = torch.full((D, 2, n_bins), math.nan)
     best = []
-    for s, ext in enumerate((st.top, st.bottom)):
-        sign, K = ext.sign, ext.k
-        values, where, ctx = ext.sorted(st.sample)  # best first for this side
+    K = st.extremes.k
+    for s, (values, where, ctx) in enumerate(st.extremes.sorted(st.off, whole)):  # best first per side
+        sign = 1.0 if s == 0 else -1.0
         best.append(values[:, 0])
         ranked = sign * values  # descending
-        list_keys = torch.rand((D, K), generator=g)
-
         prev_rank = torch.zeros(D, dtype=torch.int64)
         prev_thr = torch.full((D,), math.inf)  # lowest (times sign) value of the previous bin
-        signed = sign * sample
         for f, fraction in enumerate(BIN_FRACTIONS):
             rank = torch.ceil(fraction * fire.double()).long()  # the bin holds ranks [prev_rank, rank)
             covered = rank <= K
             exact_thr = ranked.gather(1, (rank - 1).clamp(0, K - 1)[:, None]).squeeze(1)
             srank = torch.ceil(fraction * m.double()).long()
-            sample_thr = torch.where(srank > 0, kth_in_sample(srank.clamp(min=1), sign), math.nan)
+            kth = sign * srt.gather(1, sample_order(srank[:, None] - 1, sign)).squeeze(1)
+            sample_thr = torch.where(srank > 0, kth, math.nan)
             thr = torch.minimum(torch.where(covered, exact_thr, sample_thr), prev_thr)
 
-            r = torch.arange(K)
-            in_list = (r >= prev_rank[:, None]) & (r < rank[:, None])
-            idx_l, ok_l = _pick(list_keys, in_list, E)
-            in_band = firing & (signed >= thr[:, None]) & (signed < prev_thr[:, None])
-            idx_s, ok_s = _pick(sample_keys, in_band, E)
-            # The exact list when it covers the bin; else the uniform sample, unless the top of the bin
-            # in the exact list yields more examples.
-            use_list = covered | (ok_l.sum(1) > ok_s.sum(1))
-            ok = torch.where(use_list[:, None], ok_l, ok_s)
-            picked = torch.where(ok_l, ranked[rows, idx_l], math.inf).amin(1)
-            partial = use_list & ~covered  # the bin's lower edge is at most its lowest example
+            # Examples: from the exact list (ranks [prev_rank, rank), as far as the list reaches), or
+            # from the sample's firing values in [thr, prev_thr) -- the list when it covers the bin, else
+            # the uniform sample, unless the top of the bin in the list yields more examples.
+            rank_l, ok_l = _spread(prev_rank, torch.minimum(rank, torch.tensor(K)), E, g)
+            rank_l = rank_l.clamp(max=K - 1)
+            band = count_beyond(prev_thr, sign), count_beyond(thr, sign)
+            rank_s, ok_s = _spread(band[0], band[1], E, g)
+            col_s = column.gather(1, sample_order(rank_s, sign))
+            use_list = (covered | (ok_l.sum(1) > ok_s.sum(1)))[:, None]
+            ok = torch.where(use_list, ok_l, ok_s)
+            picked = torch.where(ok_l, ranked[rows, rank_l], math.inf).amin(1)
+            partial = use_list[:, 0] & ~covered  # the bin's lower edge is at most its lowest example
             thr = torch.where(partial, torch.where(thr.isnan(), picked, torch.minimum(thr, picked)), thr)
             thr = torch.where(fire > 0, thr, math.nan)
 
-            s_ctx = _contexts(st.sample, idx_s, rows.expand_as(idx_s), c)
-            value = torch.where(use_list[:, None], values[rows, idx_l], sample[rows, idx_s])
+            value = torch.where(use_list, values[rows, rank_l], sample[rows, col_s])
             ex_value[:, s, f] = torch.where(ok, value, math.nan)
-            ex_where[:, s, f] = torch.where(ok, torch.where(use_list[:, None], where[rows, idx_l], idx_s), -1)
-            ex_context[:, s, f] = (
-                torch.where(use_list[:, None, None], ctx[rows, idx_l], s_ctx) * ok[..., None]
-            )
+            ex_where[:, s, f] = torch.where(ok, torch.where(use_list, where[rows, rank_l], col_s), -1)
+            s_ctx = _contexts(whole, col_s, rows.expand_as(col_s), c)
+            ex_context[:, s, f] = torch.where(use_list[..., None], ctx[rows, rank_l], s_ctx) * ok[..., None]
             thresholds[:, s, f] = sign * thr
             prev_rank, prev_thr = rank, torch.where(fire > 0, thr, prev_thr)
 
@@ -415,7 +473,7 @@ def _finish_site(site: str, st: _SiteStats, n_tokens: int, cfg: ProfileConfig, g
     return SiteProfile(
         site=site,
         mean=(st.sum / n_tokens).float(),
-        frequency=(st.fire.double() / n_tokens).float(),
+        frequency=(fire.double() / n_tokens).float(),
         quantiles=quantiles,
         thresholds=thresholds,
         ex_value=ex_value,
@@ -445,13 +503,20 @@ def profile_windows(
     n_tokens = W * T
     k = max(cfg.exact, cfg.examples)
     sample_windows = min(W, max(1, math.ceil(cfg.sample_positions / T)))
-    stats = {s: _SiteStats(dims[s], k, cfg.context, sample_windows, T) for s in sites}
-    for first in range(0, W, cfg.batch_size):
-        x = windows.tokens[first : first + cfg.batch_size].to(device)
+    # One accumulator per site, so that each pass over a batch's activations stays in the CPU's cache;
+    # the exact lists of all sites are merged together, once per batch.
+    offsets = dict(zip(sites, itertools.accumulate([dims[s] for s in sites], initial=0), strict=False))
+    extremes = _Extremes(sum(dims[s] for s in sites), k, cfg.context, sample_windows)
+    stats = {s: _SiteStats(offsets[s], dims[s], extremes, sample_windows, T) for s in sites}
+    per_batch = batch_windows(cfg, T)
+    for first in range(0, W, per_batch):
+        x = windows.tokens[first : first + per_batch].to(device)
         _, acts = model(x, capture=sites)
         for s in sites:
-            stats[s].update(acts[s].float().cpu(), first, cfg.eps)
-        done = min(W, first + cfg.batch_size)
+            stats[s].update(acts[s].float().cpu().contiguous(), first, cfg.eps)
+        extremes.empty = False
+        extremes.merge()
+        done = min(W, first + per_batch)
         report(0.95 * done / W, f"profiled {done * T} of {n_tokens} tokens")
     report(0.95, "selecting examples")
     g = torch.Generator().manual_seed(cfg.seed)
