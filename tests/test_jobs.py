@@ -333,3 +333,26 @@ def test_reads_can_require_a_key(make_api):
         "name": "x-api-key",
         "description": "Create one with `circuits apikey create`.",
     }
+
+
+def test_sweep_without_a_reachable_queue_leaves_the_job_visibly_stalled(make_api):
+    from backend_support import FAST
+
+    from backend.settings import Settings
+    from worker.jobs import JobContext, recover_stale
+
+    api = make_api(sweep_seconds=3600)  # only this test's sweep runs
+
+    def broken_queue(job_id):
+        raise ConnectionError("broker down")
+
+    settings = Settings(data_dir=api.settings.data_dir, **FAST)
+    ctx = JobContext(settings, Database(settings), broken_queue)
+    old = datetime.now(UTC) - timedelta(minutes=5)
+    with ctx.db.session() as s:
+        s.add(Job(id="f" * 32, kind="profile", params={"model_id": 1}, status="running", heartbeat_at=old))
+    assert recover_stale(ctx) == ["f" * 32]
+    job = api.job("f" * 32)
+    assert job["status"] == "running" and job["stalled"] and job["heartbeat_at"] is None
+    assert "waiting for the job queue" in job["message"]
+    ctx.db.dispose()

@@ -228,38 +228,59 @@ def run_job(job_id: str, ctx: JobContext) -> str | None:
     params = PARAMS_BY_KIND[job.kind].model_validate(job.params)
     with Attempt(ctx, job_id, token) as attempt:
         try:
-            body(ctx, job, params, attempt)
-            return JobStatus.succeeded
+            try:
+                body(ctx, job, params, attempt)
+                return JobStatus.succeeded
+            except JobCancelled:
+                with ctx.db.session() as s:
+                    attempt.finish(s, JobStatus.cancelled, stage="cancelled", message="cancelled on request")
+                    unfinished(s, job.kind, job_id)
+                return JobStatus.cancelled
+            except JobInterrupted:
+                requeue(ctx, attempt)
+                return JobStatus.queued
+            except JobLost:
+                raise
+            except Exception as e:
+                with ctx.db.session() as s:
+                    attempt.finish(
+                        s, JobStatus.failed, stage="failed", error=describe_failure(e), message="failed"
+                    )
+                    unfinished(s, job.kind, job_id)
+                return JobStatus.failed
         except JobLost:
             log.warning("job %s: claim lost (presumed dead); stopped without writing results", job_id)
             return None
-        except JobCancelled:
-            with ctx.db.session() as s:
-                attempt.finish(s, JobStatus.cancelled, stage="cancelled", message="cancelled on request")
-                unfinished(s, job.kind, job_id)
-            return JobStatus.cancelled
-        except JobInterrupted:
-            requeue(ctx, attempt)
-            return JobStatus.queued
-        except Exception as e:
-            user = isinstance(e, user_errors())
-            if not user:
-                log.exception("job %s failed", job_id)
-            error = (
-                str(e).strip().splitlines()[0]
-                if user and str(e).strip()
-                else (f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}")
+
+
+def describe_failure(e: Exception) -> str:
+    """Bad input: its one-line message. Anything else: type, message and a short traceback (logged)."""
+    if isinstance(e, user_errors()) and str(e).strip():
+        return str(e).strip().splitlines()[0]
+    log.error("job failed", exc_info=e)
+    return f"{type(e).__name__}: {e}\n{''.join(traceback.format_exception(e, limit=8))}"
+
+
+def dispatch_or_park(ctx: JobContext, job_id: str) -> None:
+    """Send a requeued job to the runner. If the queue cannot be reached, park the job as running
+    without a heartbeat: it reads as stalled, and the stale-job sweep retries (a queued job with no
+    queue message would wait forever)."""
+    try:
+        ctx.dispatch(job_id)
+    except Exception as e:
+        log.warning("job %s: could not requeue (%s); the stale-job sweep will retry", job_id, e)
+        with ctx.db.session() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.queued)
+                .values(
+                    status=JobStatus.running, heartbeat_at=None, message="waiting for the job queue to resume"
+                )
             )
-            with ctx.db.session() as s:
-                attempt.finish(s, JobStatus.failed, stage="failed", error=error, message="failed")
-                unfinished(s, job.kind, job_id)
-            return JobStatus.failed
 
 
 def requeue(ctx: JobContext, attempt: Attempt) -> None:
-    """The process is shutting down mid-job: back to the queue, to resume on the next worker. If the
-    queue cannot be reached the job is left running without a heartbeat, so that the stale-job sweep
-    requeues it later (a queued job without a queue message would wait forever)."""
+    """The process is shutting down mid-job: back to the queue, to resume on the next worker."""
     with ctx.db.session() as s:
         s.execute(
             update(Job)
@@ -271,20 +292,7 @@ def requeue(ctx: JobContext, attempt: Attempt) -> None:
                 message="worker shut down; queued to resume",
             )
         )
-    try:
-        ctx.dispatch(attempt.job_id)
-    except Exception as e:
-        log.warning("job %s: could not requeue (%s); the stale-job sweep will", attempt.job_id, e)
-        with ctx.db.session() as s:
-            s.execute(
-                update(Job)
-                .where(Job.id == attempt.job_id, Job.status == JobStatus.queued)
-                .values(
-                    status=JobStatus.running,
-                    heartbeat_at=None,
-                    message="worker shut down; waiting to be requeued",
-                )
-            )
+    dispatch_or_park(ctx, attempt.job_id)
 
 
 def recover_stale(ctx: JobContext) -> list[str]:
@@ -298,17 +306,17 @@ def recover_stale(ctx: JobContext) -> list[str]:
                 values = {"status": JobStatus.cancelled, "finished_at": now(), "stage": "cancelled"}
                 values["message"] = "cancelled (its worker was lost)"
             else:
+                since = f"since {job.heartbeat_at:%H:%M:%S} UTC" if job.heartbeat_at else "at all"
                 values = {"status": JobStatus.queued, "claim": None, "stage": "requeued"}
-                values["message"] = (
-                    f"worker {job.worker} lost (no heartbeat since {job.heartbeat_at:%H:%M:%S} UTC); "
-                    "queued to resume"
-                )
+                values["message"] = f"worker {job.worker} lost (no heartbeat {since}); queued to resume"
             if s.execute(update(Job).where(Job.id == job.id, dead).values(**values)).rowcount:
                 if values["status"] == JobStatus.queued:
                     requeued.append(job.id)
+                else:
+                    unfinished(s, job.kind, job.id)
     for job_id in requeued:
         log.warning("job %s: worker lost; requeued", job_id)
-        ctx.dispatch(job_id)
+        dispatch_or_park(ctx, job_id)
     return requeued
 
 
