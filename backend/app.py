@@ -31,7 +31,7 @@ class UserError(ValueError):
 
 
 def describe_errors(errors) -> str:
-    """Pydantic/FastAPI errors as one line naming each offending field, e.g. `body.params.steps: ...`."""
+    """Pydantic/FastAPI errors as one line naming each offending field, e.g. `query.limit: ...`."""
     parts = []
     for e in errors:
         loc = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body",) or len(e["loc"]) == 1)
