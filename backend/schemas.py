@@ -129,3 +129,239 @@ class JobList(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str
+
+
+# ---------------------------------------------------------------- models, tasks, circuits, nodes, playground
+
+NODE_DESCRIPTION = "a node name `site[index]`, e.g. `0.mlp.post_act[12]` (brackets URL-encoded in paths)"
+
+
+class SiteInfo(BaseModel):
+    name: str = Field(description="e.g. `0.attn.q`")
+    layer: int | None = Field(description="None for `embed` and `final_resid`")
+    dim: int = Field(description="nodes at this site: indices 0..dim-1")
+
+
+class ModelSummary(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    name: str
+    kind: Literal["sparse", "dense"]
+    status: Literal["training", "ready", "failed"]
+    n_params: int
+    profiled: bool = Field(description="node statistics and activation examples are available")
+    created_at: datetime
+
+
+class ModelRead(ModelSummary):
+    config: dict = Field(description="the run configuration (model shape and training settings)")
+    summary: dict = Field(description="final figures of training: validation loss, steps, ...")
+    job_id: str | None
+    sites: list[SiteInfo]
+    n_circuits: int
+
+
+class ModelList(BaseModel):
+    items: list[ModelSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class ModelMetrics(BaseModel):
+    model_id: int
+    points: list[dict[str, float | int | str | None]] = Field(
+        description="training curve records in step order: step, loss, lr, density, val_loss (eval steps)"
+    )
+
+
+class TaskSummary(BaseModel):
+    name: str
+    builtin: bool
+    completion_a: str
+    completion_b: str
+    description: str
+    n_pairs: int | None = Field(description="prompt pairs of a custom task; None for corpus-mined tasks")
+    n_circuits: int
+
+
+class TaskRead(TaskSummary):
+    created_at: datetime | None = Field(description="custom tasks: when it was created")
+
+
+class TaskList(BaseModel):
+    items: list[TaskSummary]
+    total: int
+
+
+class TaskSample(BaseModel):
+    split: Literal["train", "test"]
+    source: str = Field(description="where the pair comes from: `path:line` or `pairs[i]`")
+    prompt_a: str = Field(description="the prompt whose correct next token starts completion_a")
+    prompt_b: str = Field(description="the prompt whose correct next token starts completion_b")
+    completion_a: str
+    completion_b: str
+
+
+class TaskSamples(BaseModel):
+    task: str
+    model_id: int | None = Field(description="prompts as this model sees them (tokenised, truncated)")
+    items: list[TaskSample]
+
+
+class CircuitSummary(BaseModel):
+    id: int
+    model_id: int
+    model_name: str
+    task: str
+    target_loss: float
+    n_nodes: int
+    n_edges: int
+    losses: dict[str, float | None]
+    created_at: datetime
+
+
+class CircuitList(BaseModel):
+    items: list[CircuitSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class CircuitNodeRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    site: str
+    layer: int | None
+    index: int
+    tau: float = Field(description="the learnt mask logit (larger = more important)")
+
+
+class CircuitEdgeRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    src: str
+    dst: str
+    weight: float
+    kind: Literal["weight", "residual", "qk"]
+
+
+class CircuitRead(CircuitSummary):
+    calibration: dict[str, float]
+    curve: list[dict[str, float | int | None]] = Field(description="loss vs kept nodes: [{k, loss}]")
+    runs: list[dict] = Field(description="the hyper-parameter search, one record per run")
+    validation: dict
+    params: dict = Field(description="the pruning configuration used")
+    nodes: list[CircuitNodeRead]
+    edges: list[CircuitEdgeRead]
+
+
+class NodeStats(BaseModel):
+    mean: float
+    frequency: float = Field(description="fraction of positions where the node is nonzero")
+    quantiles: dict[str, float | None] = Field(description="level -> value over all positions")
+    thresholds: dict[str, float | None] = Field(
+        description="edge of each example bin: lowest value of a top bin, highest of a bottom bin"
+    )
+
+
+class ExampleRead(BaseModel):
+    bin: str = Field(description="`top_0.1`, `top_1`, `top_10`, `top_50`, `bottom_0.1`, ...")
+    rank: int
+    activation: float = Field(description="the node's activation at the centre token")
+    center: int = Field(description="index of the centre token in `tokens`")
+    tokens: list[str] = Field(description="each context token decoded")
+    token_ids: list[int]
+    values: list[float] = Field(description="the node's activation at each context token")
+    text: str | None = Field(description="the context's text in the corpus document")
+    document: str | None = Field(description="the corpus document's path")
+    offset: int | None
+
+
+class EdgeRef(BaseModel):
+    node: str = Field(description="the node at the other end")
+    weight: float
+    kind: Literal["weight", "residual", "qk"]
+
+
+class NodeRead(BaseModel):
+    model_id: int
+    name: str
+    site: str
+    layer: int | None
+    index: int
+    stats: NodeStats | None = Field(description="None until the model has been profiled")
+    examples: list[ExampleRead]
+    circuits: list[int] = Field(description="circuits of this model that contain the node")
+    circuit_id: int | None = Field(description="the circuit the edges below are taken from")
+    incoming: list[EdgeRef]
+    outgoing: list[EdgeRef]
+
+
+class NodeStatRow(BaseModel):
+    name: str
+    index: int
+    mean: float
+    frequency: float
+
+
+class SiteNodes(BaseModel):
+    model_id: int
+    site: str
+    items: list[NodeStatRow]
+
+
+class PlaygroundRequest(Strict):
+    prompt: str = Field(min_length=1, max_length=4000, description="text to run through the model")
+    nodes: list[str] = Field(min_length=1, max_length=64, description=NODE_DESCRIPTION)
+
+
+class TokenRead(BaseModel):
+    id: int
+    text: str
+
+
+class PlaygroundResult(BaseModel):
+    model_id: int
+    tokens: list[TokenRead] = Field(description="the prompt's tokens (the last n_ctx if it was longer)")
+    truncated: bool
+    activations: dict[str, list[float]] = Field(description="node -> its activation at every token")
+    top_next: list[TokenRead] = Field(description="the model's most likely next tokens after the prompt")
+    top_next_probs: list[float]
+
+
+class AblationRequest(Strict):
+    off: list[str] = Field(default_factory=list, max_length=4096, description="circuit nodes to ablate")
+    on: list[str] = Field(default_factory=list, max_length=4096, description="extra nodes to keep")
+    mode: Literal["keep", "ablate"] = Field(
+        "keep",
+        description="keep: the node set runs, every other node is mean-ablated (sufficiency); "
+        "ablate: the node set is mean-ablated in the full model (necessity)",
+    )
+    pairs: int = Field(64, ge=1, le=512, description="test pairs to evaluate")
+    show: int = Field(8, ge=0, le=64, description="pairs to return prompt by prompt")
+
+
+class PromptResult(BaseModel):
+    prompt: str = Field(description="the prompt's last tokens, decoded")
+    expected: Literal["a", "b"]
+    p_a: float = Field(description="probability of completion_a's first token (two-way softmax)")
+    p_b: float
+
+
+class AblationResult(BaseModel):
+    circuit_id: int
+    mode: Literal["keep", "ablate"]
+    n_nodes: int = Field(description="size of the node set after the toggles")
+    pairs: int
+    loss: float = Field(description="two-class cross-entropy per prompt (mean)")
+    loss_calibrated: float = Field(description="the same with the circuit's logit scale and shift")
+    accuracy: float
+    p_correct: float = Field(description="mean probability of the correct completion")
+    p_a: float = Field(description="mean probability of completion_a on prompts that expect it")
+    p_b: float = Field(description="mean probability of completion_b on prompts that expect it")
+    full_loss: float = Field(description="the unablated model on the same pairs")
+    prompts: list[PromptResult]
+    seconds: float

@@ -1,0 +1,152 @@
+"""The API process's LRU cache of loaded models, for interactive forward passes (playground, live
+ablation). An entry also keeps the model's mean activations and the tasks tokenised for it, so that a
+warm request is one or two forward passes."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from fastapi import Request
+from tokenizers import Tokenizer
+
+from worker.engine.ablation import MEANS, load_or_compute_means
+from worker.engine.checkpoints import load_model, load_tokenizer
+from worker.engine.config import ModelConfig, RunConfig
+from worker.engine.model import SparseGPT
+from worker.engine.tasks import TaskData
+
+TASKS_PER_MODEL = 8
+
+
+def site_dims(config: ModelConfig) -> dict[str, int]:
+    """Sites and their widths from a config alone (no weights allocated)."""
+    return SparseGPT.site_dims(SimpleNamespace(cfg=config))
+
+
+class _Lru(OrderedDict):
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def put(self, key, value) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+    def hit(self, key):
+        value = self.get(key)
+        if value is not None:
+            self.move_to_end(key)
+        return value
+
+
+@dataclass
+class LoadedModel:
+    model_id: int
+    folder: Path
+    model: SparseGPT
+    tok: Tokenizer
+    run: RunConfig
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _means: dict[str, torch.Tensor] | None = None
+    _means_stamp: float | None = None
+    _tasks: _Lru = field(default_factory=lambda: _Lru(TASKS_PER_MODEL))
+    _memo: _Lru = field(default_factory=lambda: _Lru(4 * TASKS_PER_MODEL))
+
+    def means(self) -> dict[str, torch.Tensor]:
+        """Mean activations (a profile job rewrites the file: reloaded when it changes)."""
+        with self.lock:
+            path = self.folder / MEANS
+            stamp = path.stat().st_mtime if path.is_file() else None
+            if self._means is None or stamp != self._means_stamp:
+                self._means = load_or_compute_means(self.folder, self.model, self.tok, self.run)
+                self._means_stamp = path.stat().st_mtime if path.is_file() else None
+            return self._means
+
+    def task(self, key: str, build: Callable[[Tokenizer], TaskData]) -> TaskData:
+        """A task tokenised for this model, built once (built-in tasks scan the corpus: seconds)."""
+        with self.lock:
+            data = self._tasks.hit(key)
+        if data is None:
+            data = build(self.tok)
+            with self.lock:
+                self._tasks.put(key, data)
+        return data
+
+    def memo(self, key, compute: Callable[[], object]):
+        """A small per-model LRU for derived results (e.g. the unablated model's task logits)."""
+        with self.lock:
+            value = self._memo.hit(key)
+        if value is None:
+            value = compute()
+            with self.lock:
+                self._memo.put(key, value)
+        return value
+
+
+class ModelCache:
+    """Thread-safe LRU of LoadedModel by (model id, folder); a model loads once even if requested
+    concurrently."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._entries = _Lru(size)
+        self._tokenizers = _Lru(4 * size)
+        self._loading: dict[tuple[int, str], threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, model_id: int, folder: Path) -> LoadedModel:
+        key = (model_id, str(folder))
+        with self._lock:
+            entry = self._entries.hit(key)
+            if entry is not None:
+                return entry
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:
+            with self._lock:
+                entry = self._entries.hit(key)
+            if entry is None:
+                model, tok, run = load_model(folder)
+                model.requires_grad_(False)
+                entry = LoadedModel(model_id, Path(folder), model, tok, run)
+                with self._lock:
+                    self._entries.put(key, entry)
+                    self._loading.pop(key, None)
+        return entry
+
+    def tokenizer(self, model_id: int, folder: Path) -> Tokenizer:
+        """A model's tokenizer alone (decoding examples does not need the weights)."""
+        key = (model_id, str(folder))
+        with self._lock:
+            entry = self._entries.hit(key)
+            tok = entry.tok if entry is not None else self._tokenizers.hit(key)
+        if tok is None:
+            tok = load_tokenizer(folder)
+            with self._lock:
+                self._tokenizers.put(key, tok)
+        return tok
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+_create = threading.Lock()
+
+
+def get_model_cache(request: Request) -> ModelCache:
+    """The app's cache (created on first use, sized by CIRCUITS_MODEL_CACHE_SIZE)."""
+    state = request.app.state
+    cache = getattr(state, "model_cache", None)
+    if cache is None:
+        with _create:
+            cache = getattr(state, "model_cache", None)
+            if cache is None:
+                cache = state.model_cache = ModelCache(state.settings.model_cache_size)
+    return cache

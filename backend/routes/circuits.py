@@ -1,0 +1,118 @@
+"""Circuits: list and filter, and the full graph (nodes, edges, losses, loss-vs-k curve).
+
+A circuit never changes once its prune job wrote it, so the API process keeps the rendered JSON of
+recently read circuits (an LRU by id): a repeated read costs one dictionary lookup."""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from ..db import SessionDep
+from ..model_cache import _Lru
+from ..models import Circuit, Model, Task
+from ..schemas import CircuitEdgeRead, CircuitList, CircuitNodeRead, CircuitRead, CircuitSummary, ErrorBody
+
+router = APIRouter(prefix="/circuits", tags=["circuits"])
+NOT_FOUND = {404: {"model": ErrorBody, "description": "no such circuit"}}
+CircuitId = Annotated[int, Path(ge=1, le=2**31 - 1, description="circuit id")]
+RENDERED = 256  # circuits whose JSON is kept
+
+
+def get_circuit_row(session: Session, circuit_id: int, graph: bool = False) -> Circuit:
+    query = select(Circuit).where(Circuit.id == circuit_id)
+    if graph:
+        query = query.options(selectinload(Circuit.nodes), selectinload(Circuit.edges))
+    circuit = session.scalar(query)
+    if circuit is None:
+        raise HTTPException(404, f"circuit {circuit_id} not found")
+    return circuit
+
+
+def circuit_summary(c: Circuit) -> CircuitSummary:
+    return CircuitSummary(
+        id=c.id,
+        model_id=c.model_id,
+        model_name=c.model.name,
+        task=c.task.name,
+        target_loss=c.target_loss,
+        n_nodes=c.n_nodes,
+        n_edges=c.n_edges,
+        losses=c.losses,
+        created_at=c.created_at,
+    )
+
+
+@router.get("", response_model=CircuitList)
+def list_circuits(
+    session: SessionDep,
+    model_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+    task: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+    max_nodes: Annotated[int | None, Query(ge=0, le=10_000_000, description="at most this many")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> CircuitList:
+    """Circuits, newest first, filtered by model, task and size."""
+    query = select(Circuit).join(Task).join(Model)
+    if model_id is not None:
+        query = query.where(Circuit.model_id == model_id)
+    if task is not None:
+        query = query.where(Task.name == task)
+    if max_nodes is not None:
+        query = query.where(Circuit.n_nodes <= max_nodes)
+    total = session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = session.scalars(
+        query.options(selectinload(Circuit.model), selectinload(Circuit.task))
+        .order_by(Circuit.created_at.desc(), Circuit.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    return CircuitList(items=[circuit_summary(c) for c in rows], total=total, limit=limit, offset=offset)
+
+
+_create = threading.Lock()
+
+
+def rendered_cache(request: Request) -> tuple[_Lru, threading.Lock]:
+    """The app's LRU of rendered circuits (per app: ids are per database)."""
+    state = request.app.state
+    with _create:
+        if getattr(state, "rendered_circuits", None) is None:
+            state.rendered_circuits = (_Lru(RENDERED), threading.Lock())
+    return state.rendered_circuits
+
+
+def render_circuit(request: Request, session: Session, circuit_id: int) -> bytes:
+    rendered, lock = rendered_cache(request)
+    with lock:
+        body = rendered.hit(circuit_id)
+    if body is None:
+        c = get_circuit_row(session, circuit_id, graph=True)
+        body = (
+            CircuitRead(
+                **circuit_summary(c).model_dump(),
+                calibration=c.calibration,
+                curve=c.curve,
+                runs=c.runs,
+                validation=c.validation,
+                params=c.params,
+                nodes=[CircuitNodeRead.model_validate(n) for n in c.nodes],
+                edges=[CircuitEdgeRead.model_validate(e) for e in c.edges],
+            )
+            .model_dump_json()
+            .encode()
+        )
+        with lock:
+            rendered.put(circuit_id, body)
+    return body
+
+
+@router.get("/{circuit_id}", response_model=CircuitRead, responses=NOT_FOUND)
+def get_circuit(circuit_id: CircuitId, request: Request, session: SessionDep) -> Response:
+    """The full circuit: nodes (largest tau first), edges with weights, test losses, calibration,
+    loss-vs-k curve, the hyper-parameter search and the validation controls."""
+    return Response(render_circuit(request, session, circuit_id), media_type="application/json")

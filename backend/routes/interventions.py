@@ -1,0 +1,125 @@
+"""Interactive forward passes in the API process (models from the LRU cache): the playground (a prompt
+-> per-token activations of chosen nodes) and live ablation (a circuit with nodes switched on or off ->
+task loss and the two completions' probabilities)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from fastapi import APIRouter, HTTPException, Request
+
+from worker.engine.ablation import prunable_sites
+from worker.engine.prune import NodeMasks, calibrated_loss, task_logits
+from worker.engine.tasks.base import pair_labels
+
+from ..db import SessionDep
+from ..schemas import (
+    AblationRequest,
+    AblationResult,
+    ErrorBody,
+    PlaygroundRequest,
+    PlaygroundResult,
+    PromptResult,
+    TokenRead,
+)
+from .circuits import CircuitId, get_circuit_row
+from .models import ModelId, get_model_row, loaded
+from .nodes import check_node
+from .tasks import task_data
+
+router = APIRouter(tags=["interventions"])
+ERRORS = {
+    404: {"model": ErrorBody, "description": "no such model, circuit or node"},
+    409: {"model": ErrorBody, "description": "the model is not trained yet"},
+    422: {"model": ErrorBody, "description": "invalid input (named)"},
+}
+TOP_NEXT = 5
+SHOWN_TOKENS = 16  # prompt tokens shown per prompt in an ablation result
+
+
+@router.post("/models/{model_id}/playground", response_model=PlaygroundResult, responses=ERRORS)
+def playground(model_id: ModelId, body: PlaygroundRequest, request: Request, session: SessionDep):
+    """Run a prompt through the model; return every token's activation at the chosen nodes."""
+    model = get_model_row(session, model_id)
+    nodes = {n: check_node(model, n) for n in dict.fromkeys(body.nodes)}
+    lm = loaded(request, model)
+    ids = lm.tok.encode(body.prompt).ids
+    if not ids:
+        raise HTTPException(422, "prompt: encodes to no tokens")
+    n_ctx = lm.model.cfg.n_ctx
+    truncated = len(ids) > n_ctx
+    ids = ids[-n_ctx:]
+    with torch.inference_mode():
+        logits, acts = lm.model(torch.tensor([ids]), capture={site for site, _ in nodes.values()})
+    probs = logits[0, -1].float().softmax(-1)
+    top = probs.topk(TOP_NEXT)
+    return PlaygroundResult(
+        model_id=model_id,
+        tokens=[TokenRead(id=i, text=lm.tok.decode([i])) for i in ids],
+        truncated=truncated,
+        activations={n: acts[site][0, :, index].tolist() for n, (site, index) in nodes.items()},
+        top_next=[TokenRead(id=i, text=lm.tok.decode([i])) for i in top.indices.tolist()],
+        top_next_probs=top.values.tolist(),
+    )
+
+
+@router.post("/circuits/{circuit_id}/ablate", response_model=AblationResult, responses=ERRORS)
+def live_ablation(circuit_id: CircuitId, body: AblationRequest, request: Request, session: SessionDep):
+    """Evaluate a circuit with nodes switched off (`off`) or added (`on`) on the task's test pairs.
+    mode `keep`: only the node set runs, everything else is mean-ablated, as when the circuit was
+    pruned; mode `ablate`: the node set is mean-ablated inside the full model."""
+    t0 = time.perf_counter()
+    circuit = get_circuit_row(session, circuit_id, graph=True)
+    model = get_model_row(session, circuit.model_id)
+    for name in body.off + body.on:
+        site, _ = check_node(model, name)
+        if site in ("embed", "final_resid"):
+            raise HTTPException(422, f"{name}: only nodes of the layers' 8 sites can be switched, not {site}")
+    kept = ({n.name for n in circuit.nodes} | set(body.on)) - set(body.off)
+    lm = loaded(request, model)
+    data = task_data(request, model, circuit.task.name, circuit.task)
+    means = lm.means()
+    dims = lm.model.site_dims()
+    masks = NodeMasks({s: dims[s] for s in prunable_sites(lm.model)}, 0.0, 0.0, torch.Generator())
+    chosen = torch.zeros(masks.tau.numel())
+    for name in kept:
+        site, index = check_node(model, name)
+        chosen[masks.slices[site][0] + index] = 1
+    keep = chosen if body.mode == "keep" else 1 - chosen
+    prompts = data.test[: body.pairs]
+    labels = pair_labels(len(prompts))
+    logits2 = task_logits(lm.model, data, prompts, keep, masks, means)
+    full = lm.memo(
+        ("full", circuit.task.name, len(prompts)),
+        lambda: task_logits(lm.model, data, prompts, None, masks, means),
+    )
+    probs = logits2.softmax(-1)
+    p_correct = probs[torch.arange(len(labels)), labels]
+    scale, shift = circuit.calibration.get("scale", 1.0), circuit.calibration.get("shift", 0.0)
+    flat = prompts.flatten(0, 1)
+    shown = [
+        PromptResult(
+            prompt=lm.tok.decode(flat[i, -SHOWN_TOKENS:].tolist()),
+            expected="ab"[int(labels[i])],
+            p_a=float(probs[i, 0]),
+            p_b=float(probs[i, 1]),
+        )
+        for i in range(min(2 * body.show, len(flat)))
+    ]
+    return AblationResult(
+        circuit_id=circuit_id,
+        mode=body.mode,
+        n_nodes=len(kept),
+        pairs=len(prompts),
+        loss=F.cross_entropy(logits2, labels).item(),
+        loss_calibrated=calibrated_loss(logits2, labels, scale, shift),
+        accuracy=(logits2.argmax(-1) == labels).float().mean().item(),
+        p_correct=p_correct.mean().item(),
+        p_a=probs[labels == 0, 0].mean().item(),
+        p_b=probs[labels == 1, 1].mean().item(),
+        full_loss=F.cross_entropy(full, labels).item(),
+        prompts=shown,
+        seconds=time.perf_counter() - t0,
+    )

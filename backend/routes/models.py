@@ -1,0 +1,90 @@
+"""Models: list, get (with their sites), training metrics."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from worker.engine.config import ModelConfig
+from worker.engine.model import site_layer
+
+from ..db import SessionDep
+from ..model_cache import LoadedModel, get_model_cache, site_dims
+from ..models import Circuit, Model, ModelStatus
+from ..schemas import ErrorBody, ModelList, ModelMetrics, ModelRead, ModelSummary, SiteInfo
+
+router = APIRouter(prefix="/models", tags=["models"])
+NOT_FOUND = {404: {"model": ErrorBody, "description": "no such model"}}
+ModelId = Annotated[int, Path(ge=1, le=2**31 - 1, description="model id")]
+
+
+def get_model_row(session: Session, model_id: int) -> Model:
+    model = session.get(Model, model_id)
+    if model is None:
+        raise HTTPException(404, f"model {model_id} not found")
+    return model
+
+
+def model_config(model: Model) -> ModelConfig:
+    return ModelConfig.model_validate(model.config["model"])
+
+
+def sites_of(model: Model) -> dict[str, int]:
+    return site_dims(model_config(model))
+
+
+def loaded(request: Request, model: Model) -> LoadedModel:
+    """The model's weights from the process's LRU cache (409 while it is not trained)."""
+    if model.status != ModelStatus.ready:
+        raise HTTPException(409, f"model {model.id} is {model.status}, not ready")
+    settings = request.app.state.settings
+    return get_model_cache(request).get(model.id, settings.artifact(model.artifact_path))
+
+
+@router.get("", response_model=ModelList)
+def list_models(
+    session: SessionDep,
+    kind: Annotated[str | None, Query(pattern="^(sparse|dense)$")] = None,
+    status: Annotated[str | None, Query(pattern="^(training|ready|failed)$")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> ModelList:
+    """Models, newest first."""
+    query = select(Model)
+    if kind:
+        query = query.where(Model.kind == kind)
+    if status:
+        query = query.where(Model.status == status)
+    total = session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = session.scalars(
+        query.order_by(Model.created_at.desc(), Model.id.desc()).limit(limit).offset(offset)
+    )
+    return ModelList(
+        items=[ModelSummary.model_validate(m) for m in rows], total=total, limit=limit, offset=offset
+    )
+
+
+@router.get("/{model_id}", response_model=ModelRead, responses=NOT_FOUND)
+def get_model(model_id: ModelId, session: SessionDep) -> ModelRead:
+    """A model with its configuration, training summary and sites (where its nodes live)."""
+    model = get_model_row(session, model_id)
+    n_circuits = session.scalar(select(func.count()).where(Circuit.model_id == model_id))
+    sites = [SiteInfo(name=s, layer=site_layer(s), dim=d) for s, d in sites_of(model).items()]
+    return ModelRead(
+        **ModelSummary.model_validate(model).model_dump(),
+        config=model.config,
+        summary=model.summary,
+        job_id=model.job_id,
+        sites=sites,
+        n_circuits=n_circuits,
+    )
+
+
+@router.get("/{model_id}/metrics", response_model=ModelMetrics, responses=NOT_FOUND)
+def get_metrics(model_id: ModelId, session: SessionDep) -> ModelMetrics:
+    """The training curve: loss per logged step, validation loss at eval steps."""
+    model = get_model_row(session, model_id)
+    return ModelMetrics(model_id=model_id, points=model.metrics or [])

@@ -1,0 +1,94 @@
+"""Playground and live ablation: interactive forward passes on the cached model, checked against the
+engine, on SQLite and PostgreSQL."""
+
+import time
+
+import pytest
+import torch
+
+from worker.engine.checkpoints import load_model
+
+API = "/api/v1"
+
+
+def test_playground_matches_a_direct_forward_pass(api_backend):
+    c, model_id = api_backend.client, api_backend.model_id
+    nodes = ["0.mlp.post_act[3]", "1.attn.v[5]", "embed[0]"]
+    prompt = "def main():\n    print('hello')\n"
+    r = c.post(f"{API}/models/{model_id}/playground", json={"prompt": prompt, "nodes": nodes})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    model, tok, _ = load_model(api_backend.world["folder"])
+    ids = tok.encode(prompt).ids
+    assert [t["id"] for t in out["tokens"]] == ids and not out["truncated"]
+    assert "".join(t["text"] for t in out["tokens"]) == prompt
+    with torch.no_grad():
+        logits, acts = model(torch.tensor([ids]), capture=["0.mlp.post_act", "1.attn.v", "embed"])
+    where = [("0.mlp.post_act", 3), ("1.attn.v", 5), ("embed", 0)]
+    for node, (site, index) in zip(nodes, where, strict=True):
+        assert out["activations"][node] == pytest.approx(acts[site][0, :, index].tolist(), abs=1e-5)
+    assert out["top_next"][0]["id"] == int(logits[0, -1].argmax())
+    assert out["top_next_probs"] == sorted(out["top_next_probs"], reverse=True)
+
+    long = c.post(f"{API}/models/{model_id}/playground", json={"prompt": "x = 1\n" * 200, "nodes": nodes[:1]})
+    assert long.status_code == 200 and long.json()["truncated"]
+    assert len(long.json()["tokens"]) == model.cfg.n_ctx == len(long.json()["activations"][nodes[0]])
+    for body, code in [
+        ({"prompt": "x", "nodes": []}, 422),
+        ({"prompt": "", "nodes": nodes}, 422),
+        ({"prompt": "x", "nodes": ["0.mlp.post_act[100000]"]}, 404),
+        ({"prompt": "x", "nodes": ["nonsense"]}, 422),
+        ({"prompt": 5, "nodes": nodes}, 422),
+        ({"prompt": "x" * 5000, "nodes": nodes}, 422),
+        ({"prompt": "x", "nodes": ["0.mlp.post_act[1]"] * 65}, 422),
+        ({"prompt": "x", "nodes": nodes, "other": 1}, 422),
+    ]:
+        r = c.post(f"{API}/models/{model_id}/playground", json=body)
+        assert r.status_code == code, (body, r.text)
+        assert r.json()["detail"]
+    assert c.post(f"{API}/models/424242/playground", json={"prompt": "x", "nodes": nodes}).status_code == 404
+
+
+def test_live_ablation_reproduces_the_circuits_losses(api_backend):
+    c, circuit_id = api_backend.client, api_backend.circuit_id
+    engine = api_backend.world["circuit"]
+    url = f"{API}/circuits/{circuit_id}/ablate"
+    everything = c.post(url, json={"pairs": 512, "show": 2})  # the whole test split (486 pairs)
+    assert everything.status_code == 200, everything.text
+    keep = everything.json()
+    assert keep["n_nodes"] == len(engine.nodes) and keep["pairs"] == 486
+    assert keep["loss"] == pytest.approx(engine.losses["circuit_uncalibrated"], abs=1e-5)
+    assert keep["loss_calibrated"] == pytest.approx(engine.losses["circuit"], abs=1e-5)
+    assert keep["full_loss"] == pytest.approx(engine.losses["full"], abs=1e-5)
+    assert [p["expected"] for p in keep["prompts"]] == ["a", "b", "a", "b"]
+    assert all(p["p_a"] + p["p_b"] == pytest.approx(1.0) for p in keep["prompts"])
+    ablated = c.post(url, json={"pairs": 512, "mode": "ablate"}).json()
+    assert ablated["loss"] == pytest.approx(engine.losses["ablated"], abs=1e-5)
+
+    # Switching nodes changes the result; switching them back restores it.
+    names = [n.name for n in engine.nodes]
+    c.post(url, json={"pairs": 64})  # warm
+    t0 = time.perf_counter()
+    base = c.post(url, json={"pairs": 64}).json()
+    assert time.perf_counter() - t0 < 1.0 and base["seconds"] < 1.0
+    none = c.post(url, json={"pairs": 64, "off": names}).json()
+    assert none["n_nodes"] == 0 and none["loss"] != pytest.approx(base["loss"], abs=1e-6)
+    restored = c.post(url, json={"pairs": 64, "off": names, "on": names}).json()
+    assert restored["n_nodes"] == 0  # off wins over on
+    grown = c.post(url, json={"pairs": 64, "on": ["1.mlp.post_act[0]", "1.mlp.post_act[1]"]}).json()
+    assert grown["n_nodes"] == len(names) + 2
+    for body, code in [
+        ({"off": ["embed[0]"]}, 422),
+        ({"off": ["0.mlp.post_act[100000]"]}, 404),
+        ({"on": ["bad node"]}, 422),
+        ({"pairs": 0}, 422),
+        ({"pairs": 100000}, 422),
+        ({"mode": "sideways"}, 422),
+        ({"off": "0.mlp.post_act[1]"}, 422),
+        ({"unknown": True}, 422),
+    ]:
+        r = c.post(url, json=body)
+        assert r.status_code == code, (body, r.text)
+        assert r.json()["detail"]
+    assert c.post(f"{API}/circuits/424242/ablate", json={}).status_code == 404
+    assert c.post(url, content=b"[1, 2", headers={"content-type": "application/json"}).status_code == 422
