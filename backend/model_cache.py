@@ -29,7 +29,7 @@ def site_dims(config: ModelConfig) -> dict[str, int]:
     return SparseGPT.site_dims(SimpleNamespace(cfg=config))
 
 
-class _Lru(OrderedDict):
+class Lru(OrderedDict):
     def __init__(self, size: int):
         super().__init__()
         self.size = size
@@ -57,8 +57,8 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
     _means: dict[str, torch.Tensor] | None = None
     _means_stamp: float | None = None
-    _tasks: _Lru = field(default_factory=lambda: _Lru(TASKS_PER_MODEL))
-    _memo: _Lru = field(default_factory=lambda: _Lru(4 * TASKS_PER_MODEL))
+    _tasks: Lru = field(default_factory=lambda: Lru(TASKS_PER_MODEL))
+    _memo: Lru = field(default_factory=lambda: Lru(4 * TASKS_PER_MODEL))
 
     def means(self) -> dict[str, torch.Tensor]:
         """Mean activations (a profile job rewrites the file: reloaded when it changes)."""
@@ -97,8 +97,8 @@ class ModelCache:
 
     def __init__(self, size: int):
         self.size = size
-        self._entries = _Lru(size)
-        self._tokenizers = _Lru(4 * size)
+        self._entries = Lru(size)
+        self._tokenizers = Lru(4 * size)
         self._loading: dict[tuple[int, str], threading.Lock] = {}
         self._lock = threading.Lock()
 

@@ -5,19 +5,23 @@ recently read circuits (an LRU by id): a repeated read costs one dictionary look
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Path, Query, Request, Response
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from ..db import SessionDep
-from ..model_cache import _Lru
-from ..models import Circuit, Model, Task
+from ..model_cache import Lru
+from ..models import Circuit, Model, ModelStatus, Task
 from ..schemas import CircuitEdgeRead, CircuitList, CircuitNodeRead, CircuitRead, CircuitSummary, ErrorBody
+from .models import loaded
+from .tasks import task_data
 
 router = APIRouter(prefix="/circuits", tags=["circuits"])
+log = logging.getLogger("circuits.api")
 NOT_FOUND = {404: {"model": ErrorBody, "description": "no such circuit"}}
 CircuitId = Annotated[int, Path(ge=1, le=2**31 - 1, description="circuit id")]
 RENDERED = 256  # circuits whose JSON is kept
@@ -77,21 +81,35 @@ def list_circuits(
 _create = threading.Lock()
 
 
-def rendered_cache(request: Request) -> tuple[_Lru, threading.Lock]:
+def rendered_cache(request: Request) -> tuple[Lru, threading.Lock]:
     """The app's LRU of rendered circuits (per app: ids are per database)."""
     state = request.app.state
     with _create:
         if getattr(state, "rendered_circuits", None) is None:
-            state.rendered_circuits = (_Lru(RENDERED), threading.Lock())
+            state.rendered_circuits = (Lru(RENDERED), threading.Lock())
     return state.rendered_circuits
 
 
-def render_circuit(request: Request, session: Session, circuit_id: int) -> bytes:
+def warm(request: Request, model: Model, task: Task) -> None:
+    """Load what live ablation of this circuit needs (weights, means, tokenised task) ahead of time."""
+    try:
+        if model.status == ModelStatus.ready:
+            loaded(request, model).means()
+            task_data(request, model, task.name, task)
+    except Exception as e:  # a broken artifact shows up (as a 4xx) when the ablation is requested
+        log.warning("could not prepare model %s for live ablation: %s", model.id, e)
+
+
+def render_circuit(
+    request: Request, session: Session, circuit_id: int, background: BackgroundTasks | None = None
+) -> bytes:
     rendered, lock = rendered_cache(request)
     with lock:
         body = rendered.hit(circuit_id)
     if body is None:
         c = get_circuit_row(session, circuit_id, graph=True)
+        if background is not None:
+            background.add_task(warm, request, c.model, c.task)
         body = (
             CircuitRead(
                 **circuit_summary(c).model_dump(),
@@ -112,7 +130,11 @@ def render_circuit(request: Request, session: Session, circuit_id: int) -> bytes
 
 
 @router.get("/{circuit_id}", response_model=CircuitRead, responses=NOT_FOUND)
-def get_circuit(circuit_id: CircuitId, request: Request, session: SessionDep) -> Response:
+def get_circuit(
+    circuit_id: CircuitId, request: Request, session: SessionDep, background: BackgroundTasks
+) -> Response:
     """The full circuit: nodes (largest tau first), edges with weights, test losses, calibration,
-    loss-vs-k curve, the hyper-parameter search and the validation controls."""
-    return Response(render_circuit(request, session, circuit_id), media_type="application/json")
+    loss-vs-k curve, the hyper-parameter search and the validation controls. The first read also
+    prepares the model for live ablation in the background."""
+    body = render_circuit(request, session, circuit_id, background)
+    return Response(body, media_type="application/json", background=background)
