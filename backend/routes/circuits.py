@@ -9,7 +9,8 @@ import logging
 import threading
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
@@ -100,16 +101,10 @@ def warm(request: Request, model: Model, task: Task) -> None:
         log.warning("could not prepare model %s for live ablation: %s", model.id, e)
 
 
-def render_circuit(
-    request: Request, session: Session, circuit_id: int, background: BackgroundTasks | None = None
-) -> bytes:
-    rendered, lock = rendered_cache(request)
-    with lock:
-        body = rendered.hit(circuit_id)
-    if body is None:
+def render(request: Request, circuit_id: int) -> bytes:
+    """Read and render a circuit (not cached yet), and start preparing its model in a thread."""
+    with request.app.state.db.session() as session:
         c = get_circuit_row(session, circuit_id, graph=True)
-        if background is not None:
-            background.add_task(warm, request, c.model, c.task)
         body = (
             CircuitRead(
                 **circuit_summary(c).model_dump(),
@@ -124,17 +119,21 @@ def render_circuit(
             .model_dump_json()
             .encode()
         )
-        with lock:
-            rendered.put(circuit_id, body)
+        model, task = c.model, c.task
+    threading.Thread(target=warm, args=(request, model, task), daemon=True, name="warm-model").start()
     return body
 
 
 @router.get("/{circuit_id}", response_model=CircuitRead, responses=NOT_FOUND)
-def get_circuit(
-    circuit_id: CircuitId, request: Request, session: SessionDep, background: BackgroundTasks
-) -> Response:
+async def get_circuit(circuit_id: CircuitId, request: Request) -> Response:
     """The full circuit: nodes (largest tau first), edges with weights, test losses, calibration,
     loss-vs-k curve, the hyper-parameter search and the validation controls. The first read also
-    prepares the model for live ablation in the background."""
-    body = render_circuit(request, session, circuit_id, background)
-    return Response(body, media_type="application/json", background=background)
+    starts preparing the model for live ablation."""
+    rendered, lock = rendered_cache(request)
+    with lock:
+        body = rendered.hit(circuit_id)  # a dictionary lookup: no thread, no database
+    if body is None:
+        body = await run_in_threadpool(render, request, circuit_id)
+        with lock:
+            rendered.put(circuit_id, body)
+    return Response(body, media_type="application/json")

@@ -1,0 +1,197 @@
+"""API latency under load: p50/p99 latency and requests/s of a cached circuit GET at 32 concurrent
+clients on loopback, against the trivial /api/v1/health of the same server, in one run (goal: circuit
+GET p99 <= 50 ms). The server is a real `circuits serve` subprocess on a throwaway data dir holding one
+model and one circuit (its nodes: the first --nodes of the model's layer sites, its edges: the model's
+nonzero weights between them).
+
+    python bench/api_load.py [--model data/models/small] [--clients 32] [--seconds 10] [--nodes 100]"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+from backend.db import Database, upgrade
+from backend.models import Model, ModelKind, ModelStatus
+from backend.settings import Settings
+from worker.engine.ablation import prunable_sites
+from worker.engine.checkpoints import CONFIG, TOKENIZER, load_model, save_model
+from worker.engine.circuit import Circuit, edges_from_weights, make_nodes
+from worker.engine.config import preset
+from worker.engine.data import load_corpus, train_tokenizer
+from worker.engine.model import SparseGPT
+from worker.engine.prune import PruneConfig
+from worker.jobs import task_row, write_circuit
+
+
+def untrained_model(folder: Path, name: str) -> None:
+    """A preset's shape with untrained weights: the circuit JSON's size is what matters here."""
+    run = preset(name)
+    folder.mkdir(parents=True)
+    save_model(folder, SparseGPT(run.model))
+    (folder / CONFIG).write_text(run.model_dump_json())
+    train_tokenizer(load_corpus(None, 2_000_000), run.model.vocab_size).save(str(folder / TOKENIZER))
+
+
+def seed_database(settings: Settings, folder: Path, n_nodes: int) -> int:
+    """Register the model and write one circuit; returns the circuit id."""
+    model, _, run = load_model(folder)
+    dims = model.site_dims()
+    sites = prunable_sites(model)
+    names = [f"{sites[i % len(sites)]}[{i // len(sites)}]" for i in range(n_nodes)]
+    names = [n for n in names if int(n.split("[")[1][:-1]) < dims[n.split("[")[0]]]
+    circuit = Circuit(
+        task="single_double_quote",
+        model=str(folder),
+        target_loss=0.15,
+        nodes=make_nodes(names, {n: 1.0 - i / len(names) for i, n in enumerate(names)}),
+        edges=edges_from_weights(model, names),
+        losses={"full": 0.1, "circuit": 0.15, "circuit_uncalibrated": 0.2, "ablated": 0.7},
+        calibration={"scale": 1.0, "shift": 0.0},
+        curve=[{"k": k, "loss": 0.7 / (1 + k)} for k in range(0, len(names), 10)],
+    )
+    upgrade(settings)
+    db = Database(settings)
+    with db.session() as s:
+        row = Model(
+            name="bench",
+            kind=ModelKind.dense if run.train.dense else ModelKind.sparse,
+            status=ModelStatus.ready,
+            config=run.model_dump(mode="json"),
+            artifact_path="models/bench",
+        )
+        s.add(row)
+        s.flush()
+        circuit_id = write_circuit(s, row.id, task_row(s, circuit.task).id, circuit, PruneConfig(), "0" * 32)
+    db.dispose()
+    shutil.copytree(folder, settings.artifact("models/bench"))
+    print(f"circuit {circuit_id}: {len(circuit.nodes)} nodes, {len(circuit.edges)} edges")
+    return circuit_id
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
+    exe = Path(sys.executable).with_name("circuits")
+    env = {**os.environ, "CIRCUITS_DATA_DIR": str(data_dir)}
+    proc = subprocess.Popen(
+        [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"server did not start; see {log}")
+
+
+async def fetch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
+    """One request on a kept-alive HTTP/1.1 connection: its status code (the body is read whole)."""
+    writer.write(request)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return int(head.split(b" ", 2)[1])
+
+
+async def load(url: str, clients: int, seconds: float) -> tuple[list[float], int]:
+    """`clients` connections each sending requests back to back for `seconds`: latencies (s), errors.
+    A minimal asyncio HTTP/1.1 client, so that the load generator costs little next to the server."""
+    parts = httpx.URL(url)
+    request = f"GET {parts.raw_path.decode()} HTTP/1.1\r\nHost: {parts.host}\r\n\r\n".encode()
+    latencies: list[float] = []
+    errors = 0
+    end = time.perf_counter() + seconds
+
+    async def one_client():
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(parts.host, parts.port)
+        try:
+            while time.perf_counter() < end:
+                t0 = time.perf_counter()
+                status = await fetch(reader, writer, request)
+                latencies.append(time.perf_counter() - t0)
+                errors += status != 200
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(one_client() for _ in range(clients)))
+    return latencies, errors
+
+
+def report(label: str, latencies: list[float], errors: int, seconds: float) -> tuple[float, float, float]:
+    q = statistics.quantiles(latencies, n=100)
+    p50, p99, rps = q[49] * 1000, q[98] * 1000, len(latencies) / seconds
+    print(f"{label:14s} {rps:8.0f} req/s   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   errors {errors}")
+    return p50, p99, rps
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", help="a trained model folder (default: untrained weights of the small preset)")
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--nodes", type=int, default=100, help="nodes of the benchmark circuit")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        folder = Path(args.model) if args.model else tmp / "model"
+        if not args.model:
+            untrained_model(folder, "small")
+        data_dir = tmp / "data"
+        circuit_id = seed_database(Settings(data_dir=data_dir), folder, args.nodes)
+        port = free_port()
+        server = start_server(data_dir, port, tmp / "server.log")
+        try:
+            base = f"http://127.0.0.1:{port}/api/v1"
+            circuit = f"{base}/circuits/{circuit_id}"
+            body = httpx.get(circuit).content  # the first read fills the cache
+            # ... and starts preparing the model for live ablation; let that finish before measuring.
+            httpx.post(f"{circuit}/ablate", json={"pairs": 1}, timeout=600).raise_for_status()
+            print(f"circuit JSON {len(body) / 1024:.0f} KiB; {args.clients} clients, {args.seconds:g} s each")
+            asyncio.run(load(circuit, args.clients, 2.0))  # warm-up
+            results = {}
+            for label, url in (("health", f"{base}/health"), ("circuit GET", circuit)):
+                lat, err = asyncio.run(load(url, args.clients, args.seconds))
+                results[label] = report(label, lat, err, args.seconds)
+        finally:
+            server.terminate()
+            server.wait(30)
+    (h50, h99, hrps), (c50, c99, crps) = results["health"], results["circuit GET"]
+    print(f"ratio circuit/health: p50 {c50 / h50:.2f}x  p99 {c99 / h99:.2f}x  req/s {crps / hrps:.2f}x")
+    print(f"circuit GET p99 {c99:.1f} ms (goal <= 50 ms): {'met' if c99 <= 50 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
