@@ -165,7 +165,10 @@ class _Extremes:
         hi, lo = self.floors(off, D)
         G = math.gcd(T, 8)
         grouped = acts.reshape(B, T // G, G, D)
-        gb, gg, gc = ((grouped.amax(2) > hi) | (grouped.amin(2) < lo)).nonzero(as_tuple=True)
+        top, bottom = grouped.amax(2), grouped.amin(2)
+        # A group can only hold a candidate if it holds a firing value (matters while a list is short).
+        hit = ((top > hi) | (bottom < lo)) & ((top > eps) | (bottom < -eps))
+        gb, gg, gc = hit.nonzero(as_tuple=True)
         b, t, c = gb[:, None].expand(-1, G), gg[:, None] * G + torch.arange(G), gc[:, None].expand(-1, G)
         v = acts.reshape(-1)[(b * T + t) * D + c]
         live = v != 0 if eps == 0 else v.abs() > eps
@@ -176,27 +179,17 @@ class _Extremes:
         row = 2 * off + c
         row[int(up.sum()) :] += D  # the low side's rows
         value = torch.cat([v[up], -v[down]])
-        # contexts of positions in the sample are read from it at the end
-        ctx = self._context(acts, b, t, c) if first_window + int(b.max()) >= self.sampled else None
-        self.pending.append((row, value, (first_window + b) * T + t, ctx))
+        self.pending.append((row, value, (first_window + b) * T + t))
 
-    def merge(self) -> None:
-        """Admit the batch's candidates of every site in one go."""
+    def merge(self, batch: list[tuple[int, torch.Tensor]], first_window: int) -> None:
+        """Admit the batch's candidates of every site in one go; batch: (off, acts) of each site, whose
+        activations give the admitted candidates' contexts."""
         if not self.pending:
             return
-        width = self.ctx.shape[-1]
-        row = torch.cat([p[0] for p in self.pending])
-        value = torch.cat([p[1] for p in self.pending])
-        where = torch.cat([p[2] for p in self.pending])
-        ctx = torch.cat(
-            [
-                p[3] if p[3] is not None else torch.zeros((len(p[0]), width), dtype=torch.float16)
-                for p in self.pending
-            ]
-        )
+        row, value, where = (torch.cat(parts) for parts in zip(*self.pending, strict=True))
         self.pending = []
         order = torch.argsort(row, stable=True)
-        row, value, where, ctx = row[order], value[order], where[order], ctx[order]
+        row, value, where = row[order], value[order], where[order]
         rows, first, counts = torch.unique_consecutive(row, return_inverse=True, return_counts=True)
         rank = torch.arange(len(row)) - (counts.cumsum(0) - counts)[first]
         K = self.k
@@ -213,9 +206,16 @@ class _Extremes:
         in_r, in_col = keep[:, K:].nonzero(as_tuple=True)
         real = pad[in_r, in_col] > -math.inf
         ev_r, ev_slot, j = ev_r[real], ev_slot[real], index[in_r[real], in_col[real]]
-        self.values[rows[ev_r], ev_slot] = value[j]
-        self.where[rows[ev_r], ev_slot] = where[j]
-        self.ctx[rows[ev_r], ev_slot] = ctx[j]
+        ev_r = rows[ev_r]
+        self.values[ev_r, ev_slot] = value[j]
+        self.where[ev_r, ev_slot] = where[j]
+        # Contexts of the admitted ones (positions in the sample are read from it at the end).
+        for off, acts in batch:
+            B, T, D = acts.shape
+            mine = (ev_r >= 2 * off) & (ev_r < 2 * off + 2 * D) & (where[j] >= self.sampled * T)
+            if mine.any():
+                b, t = where[j][mine] // T - first_window, where[j][mine] % T
+                self.ctx[ev_r[mine], ev_slot[mine]] = self._context(acts, b, t, (ev_r[mine] - 2 * off) % D)
 
     def sorted(self, off: int, sample: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """A site's high and low side: (values, flat positions, contexts) per node, best first, values
@@ -512,10 +512,11 @@ def profile_windows(
     for first in range(0, W, per_batch):
         x = windows.tokens[first : first + per_batch].to(device)
         _, acts = model(x, capture=sites)
-        for s in sites:
-            stats[s].update(acts[s].float().cpu().contiguous(), first, cfg.eps)
+        batch = [(offsets[s], acts[s].float().cpu().contiguous()) for s in sites]
+        for s, (_, a) in zip(sites, batch, strict=True):
+            stats[s].update(a, first, cfg.eps)
         extremes.empty = False
-        extremes.merge()
+        extremes.merge(batch, first)
         done = min(W, first + per_batch)
         report(0.95 * done / W, f"profiled {done * T} of {n_tokens} tokens")
     report(0.95, "selecting examples")
