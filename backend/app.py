@@ -121,7 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_error_handlers(app)
 
     @app.get(f"{API}/health", tags=["meta"])
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:
         """Liveness: answers without touching the database (also the benchmarks' trivial endpoint)."""
         return {"status": "ok"}
 

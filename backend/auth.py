@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Security
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -54,13 +55,20 @@ def require_key(session: SessionDep, key: Annotated[str | None, Security(api_key
     return lookup_key(session, key)
 
 
-def read_access(
-    request: Request, session: SessionDep, key: Annotated[str | None, Security(api_key_header)]
-) -> ApiKey | None:
-    """Dependency applied to every /api/v1 route: a key is needed only if the settings close reads."""
-    if request.app.state.settings.reads_require_key:
-        return lookup_key(session, key)
-    return None
+ApiKeyHeader = Annotated[str | None, Security(api_key_header)]
+
+
+async def read_access(request: Request, key: ApiKeyHeader) -> ApiKey | None:
+    """Dependency applied to every /api/v1 route: a key is needed only if the settings close reads.
+    Async, with a session only when reads are closed, so open reads never wait for a worker thread."""
+    if not request.app.state.settings.reads_require_key:
+        return None
+
+    def check() -> ApiKey:
+        with request.app.state.db.session() as session:
+            return lookup_key(session, key)
+
+    return await run_in_threadpool(check)
 
 
 WriteKey = Annotated[ApiKey, Depends(require_key)]

@@ -9,7 +9,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from fastapi import Request
@@ -17,16 +16,11 @@ from tokenizers import Tokenizer
 
 from worker.engine.ablation import MEANS, load_or_compute_means
 from worker.engine.checkpoints import load_model, load_tokenizer
-from worker.engine.config import ModelConfig, RunConfig
+from worker.engine.config import RunConfig
 from worker.engine.model import SparseGPT
 from worker.engine.tasks import TaskData
 
 TASKS_PER_MODEL = 8
-
-
-def site_dims(config: ModelConfig) -> dict[str, int]:
-    """Sites and their widths from a config alone (no weights allocated)."""
-    return SparseGPT.site_dims(SimpleNamespace(cfg=config))
 
 
 class Lru(OrderedDict):

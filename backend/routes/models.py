@@ -9,10 +9,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from worker.engine.config import ModelConfig
-from worker.engine.model import site_layer
+from worker.engine.model import site_dims, site_layer
 
 from ..db import SessionDep
-from ..model_cache import LoadedModel, get_model_cache, site_dims
+from ..model_cache import LoadedModel, get_model_cache
 from ..models import Circuit, Model, ModelStatus
 from ..schemas import ErrorBody, ModelList, ModelMetrics, ModelRead, ModelSummary, SiteInfo
 

@@ -46,6 +46,16 @@ def site_layer(site: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
+def site_dims(c: ModelConfig) -> dict[str, int]:
+    """Every site of a model of this shape and its width, in forward order."""
+    dims = {"embed": c.d_model}
+    for i in range(c.n_layer):
+        for s in LAYER_SITES:
+            dims[f"{i}.{s}"] = c.d_mlp if s == "mlp.post_act" else c.d_model
+    dims["final_resid"] = c.d_model
+    return dims
+
+
 def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the k entries of largest |x| along the last axis, zero the rest."""
     if k >= x.shape[-1]:
@@ -189,13 +199,7 @@ class SparseGPT(nn.Module):
                 nn.init.normal_(p, std=0.02)
 
     def site_dims(self) -> dict[str, int]:
-        c = self.cfg
-        dims = {"embed": c.d_model}
-        for i in range(c.n_layer):
-            for s in LAYER_SITES:
-                dims[f"{i}.{s}"] = c.d_mlp if s == "mlp.post_act" else c.d_model
-        dims["final_resid"] = c.d_model
-        return dims
+        return site_dims(self.cfg)
 
     def _topk(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.act_frac is None:
