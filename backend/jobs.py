@@ -77,9 +77,9 @@ def check_params(session: Session, settings: Settings, params) -> None:
         _cap(params.tokens, s.max_profile_tokens, "params.tokens", "max_profile_tokens")
         _ready_model(session, params.model_id)
     elif isinstance(params, PruneParams):
-        _cap(params.steps, s.max_prune_steps, "params.steps", "max_prune_steps")
-        _cap(params.runs, s.max_prune_runs, "params.runs", "max_prune_runs")
-        prune_config(params)  # PruneConfig's own validation
+        cfg = prune_config(params)  # PruneConfig's own validation and defaults
+        _cap(cfg.steps, s.max_prune_steps, "params.steps", "max_prune_steps")
+        _cap(cfg.runs, s.max_prune_runs, "params.runs", "max_prune_runs")
         task_row(session, params.task)  # TaskError (422) naming the known tasks
         _ready_model(session, params.model_id)
 
