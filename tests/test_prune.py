@@ -9,7 +9,16 @@ from worker.engine import checkpoints as ck
 from worker.engine.ablation import load_or_compute_means, prunable_sites, shuffled_labels
 from worker.engine.circuit import SCHEMA_VERSION, Circuit, edges_from_weights
 from worker.engine.model import parse_node
-from worker.engine.prune import NodeMasks, PruneConfig, calibrate, calibrated_loss, find_circuit
+from worker.engine.prune import (
+    NodeMasks,
+    PruneConfig,
+    calibrate,
+    calibrated_fit,
+    calibrated_loss,
+    drop_unneeded,
+    find_circuit,
+    keep_top,
+)
 from worker.engine.tasks import build_task, get_task
 
 
@@ -84,7 +93,11 @@ def test_find_circuit_produces_a_complete_circuit(loaded):
     assert data["schema_version"] == SCHEMA_VERSION
     assert {"nodes", "edges", "losses", "curve", "task", "model"} <= set(data)
     assert set(data["losses"]) >= {"full", "circuit", "ablated"}
-    assert len(data["runs"]) == 2
+    assert [r["stage"] for r in data["runs"]][:2] == ["search", "search"]
+    greedy = [r for r in data["runs"] if r["stage"] == "greedy"]
+    if greedy:  # the greedy pass never grows the circuit and keeps it within the target
+        assert greedy[0]["nodes"] == len(data["nodes"]) <= min(r["nodes"] for r in data["runs"])
+        assert greedy[0]["loss"] <= cfg.target_loss
     names = {n["name"] for n in data["nodes"]}
     sites = set(prunable_sites(model))
     assert all(parse_node(n)[0] in sites for n in names)
@@ -122,3 +135,20 @@ def test_prune_cli_writes_json_and_rejects_bad_input(tmp_path, test_model):
     )
     assert r.returncode == 0, r.stderr
     assert json.loads(out.read_text())["task"] == "while_return_true"
+
+
+def test_greedy_pass_leaves_out_only_nodes_the_target_does_not_need(loaded):
+    model, _, means, task = loaded
+    held_out = task.train[:32]
+    masks = NodeMasks({s: model.site_dims()[s] for s in prunable_sites(model)}, 0.0, 0.0, torch.Generator())
+    order = torch.randperm(masks.tau.numel(), generator=torch.Generator().manual_seed(0)).tolist()
+    k = 300
+    full = calibrated_fit(model, task, means, masks, keep_top(masks, order, k), held_out)[0]
+    target = full + 0.05
+    new_order, new_k, loss, *_ = drop_unneeded(model, task, means, masks, order, k, target, held_out, 16)
+    assert sorted(new_order) == sorted(order) and new_k <= k and loss <= target
+    assert set(new_order[:new_k]) <= set(order[:k])
+    assert set(order[: k - 16]) <= set(new_order[:new_k])  # only the 16 lowest-ranked were tried
+    assert loss == pytest.approx(
+        calibrated_fit(model, task, means, masks, keep_top(masks, new_order, new_k), held_out)[0]
+    )

@@ -39,7 +39,7 @@ class PruneConfig(BaseModel):
     init_mean: float = 0.1
     init_std: float = 0.01
     runs: int = Field(2, ge=1, le=256)  # hyper-parameter search around the centre
-    refine_nodes: int = Field(64, ge=0)  # greedy pass over the circuit's lowest-ranked nodes (0 = off)
+    refine_nodes: int = Field(32, ge=0)  # greedy pass over the circuit's lowest-ranked nodes (0 = off)
     curve_points: int = Field(10, ge=2, le=64)  # loss-vs-k curve: k values on a geometric grid
     curve_pairs: int = Field(256, ge=1)  # test pairs each curve point is measured on
     seed: int = 0
@@ -126,8 +126,9 @@ class SearchRun:
     lr: float
     nodes_active: int  # tau > 0 after training
     nodes: int  # after bisection
-    loss: float  # calibrated train-split loss of the bisected circuit
+    loss: float  # calibrated loss of the circuit on the held-out train pairs
     reached_target: bool
+    stage: str = "search"  # "search": a run's bisection; "greedy": the pass over the best run's circuit
 
 
 @dataclass
@@ -263,7 +264,7 @@ def prune(
         k_coef, lr = cfg.k_coef * km, cfg.lr * lm
 
         def progress(step, total, r=r):
-            report((r + step / total) / cfg.runs, f"run {r + 1}/{cfg.runs}: mask step {step}/{total}")
+            report(0.95 * (r + step / total) / cfg.runs, f"run {r + 1}/{cfg.runs}: mask step {step}/{total}")
 
         with frozen(model):
             masks = learn_masks(model, task, mask_train, means, cfg, k_coef, lr, cfg.seed + r, progress)
@@ -272,15 +273,17 @@ def prune(
         active = int((tau > 0).sum())
         target = cfg.target_loss
         k, loss, scale, shift = bisect_nodes(model, task, means, masks, order, active, target, held_out)
-        if loss <= target and cfg.refine_nodes:
-            report((r + 1) / cfg.runs, f"run {r + 1}/{cfg.runs}: dropping unneeded nodes of {k}")
-            order, k, loss, scale, shift = drop_unneeded(
-                model, task, means, masks, order, k, target, held_out, cfg.refine_nodes
-            )
         runs.append(SearchRun(k_coef, lr, active, k, loss, loss <= target))
         key = (runs[-1].reached_target, -k, -loss)  # meets the target, then fewest nodes, then lowest loss
         if best is None or key > best_key:
-            best, best_key = PruneResult(order, tau, k, scale, shift, masks), key
+            best, best_key, best_run = PruneResult(order, tau, k, scale, shift, masks), key, runs[-1]
+    if best_key[0] and cfg.refine_nodes:  # the greedy pass, once, on the best run's circuit
+        report(0.95, f"dropping unneeded nodes of {best.k}")
+        best.order, best.k, loss, best.scale, best.shift = drop_unneeded(
+            model, task, means, best.masks, best.order, best.k, cfg.target_loss, held_out, cfg.refine_nodes
+        )
+        greedy = SearchRun(best_run.k_coef, best_run.lr, best_run.nodes_active, best.k, loss, True, "greedy")
+        runs.append(greedy)
     best.runs = runs
     report(1.0, "done")
     return best
