@@ -1,0 +1,31 @@
+import { describe, expect, it } from "vitest";
+import { keptAtK, layoutCircuit, siteRow, strongestEdges } from "./layout";
+
+describe("layout", () => {
+  it("orders sites forward within a layer and layers top to bottom", () => {
+    expect(siteRow("0.attn.act_in", 0, 2)).toBe(0);
+    expect(siteRow("0.attn.v", 0, 2)).toBe(3);
+    expect(siteRow("0.mlp.resid_delta", 0, 2)).toBe(7);
+    expect(siteRow("1.attn.q", 1, 2)).toBe(9);
+  });
+
+  it("aligns residual channels across layers", () => {
+    const nodes = [
+      { name: "0.attn.act_in[5]", site: "0.attn.act_in", layer: 0, index: 5 },
+      { name: "1.attn.act_in[5]", site: "1.attn.act_in", layer: 1, index: 5 },
+      { name: "1.mlp.resid_delta[5]", site: "1.mlp.resid_delta", layer: 1, index: 5 },
+    ];
+    const dims = { "0.attn.act_in": 64, "1.attn.act_in": 64, "1.mlp.resid_delta": 64 };
+    const { positions } = layoutCircuit(nodes, dims, 2);
+    expect(positions["0.attn.act_in[5]"].x).toBe(positions["1.attn.act_in[5]"].x);
+    expect(positions["1.mlp.resid_delta[5]"].x).toBe(positions["1.attn.act_in[5]"].x);
+    expect(positions["1.attn.act_in[5]"].y).toBeGreaterThan(positions["0.attn.act_in[5]"].y);
+  });
+
+  it("keeps the top-k nodes by tau and the strongest edges", () => {
+    const kept = keptAtK([{ name: "a", tau: 0.1 }, { name: "b", tau: 0.9 }, { name: "c", tau: 0.5 }], 2);
+    expect([...kept].sort()).toEqual(["b", "c"]);
+    const e = strongestEdges([{ weight: 0.1 }, { weight: -2 }, { weight: 1 }], 2);
+    expect(e.map((x) => x.weight)).toEqual([-2, 1]);
+  });
+});

@@ -1,0 +1,80 @@
+// Preset layout of a circuit from (layer, site, index): layers stacked top to bottom, the 8 sites of a
+// layer as sub-rows in forward order, x proportional to index / site width so residual channels line up
+// across layers and q/k/v units of one head stay together.
+
+export const SITE_ORDER = [
+  "attn.act_in",
+  "attn.q",
+  "attn.k",
+  "attn.v",
+  "attn.resid_delta",
+  "mlp.act_in",
+  "mlp.post_act",
+  "mlp.resid_delta",
+] as const;
+
+export interface LayoutNode {
+  name: string;
+  site: string;
+  layer: number | null;
+  index: number;
+}
+
+export interface Position {
+  x: number;
+  y: number;
+}
+
+export const ROW_GAP = 70;
+export const LAYER_GAP = 60;
+export const MIN_SPACING = 12;
+
+/** Site name without the layer prefix, e.g. "1.attn.q" -> "attn.q". */
+export function siteKind(site: string): string {
+  return site.replace(/^\d+\./, "");
+}
+
+/** Row of a site: layer * 8 + position in SITE_ORDER; unknown sites (embed, final_resid) go first/last. */
+export function siteRow(site: string, layer: number | null, nLayers: number): number {
+  if (layer === null) return site === "embed" ? -1 : nLayers * SITE_ORDER.length;
+  const i = SITE_ORDER.indexOf(siteKind(site) as (typeof SITE_ORDER)[number]);
+  return layer * SITE_ORDER.length + (i < 0 ? SITE_ORDER.length - 1 : i);
+}
+
+export function layoutCircuit(
+  nodes: LayoutNode[],
+  dims: Record<string, number>,
+  nLayers: number,
+): { positions: Record<string, Position>; width: number; rows: { row: number; y: number; label: string }[] } {
+  const perRow = new Map<number, number>();
+  for (const n of nodes) {
+    const r = siteRow(n.site, n.layer, nLayers);
+    perRow.set(r, (perRow.get(r) ?? 0) + 1);
+  }
+  // Wide enough that the fullest row does not overlap; rows spaced so the graph keeps a readable aspect.
+  const fullest = Math.max(0, ...perRow.values());
+  const width = Math.min(Math.max(fullest * MIN_SPACING, 1200), 12000);
+  const rowGap = Math.max(ROW_GAP, width / 30);
+  const rowY = (r: number) => r * rowGap + Math.floor(Math.max(r, 0) / SITE_ORDER.length) * LAYER_GAP;
+  const positions: Record<string, Position> = {};
+  const labels = new Map<number, string>();
+  for (const n of nodes) {
+    const r = siteRow(n.site, n.layer, nLayers);
+    const dim = Math.max(dims[n.site] ?? n.index + 1, n.index + 1);
+    positions[n.name] = { x: ((n.index + 0.5) / dim) * width, y: rowY(r) };
+    labels.set(r, n.site);
+  }
+  const rows = [...labels.entries()].sort((a, b) => a[0] - b[0]).map(([row, label]) => ({ row, y: rowY(row), label }));
+  return { positions, width, rows };
+}
+
+/** The k nodes a circuit of size k keeps: the highest mask scores (tau). */
+export function keptAtK(nodes: { name: string; tau: number }[], k: number): Set<string> {
+  return new Set([...nodes].sort((a, b) => b.tau - a.tau).slice(0, k).map((n) => n.name));
+}
+
+/** The strongest `limit` edges by |weight| (drawing all of a 25k-edge circuit helps nobody). */
+export function strongestEdges<E extends { weight: number }>(edges: E[], limit: number): E[] {
+  if (edges.length <= limit) return edges;
+  return [...edges].sort((a, b) => Math.abs(b.weight) - Math.abs(a.weight)).slice(0, limit);
+}

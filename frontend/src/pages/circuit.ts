@@ -1,0 +1,312 @@
+// The circuit view: the whole circuit as one Cytoscape graph with a preset layout, a header with the
+// losses, a slider over the loss-vs-k curve, the node panel, live ablation and export.
+import cytoscape from "cytoscape";
+import Plotly from "plotly.js-dist-min";
+import { api, type Ablation, type Circuit, type Model, type Schemas } from "../api/client";
+import { keptAtK, layoutCircuit, strongestEdges } from "../graph/layout";
+import { currentRoute, updateQuery } from "../router";
+import { download, errorBox, fmt, h } from "../util";
+import { nodePanel } from "./node";
+
+// Okabe-Ito blue / vermillion: distinguishable with the common colour-vision deficiencies.
+export const POSITIVE = "#0072b2";
+export const NEGATIVE = "#d55e00";
+const DEFAULT_EDGES = 2000;
+
+export async function circuitPage(root: HTMLElement, id: number): Promise<void> {
+  const circuit = await api<Circuit>(`/circuits/${id}`);
+  const model = await api<Model>(`/models/${circuit.model_id}`);
+  const task = await api<Schemas["TaskRead"]>(`/tasks/${encodeURIComponent(circuit.task)}`).catch(() => null);
+  const query = currentRoute().query;
+  const view = new CircuitView(root, circuit, model, task, query);
+  view.render();
+}
+
+class CircuitView {
+  cy!: cytoscape.Core;
+  off: Set<string>;
+  edgeLimit: number;
+  curveIndex: number;
+  panel = h("aside", { id: "node-panel", class: "panel" }, h("p", { class: "hint" }, "Click a node to see its statistics, edges and examples. Shift-click (or the panel's button) toggles its ablation."));
+  ablationBox = h("section", { id: "ablation", class: "panel" });
+  baseline: Ablation | null = null;
+  ablationSeq = 0;
+  ablationTimer = 0;
+
+  constructor(
+    private root: HTMLElement,
+    private circuit: Circuit,
+    private model: Model,
+    private task: Schemas["TaskRead"] | null,
+    query: URLSearchParams,
+  ) {
+    const names = new Set(circuit.nodes.map((n) => n.name));
+    this.off = new Set((query.get("off") ?? "").split(",").filter((n) => names.has(n)));
+    this.edgeLimit = Math.max(1, Number(query.get("edges")) || DEFAULT_EDGES);
+    const k = query.get("k");
+    const last = Math.max(circuit.curve.length - 1, 0);
+    this.curveIndex = k === null ? last : Math.min(Math.max(Number(k) || 0, 0), last);
+  }
+
+  render(): void {
+    const c = this.circuit;
+    const L = c.losses;
+    this.root.append(
+      h(
+        "header",
+        { class: "circuit-header", id: "circuit-header" },
+        h("h1", {}, `Circuit ${c.id}: ${c.task}`),
+        h(
+          "div",
+          { class: "facts" },
+          fact("model", h("a", { href: `#/models/${c.model_id}` }, c.model_name)),
+          fact("task", c.task),
+          fact("target loss", fmt(c.target_loss, 3)),
+          fact("full", fmt(L.full)),
+          fact("circuit", fmt(L.circuit)),
+          fact("ablated", fmt(L.ablated)),
+          fact("nodes", `${c.n_nodes}`),
+          fact("edges", `${c.n_edges}`),
+        ),
+      ),
+    );
+    const graph = h("div", { id: "cy", class: "cy" });
+    const toolbar = this.toolbar();
+    const curve = this.curveBox();
+    this.root.append(toolbar, h("div", { class: "circuit-body" }, graph, h("div", { class: "side" }, this.ablationBox, this.panel)), curve);
+    this.drawGraph(graph);
+    this.applyCurve();
+    this.renderAblation();
+    void this.runAblation();
+    const node = currentRoute().query.get("node");
+    if (node && this.cy.getElementById(node).nonempty()) this.select(node);
+  }
+
+  toolbar(): HTMLElement {
+    const c = this.circuit;
+    const edgesInput = h("input", { type: "number", id: "edge-limit", min: 1, step: 100, value: this.edgeLimit, title: "strongest edges drawn" }) as HTMLInputElement;
+    edgesInput.addEventListener("change", () => {
+      this.edgeLimit = Math.max(1, Number(edgesInput.value) || DEFAULT_EDGES);
+      updateQuery({ edges: String(this.edgeLimit) });
+      const div = this.cy.container() as HTMLElement;
+      this.cy.destroy();
+      this.drawGraph(div);
+      this.applyCurve();
+    });
+    return h(
+      "div",
+      { class: "toolbar" },
+      h("label", {}, "edges drawn ", edgesInput, ` of ${c.edges.length} (strongest |w|)`),
+      h("span", { class: "legend" }, h("i", { style: `background:${POSITIVE}` }), " positive ", h("i", { style: `background:${NEGATIVE}` }), " negative weight"),
+      h("button", { id: "fit", onclick: () => this.cy.fit(undefined, 20) }, "Fit"),
+      h("button", { id: "export-json", onclick: () => download(`circuit-${c.id}.json`, new Blob([JSON.stringify(c, null, 1)], { type: "application/json" })) }, "Export JSON"),
+      h("button", { id: "export-png", onclick: () => this.exportPng() }, "Export PNG"),
+    );
+  }
+
+  exportPng(): void {
+    const blob = this.cy.png({ output: "blob", full: true, bg: "#ffffff", maxWidth: 4000, maxHeight: 4000 }) as unknown as Blob;
+    download(`circuit-${this.circuit.id}.png`, blob);
+  }
+
+  drawGraph(container: HTMLElement): void {
+    const c = this.circuit;
+    const dims = Object.fromEntries(this.model.sites.map((s) => [s.name, s.dim]));
+    const nLayers = Number((this.model.config.model as { n_layer?: number } | undefined)?.n_layer ?? 1);
+    const { positions, rows } = layoutCircuit(c.nodes, dims, nLayers);
+    const names = new Set(c.nodes.map((n) => n.name));
+    const edges = strongestEdges(c.edges.filter((e) => names.has(e.src) && names.has(e.dst)), this.edgeLimit);
+    const maxW = Math.max(1e-9, ...edges.map((e) => Math.abs(e.weight)));
+    const elements: cytoscape.ElementDefinition[] = [];
+    for (const n of c.nodes) {
+      elements.push({ group: "nodes", data: { id: n.name, label: n.name, site: n.site, tau: n.tau }, position: positions[n.name], classes: this.off.has(n.name) ? "off" : "" });
+    }
+    for (const r of rows) {
+      elements.push({ group: "nodes", data: { id: `row:${r.label}`, label: r.label }, position: { x: -120, y: r.y }, classes: "rowlabel", selectable: false, grabbable: false });
+    }
+    edges.forEach((e, i) => {
+      elements.push({
+        group: "edges",
+        data: { id: `e${i}`, source: e.src, target: e.dst, weight: e.weight, w: Math.abs(e.weight) / maxW, kind: e.kind },
+        classes: e.weight >= 0 ? "pos" : "neg",
+      });
+    });
+    const big = edges.length > 3000;
+    const started = performance.now();
+    this.cy = cytoscape({
+      container,
+      elements,
+      layout: { name: "preset", fit: true, padding: 20 },
+      minZoom: 0.02,
+      maxZoom: 8,
+      textureOnViewport: big,
+      hideEdgesOnViewport: big,
+      pixelRatio: 1,
+      style: [
+        { selector: "node", style: { width: 10, height: 10, "background-color": "#555", label: "data(label)", "font-size": 6, "min-zoomed-font-size": 9, "text-valign": "top", "text-margin-y": -2, color: "#222" } },
+        { selector: "node.rowlabel", style: { shape: "rectangle", width: 1, height: 1, "background-opacity": 0, "font-size": 14, "min-zoomed-font-size": 0, "text-valign": "center", "text-halign": "left", color: "#666", events: "no" } },
+        { selector: "edge", style: { width: "mapData(w, 0, 1, 0.4, 5)", "curve-style": big ? "haystack" : "straight", opacity: 0.55, "target-arrow-shape": big ? "none" : "triangle", "arrow-scale": 0.4 } },
+        { selector: "edge.pos", style: { "line-color": POSITIVE, "target-arrow-color": POSITIVE } },
+        { selector: "edge.neg", style: { "line-color": NEGATIVE, "target-arrow-color": NEGATIVE } },
+        { selector: "node.off", style: { "background-color": "#fff", "border-width": 2, "border-color": "#999", "border-style": "dashed" } },
+        { selector: "node.dropped", style: { opacity: 0.15 } },
+        { selector: ".faded", style: { opacity: 0.08 } },
+        { selector: "node.hl", style: { "background-color": "#000", "min-zoomed-font-size": 0, "z-index": 10 } },
+        { selector: "edge.hl", style: { opacity: 1, "z-index": 9 } },
+        { selector: "node:selected", style: { "background-color": "#e69f00", width: 16, height: 16, "min-zoomed-font-size": 0 } },
+      ],
+    });
+    // Exposed for the browser tests and the render benchmark (frontend/e2e).
+    const w = window as unknown as { circuitGraph?: unknown; circuitRenderMs?: number };
+    w.circuitGraph = this.cy;
+    this.cy.one("render", () => {
+      w.circuitRenderMs = performance.now() - started;
+    });
+    this.cy.on("mouseover", "node", (ev) => {
+      const n = ev.target as cytoscape.NodeSingular;
+      if (n.hasClass("rowlabel")) return;
+      const hood = n.closedNeighborhood();
+      this.cy.elements().not(hood).not(".rowlabel").addClass("faded");
+      hood.addClass("hl");
+    });
+    this.cy.on("mouseout", "node", () => this.cy.elements().removeClass("faded hl"));
+    this.cy.on("tap", "node", (ev) => {
+      const n = ev.target as cytoscape.NodeSingular;
+      if (n.hasClass("rowlabel")) return;
+      const orig = ev.originalEvent as MouseEvent | undefined;
+      if (orig?.shiftKey) this.toggle(n.id());
+      else this.select(n.id());
+    });
+  }
+
+  select(name: string): void {
+    this.cy.$(":selected").unselect();
+    this.cy.getElementById(name).select();
+    updateQuery({ node: name });
+    this.panel.replaceChildren(h("p", {}, `Loading ${name} …`));
+    nodePanel(this.panel, this.circuit.model_id, this.circuit.id, name, {
+      isOff: () => this.off.has(name),
+      toggle: () => this.toggle(name),
+      select: (n) => {
+        if (this.cy.getElementById(n).nonempty()) this.select(n);
+      },
+    }).catch((e) => this.panel.replaceChildren(errorBox(e)));
+  }
+
+  toggle(name: string): void {
+    if (this.off.has(name)) this.off.delete(name);
+    else this.off.add(name);
+    this.cy.getElementById(name).toggleClass("off", this.off.has(name));
+    updateQuery({ off: [...this.off].join(",") || null });
+    const btn = this.panel.querySelector<HTMLButtonElement>("#toggle-node");
+    if (btn && btn.dataset.node === name) btn.textContent = this.off.has(name) ? "Restore node" : "Ablate node";
+    clearTimeout(this.ablationTimer);
+    this.ablationTimer = window.setTimeout(() => void this.runAblation(), 250);
+    this.renderAblation();
+  }
+
+  async runAblation(): Promise<void> {
+    const seq = ++this.ablationSeq;
+    const status = this.ablationBox.querySelector(".status");
+    if (status) status.textContent = "computing …";
+    try {
+      const body = { off: [...this.off], mode: "keep", pairs: 64, show: 4 };
+      const res = await api<Ablation>(`/circuits/${this.circuit.id}/ablate`, { body });
+      if (seq !== this.ablationSeq) return;
+      if (this.off.size === 0) this.baseline = res;
+      this.renderAblation(res);
+    } catch (e) {
+      if (seq !== this.ablationSeq) return;
+      this.renderAblation(undefined, e);
+    }
+  }
+
+  renderAblation(res?: Ablation, error?: unknown): void {
+    const b = this.baseline;
+    const row = (label: string, key: keyof Ablation, digits = 4) =>
+      h("tr", {}, h("th", {}, label), h("td", { class: "num", "data-key": String(key), "data-value": res ? String(res[key]) : undefined }, res ? fmt(res[key] as number, digits) : "…"), h("td", { class: "num base" }, b ? fmt(b[key] as number, digits) : "…"));
+    this.ablationBox.replaceChildren(
+      h("h3", {}, "Live ablation"),
+      h("p", { class: "hint" }, `${this.off.size} node(s) ablated to their means (circuit kept, the rest mean-ablated). `, this.off.size ? h("button", { id: "restore-all", onclick: () => { for (const n of [...this.off]) this.toggle(n); } }, "restore all") : ""),
+      h("span", { class: "status" }, res ? `${res.pairs} pairs, ${fmt(res.seconds, 2)} s` : error ? "" : "computing …"),
+      error ? errorBox(error) : "",
+      h(
+        "table",
+        { class: "kv", id: "ablation-table" },
+        h("tr", {}, h("th", {}, ""), h("th", {}, "now"), h("th", {}, "no toggles")),
+        row("task loss", "loss"),
+        row("calibrated loss", "loss_calibrated"),
+        row("accuracy", "accuracy", 3),
+        row(`p(A = ${JSON.stringify(this.completion("a"))})`, "p_a", 3),
+        row(`p(B = ${JSON.stringify(this.completion("b"))})`, "p_b", 3),
+        row("p(correct)", "p_correct", 3),
+        row("full model loss", "full_loss"),
+      ),
+      res && res.prompts.length
+        ? h(
+            "details",
+            {},
+            h("summary", {}, "prompts"),
+            h("table", { class: "grid" }, h("tr", {}, h("th", {}, "prompt"), h("th", {}, "expected"), h("th", {}, "p_a"), h("th", {}, "p_b")), ...res.prompts.map((p) => h("tr", {}, h("td", { class: "code" }, p.prompt.slice(-60)), h("td", {}, p.expected), h("td", { class: "num" }, fmt(p.p_a, 3)), h("td", { class: "num" }, fmt(p.p_b, 3))))),
+          )
+        : "",
+    );
+  }
+
+  completion(which: "a" | "b"): string {
+    if (!this.task) return which.toUpperCase();
+    return which === "a" ? this.task.completion_a : this.task.completion_b;
+  }
+
+  curveBox(): HTMLElement {
+    const curve = this.circuit.curve;
+    const box = h("section", { class: "curve" }, h("h3", {}, "Loss vs circuit size k"));
+    if (curve.length === 0) {
+      box.append(h("p", {}, "This circuit has no loss-vs-k curve."));
+      return box;
+    }
+    const slider = h("input", { type: "range", id: "k-slider", min: 0, max: curve.length - 1, step: 1, value: this.curveIndex }) as HTMLInputElement;
+    const label = h("span", { id: "k-label" });
+    const plot = h("div", { class: "plot", id: "curve-plot" });
+    slider.addEventListener("input", () => {
+      this.curveIndex = Number(slider.value);
+      updateQuery({ k: String(this.curveIndex) });
+      this.applyCurve();
+    });
+    box.append(h("label", {}, "point ", slider, " ", label), plot);
+    return box;
+  }
+
+  applyCurve(): void {
+    const curve = this.circuit.curve;
+    if (curve.length === 0) return;
+    const point = curve[this.curveIndex];
+    const k = Number(point.k ?? this.circuit.n_nodes);
+    const kept = keptAtK(this.circuit.nodes, k);
+    this.cy.batch(() => {
+      this.cy.nodes().not(".rowlabel").forEach((n) => {
+        n.toggleClass("dropped", !kept.has(n.id()));
+      });
+    });
+    const label = this.root.querySelector("#k-label");
+    if (label) label.textContent = `k = ${k}: keeps ${kept.size} of ${this.circuit.n_nodes} nodes, loss ${fmt(point.loss)}`;
+    const plot = this.root.querySelector<HTMLElement>("#curve-plot");
+    if (plot) {
+      const xs = curve.map((p) => Math.max(Number(p.k), 0.5));
+      void Plotly.newPlot(
+        plot,
+        [
+          { x: xs, y: curve.map((p) => p.loss), mode: "lines+markers", name: "loss", line: { color: POSITIVE } },
+          { x: [xs[this.curveIndex]], y: [point.loss], mode: "markers", name: "selected", marker: { size: 12, color: "#e69f00" } },
+          { x: [xs[0], xs[xs.length - 1]], y: [this.circuit.target_loss, this.circuit.target_loss], mode: "lines", name: "target", line: { dash: "dot", color: "#999" } },
+        ],
+        { height: 220, margin: { t: 10, l: 50, r: 10, b: 35 }, xaxis: { type: "log", title: { text: "k (nodes kept)" } }, yaxis: { title: { text: "task loss" } }, showlegend: false },
+        { displaylogo: false, responsive: true },
+      );
+    }
+  }
+}
+
+function fact(label: string, value: Node | string): HTMLElement {
+  return h("span", { class: "fact" }, h("b", {}, label), " ", value);
+}
