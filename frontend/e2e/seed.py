@@ -7,6 +7,7 @@ Used by the browser tests and for trying the frontend locally (then `CIRCUITS_DA
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -60,7 +61,18 @@ def seed(data_dir: Path) -> dict:
         prune = {"model_id": model_id, **PRUNE, "curve_pairs": PRUNE_CURVE_PAIRS}
         circuit_id = run_job(client, key, "prune", prune)["result"]["circuit_id"]
     (data_dir / "api-key.txt").write_text(key + "\n")
-    return {"key": key, "model_id": model_id, "circuit_id": circuit_id}
+    seeded = {"key": key, "model_id": model_id, "circuit_id": circuit_id}
+    (data_dir / "seed.json").write_text(json.dumps(seeded))
+    return seeded
+
+
+def load_or_seed(data_dir: Path) -> dict:
+    """The ids and key of a data dir seeded earlier (seed.json), else seed it now."""
+    done = data_dir / "seed.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return seed(data_dir)
 
 
 if __name__ == "__main__":

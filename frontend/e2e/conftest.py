@@ -1,0 +1,52 @@
+"""Browser tests of the frontend against a live `circuits serve` with a seeded `test`-preset model.
+
+Needs a built frontend (`cd frontend && npm ci && npm run build`) and Debian's Chromium
+(`apt-get install chromium`); Playwright drives /usr/bin/chromium (never `playwright install`).
+CIRCUITS_E2E_DATA=dir reuses a data dir seeded before (frontend/e2e/seed.py); default: a fresh one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from live import CHROMIUM, CHROMIUM_ARGS, DIST, serve
+from seed import load_or_seed
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory):
+    """SimpleNamespace(url, key, model_id, circuit_id): the app serving frontend/dist over HTTP."""
+    if not (DIST / "index.html").exists():
+        pytest.fail("frontend/dist is missing: run `cd frontend && npm ci && npm run build` first")
+    data = Path(os.environ.get("CIRCUITS_E2E_DATA") or tmp_path_factory.mktemp("e2e-data"))
+    seeded = load_or_seed(data)
+    with serve(data) as url:
+        yield SimpleNamespace(url=url, **seeded)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} not found: apt-get install -y chromium")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, live):
+    """A fresh page with the API key stored (as a user would paste it into the header field)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 950}, accept_downloads=True)
+    context.add_init_script(f"localStorage.setItem('circuits.apiKey', {live.key!r})")
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.page_errors = errors
+    yield pg
+    context.close()

@@ -1,0 +1,149 @@
+"""The acceptance path in a real browser: models, a circuit, a node's examples, live ablation, export,
+a prune job submitted through the form and followed to completion, form errors, API errors."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from playwright.sync_api import Page, expect
+
+TIMEOUT = 30_000
+
+
+def click_node(page: Page, name: str) -> None:
+    """Zoom the graph onto a node and click it where it is drawn."""
+    x, y = page.evaluate(
+        """(name) => {
+            const cy = window.circuitGraph, n = cy.getElementById(name);
+            cy.zoom(3); cy.center(n);
+            const p = n.renderedPosition(), r = cy.container().getBoundingClientRect();
+            return [r.left + p.x, r.top + p.y];
+        }""",
+        name,
+    )
+    page.mouse.click(x, y)
+
+
+def strongest_source(page: Page) -> str:
+    return page.evaluate(
+        """() => {
+            const w = (e) => Math.abs(e.data('weight'));
+            const es = window.circuitGraph.edges().sort((a, b) => w(b) - w(a));
+            return es[0].source().id();
+        }"""
+    )
+
+
+def open_circuit(page: Page, live, query: str = "") -> None:
+    page.goto(f"{live.url}/#/circuits/{live.circuit_id}{query}")
+    expect(page.locator("#circuit-header h1")).to_contain_text(f"Circuit {live.circuit_id}", timeout=TIMEOUT)
+    page.wait_for_function("window.circuitRenderMs !== undefined", timeout=TIMEOUT)
+
+
+def test_models_list_and_model_page(page: Page, live):
+    page.goto(f"{live.url}/#/models")
+    link = page.locator("#models-table a", has_text="test-sparse")
+    expect(link).to_be_visible(timeout=TIMEOUT)
+    link.click()
+    expect(page.locator("h1")).to_contain_text("test-sparse")
+    expect(page.locator(".plot[data-metric=loss] .main-svg").first).to_be_visible(timeout=TIMEOUT)
+    expect(page.locator("#circuits-table a", has_text="single_double_quote")).to_be_visible()
+
+
+def test_circuit_header_graph_and_node_examples(page: Page, live):
+    open_circuit(page, live)
+    header = page.locator("#circuit-header")
+    for label in ("task", "target loss", "full", "circuit", "ablated", "nodes", "edges"):
+        expect(header).to_contain_text(label)
+    counts = page.evaluate(
+        "() => [window.circuitGraph.nodes().not('.rowlabel').length, window.circuitGraph.edges().length]"
+    )
+    n_nodes = int(re.search(r"nodes (\d+)", header.inner_text()).group(1))
+    assert counts[0] == n_nodes and 0 < counts[1] <= 2000
+    name = strongest_source(page)
+    click_node(page, name)
+    expect(page.locator("#node-title")).to_have_text(name, timeout=TIMEOUT)
+    expect(page.locator("#node-stats")).to_contain_text("firing frequency")
+    heatmaps = page.locator("#node-examples .heatmap")
+    expect(heatmaps.first).to_be_visible()
+    assert heatmaps.count() > 0
+    fired = page.locator("#node-examples .heatmap .tok.fire")
+    assert fired.count() == heatmaps.count()  # the firing token is marked in each example
+    assert f"node={name}" in page.url.replace("%5B", "[").replace("%5D", "]")
+    assert not page.page_errors
+
+
+def test_live_ablation_changes_probabilities(page: Page, live):
+    open_circuit(page, live)
+    p_a = page.locator("#ablation-table td[data-key=p_a]")
+    expect(p_a).to_have_attribute("data-value", re.compile(r"\d"), timeout=60_000)
+    before = float(p_a.get_attribute("data-value"))
+    name = strongest_source(page)
+    click_node(page, name)
+    expect(page.locator("#toggle-node")).to_have_text("Ablate node", timeout=TIMEOUT)
+    page.locator("#toggle-node").click()
+    expect(page.locator("#toggle-node")).to_have_text("Restore node")
+    expect(page.locator("#ablation")).to_contain_text("1 node(s) ablated")
+    page.wait_for_function(
+        "(b) => { const c = document.querySelector('#ablation-table td[data-key=p_a]');"
+        " return c && c.dataset.value && Number(c.dataset.value) !== b; }",
+        arg=before,
+        timeout=60_000,
+    )
+    after = float(p_a.get_attribute("data-value"))
+    p_b = float(page.locator("#ablation-table td[data-key=p_b]").get_attribute("data-value"))
+    assert after != before and abs(after + p_b - 1) < 1e-3
+    assert "off=" in page.url
+
+
+def test_export_png_and_json(page: Page, live):
+    open_circuit(page, live)
+    with page.expect_download() as dl:
+        page.locator("#export-png").click()
+    png = dl.value
+    assert png.suggested_filename == f"circuit-{live.circuit_id}.png"
+    assert open(png.path(), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    with page.expect_download() as dl:
+        page.locator("#export-json").click()
+    data = json.loads(open(dl.value.path()).read())
+    assert data["id"] == live.circuit_id and len(data["nodes"]) == data["n_nodes"]
+
+
+def test_job_form_shows_field_errors(page: Page, live):
+    page.goto(f"{live.url}/#/jobs")
+    form = page.locator("#form-prune")
+    expect(form).to_be_visible(timeout=TIMEOUT)
+    form.locator("input[name=steps]").fill("0")
+    form.locator("input[name=target_loss]").fill("-1")
+    form.locator("button[type=submit]").click()
+    expect(form.locator(".field-error[data-field=steps]")).to_contain_text("greater than or equal to 1")
+    expect(form.locator(".field-error[data-field=target_loss]")).to_contain_text("greater than 0")
+    train = page.locator("#form-train")
+    train.locator("input[name=steps]").fill("100000000")
+    train.locator("button[type=submit]").click()
+    expect(train.locator(".field-error[data-field=steps]")).to_contain_text("exceeds the limit")
+
+
+def test_prune_job_through_the_form_finishes(page: Page, live):
+    page.goto(f"{live.url}/#/jobs?model_id={live.model_id}")
+    form = page.locator("#form-prune")
+    expect(form).to_be_visible(timeout=TIMEOUT)
+    small = {"runs": 1, "steps": 3, "batch_pairs": 8, "eval_pairs": 16, "curve_points": 2, "curve_pairs": 16}
+    for field, value in small.items():
+        form.locator(f"input[name={field}]").fill(str(value))
+    form.locator("button[type=submit]").click()
+    row = page.locator("#jobs-body tr").first
+    expect(row).to_contain_text("prune", timeout=TIMEOUT)
+    expect(row).to_have_attribute("data-status", "succeeded", timeout=600_000)
+    link = row.locator("a", has_text="circuit")
+    link.click()
+    expect(page.locator("#circuit-header")).to_contain_text("single_double_quote", timeout=TIMEOUT)
+
+
+def test_api_errors_are_shown_not_blank(page: Page, live):
+    page.goto(f"{live.url}/#/circuits/999999")
+    expect(page.locator(".error")).to_contain_text("404", timeout=TIMEOUT)
+    page.goto(f"{live.url}/#/models/abc")
+    expect(page.locator(".error")).to_contain_text("not an id")
+    expect(page.locator("#topbar")).to_be_visible()
