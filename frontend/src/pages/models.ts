@@ -1,7 +1,7 @@
 // Models list and one model's page: training curves (plotly), its circuits and its jobs.
-import Plotly from "plotly.js-dist-min";
 import { api, type Job, type Model, type Schemas } from "../api/client";
 import { errorBox, fmt, h } from "../util";
+import { newPlot } from "../plot";
 
 export async function modelsPage(root: HTMLElement): Promise<void> {
   root.append(h("h1", {}, "Models"));
@@ -105,7 +105,7 @@ function trainingPlots(box: HTMLElement, points: Schemas["ModelMetrics"]["points
     const div = h("div", { class: "plot", "data-metric": key });
     box.append(div);
     const ys = points.map((p) => p[key]);
-    void Plotly.newPlot(
+    void newPlot(
       div,
       [{ x: xs, y: ys, mode: "lines", name: key, line: { color: "#0072b2" } }],
       { title: { text: key }, margin: { t: 30, l: 50, r: 10, b: 35 }, height: 220, xaxis: { title: { text: "step" } } },
