@@ -147,3 +147,17 @@ def test_api_errors_are_shown_not_blank(page: Page, live):
     page.goto(f"{live.url}/#/models/abc")
     expect(page.locator(".error")).to_contain_text("not an id")
     expect(page.locator("#topbar")).to_be_visible()
+
+
+def test_playground_shows_per_token_activations(page: Page, live):
+    open_circuit(page, live)
+    name = strongest_source(page)
+    click_node(page, name)
+    expect(page.locator("#node-title")).to_have_text(name, timeout=TIMEOUT)
+    page.locator("#playground-prompt").fill("x = 'a'\nprint(x)")
+    page.locator("#playground-run").click()
+    rows = page.locator("#playground-out table.playground tr")
+    expect(rows.first).to_have_attribute("data-node", name, timeout=TIMEOUT)
+    assert rows.count() == min(64, page.evaluate("() => window.circuitGraph.nodes().not('.rowlabel').length"))
+    assert rows.first.locator(".tok").count() >= 5  # one cell per token of the prompt
+    expect(page.locator("#playground-out")).to_contain_text("next token")

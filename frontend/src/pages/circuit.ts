@@ -7,6 +7,7 @@ import { currentRoute, updateQuery } from "../router";
 import { newPlot } from "../plot";
 import { download, errorBox, fmt, h } from "../util";
 import { nodePanel } from "./node";
+import { playgroundBox } from "./playground";
 
 // Okabe-Ito blue / vermillion: distinguishable with the common colour-vision deficiencies.
 export const POSITIVE = "#0072b2";
@@ -75,7 +76,17 @@ class CircuitView {
     const graph = h("div", { id: "cy", class: "cy" });
     const toolbar = this.toolbar();
     const curve = this.curveBox();
-    this.root.append(toolbar, h("div", { class: "circuit-body" }, graph, h("div", { class: "side" }, this.ablationBox, this.panel)), curve);
+    const byTau = [...this.circuit.nodes].sort((a, b) => b.tau - a.tau).map((n) => n.name);
+    const playground = playgroundBox(
+      this.circuit.model_id,
+      () => {
+        const sel = currentRoute().query.get("node");
+        return sel ? [sel, ...byTau.filter((n) => n !== sel)] : byTau;
+      },
+      currentRoute().query.get("prompt") ?? "x = 'hello'\nprint(x)",
+      (p) => updateQuery({ prompt: p }),
+    );
+    this.root.append(toolbar, h("div", { class: "circuit-body" }, graph, h("div", { class: "side" }, this.ablationBox, this.panel)), curve, playground);
     this.drawGraph(graph);
     this.applyCurve();
     this.renderAblation();
