@@ -173,15 +173,20 @@ def build_task(
         if not found:
             raise TaskError(f"task {spec.name}: the corpus yields no {split} pairs")
         out[split] = found[:max_pairs]
+    return task_data(spec, token_a, token_b, out)
+
+
+def task_data(spec: TaskSpec, token_a: int, token_b: int, pairs: dict[str, list]) -> TaskData:
+    """TaskData from each split's (prompt_a ids, prompt_b ids, source) triples."""
     return TaskData(
         name=spec.name,
         completion_a=spec.completion_a,
         completion_b=spec.completion_b,
         token_a=token_a,
         token_b=token_b,
-        train=torch.tensor([[a, b] for a, b, _ in out["train"]]),
-        test=torch.tensor([[a, b] for a, b, _ in out["test"]]),
-        sources={s: [src for *_, src in items] for s, items in out.items()},
+        train=torch.tensor([[a, b] for a, b, _ in pairs["train"]]),
+        test=torch.tensor([[a, b] for a, b, _ in pairs["test"]]),
+        sources={s: [src for *_, src in items] for s, items in pairs.items()},
     )
 
 

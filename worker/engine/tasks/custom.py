@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 from typing import Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from tokenizers import Tokenizer
 
@@ -30,6 +29,7 @@ from .base import (
     build_task,
     first_tokens,
     get_task,
+    task_data,
     tokenise_pairs,
 )
 
@@ -124,17 +124,7 @@ def build_custom_task(task: CustomTask, tok: Tokenizer) -> tuple[TaskData, dict]
                 "merges with the prompt's last token)"
             )
         out[split] = kept
-    data = TaskData(
-        name=task.name,
-        completion_a=task.completion_a,
-        completion_b=task.completion_b,
-        token_a=token_a,
-        token_b=token_b,
-        train=torch.tensor([[a, b] for a, b, _ in out["train"]]),
-        test=torch.tensor([[a, b] for a, b, _ in out["test"]]),
-        sources={s: [src for *_, src in items] for s, items in out.items()},
-    )
-    return data, report
+    return task_data(spec, token_a, token_b, out), report
 
 
 def load_task(name_or_file: str, tok: Tokenizer, docs=None) -> TaskData:
