@@ -48,7 +48,8 @@ def test_models_list_and_model_page(page: Page, live):
     link.click()
     expect(page.locator("h1")).to_contain_text("test-sparse")
     expect(page.locator(".plot[data-metric=loss] .main-svg").first).to_be_visible(timeout=TIMEOUT)
-    expect(page.locator("#circuits-table a", has_text="single_double_quote")).to_be_visible()
+    seeded = page.locator(f"#circuits-table tr:has(a[href='#/circuits/{live.circuit_id}'])")
+    expect(seeded).to_contain_text("single_double_quote")
 
 
 def test_circuit_header_graph_and_node_examples(page: Page, live):
@@ -161,3 +162,14 @@ def test_playground_shows_per_token_activations(page: Page, live):
     assert rows.count() == min(64, page.evaluate("() => window.circuitGraph.nodes().not('.rowlabel').length"))
     assert rows.first.locator(".tok").count() >= 5  # one cell per token of the prompt
     expect(page.locator("#playground-out")).to_contain_text("next token")
+
+
+def test_compare_page_counts_overlap(page: Page, live):
+    page.goto(f"{live.url}/#/circuits/{live.circuit_id}")
+    expect(page.locator("#compare-with")).to_be_visible(timeout=TIMEOUT)
+    page.locator("#compare-with").fill(str(live.circuit_id))
+    page.locator("#compare-with").press("Enter")
+    overlap = page.locator("#overlap")
+    expect(overlap).to_contain_text("Jaccard 1.000", timeout=TIMEOUT)
+    n = page.evaluate("() => window.compareGraph.nodes().length")
+    expect(overlap).to_contain_text(f"Nodes: {n} shared, 0 only in A, 0 only in B")

@@ -2,6 +2,7 @@
 import "./style.css";
 import { apiKey, setApiKey } from "./api/client";
 import { circuitPage } from "./pages/circuit";
+import { comparePage } from "./pages/compare";
 import { jobsPage } from "./pages/jobs";
 import { modelPage, modelsPage } from "./pages/models";
 import { currentRoute } from "./router";
@@ -20,6 +21,10 @@ async function render(): Promise<void> {
     else if (path[0] === "models") await modelPage(page, positiveId(path[1]));
     else if (path[0] === "circuits" && path.length === 2) await circuitPage(page, positiveId(path[1]));
     else if (path[0] === "jobs") await jobsPage(page);
+    else if (path[0] === "compare") {
+      const q = currentRoute().query;
+      await comparePage(page, positiveId(q.get("a") ?? ""), positiveId(q.get("b") ?? ""));
+    }
     else page.append(h("h1", {}, "Not found"), h("p", {}, `No page at #/${path.join("/")}. `, h("a", { href: "#/models" }, "Models")));
   } catch (e) {
     if (seq === renderSeq) page.append(errorBox(e));

@@ -73,8 +73,13 @@ export function keptAtK(nodes: { name: string; tau: number }[], k: number): Set<
   return new Set([...nodes].sort((a, b) => b.tau - a.tau).slice(0, k).map((n) => n.name));
 }
 
-/** The strongest `limit` edges by |weight| (drawing all of a 25k-edge circuit helps nobody). */
-export function strongestEdges<E extends { weight: number }>(edges: E[], limit: number): E[] {
+/** The strongest `limit` edges, by |weight| unless `strength` says otherwise (drawing all of a 25k-edge
+ * circuit helps nobody). */
+export function strongestEdges<E extends { weight: number }>(
+  edges: E[],
+  limit: number,
+  strength: (e: E) => number = (e) => Math.abs(e.weight),
+): E[] {
   if (edges.length <= limit) return edges;
-  return [...edges].sort((a, b) => Math.abs(b.weight) - Math.abs(a.weight)).slice(0, limit);
+  return [...edges].sort((a, b) => strength(b) - strength(a)).slice(0, limit);
 }

@@ -109,9 +109,10 @@ class CircuitView {
     return h(
       "div",
       { class: "toolbar" },
-      h("label", {}, "edges drawn ", edgesInput, ` of ${c.edges.length} (strongest |w|)`),
+      h("label", {}, "edges drawn ", edgesInput, ` of ${c.edges.length} (strongest |w| relative to their kind)`),
       h("span", { class: "legend" }, h("i", { style: `background:${POSITIVE}` }), " positive ", h("i", { style: `background:${NEGATIVE}` }), " negative weight"),
       h("button", { id: "fit", onclick: () => this.cy.fit(undefined, 20) }, "Fit"),
+      compareForm(c.id),
       h("button", { id: "export-json", onclick: () => download(`circuit-${c.id}.json`, new Blob([JSON.stringify(c, null, 1)], { type: "application/json" })) }, "Export JSON"),
       h("button", { id: "export-png", onclick: () => this.exportPng() }, "Export PNG"),
     );
@@ -129,8 +130,13 @@ class CircuitView {
     const nLayers = Number((this.model.config.model as { n_layer?: number } | undefined)?.n_layer ?? 1);
     const { positions, rows } = layoutCircuit(c.nodes, dims, nLayers);
     const names = new Set(c.nodes.map((n) => n.name));
-    const edges = strongestEdges(c.edges.filter((e) => names.has(e.src) && names.has(e.dst)), this.edgeLimit);
-    const maxW = Math.max(1e-9, ...edges.map((e) => Math.abs(e.weight)));
+    // Residual edges (weight ~1) and weight edges (~0.05) live on different scales: rank and draw each
+    // relative to the strongest edge of its own kind.
+    const inCircuit = c.edges.filter((e) => names.has(e.src) && names.has(e.dst));
+    const kindMax: Record<string, number> = {};
+    for (const e of inCircuit) kindMax[e.kind] = Math.max(kindMax[e.kind] ?? 1e-9, Math.abs(e.weight));
+    const rel = (e: { weight: number; kind: string }) => Math.abs(e.weight) / kindMax[e.kind];
+    const edges = strongestEdges(inCircuit.map((e) => ({ ...e, rel: rel(e) })), this.edgeLimit, (e) => e.rel);
     const elements: cytoscape.ElementDefinition[] = [];
     for (const n of c.nodes) {
       elements.push({ group: "nodes", data: { id: n.name, label: n.name, site: n.site, tau: n.tau }, position: positions[n.name], classes: this.off.has(n.name) ? "off" : "" });
@@ -141,7 +147,7 @@ class CircuitView {
     edges.forEach((e, i) => {
       elements.push({
         group: "edges",
-        data: { id: `e${i}`, source: e.src, target: e.dst, weight: e.weight, w: Math.abs(e.weight) / maxW, kind: e.kind },
+        data: { id: `e${i}`, source: e.src, target: e.dst, weight: e.weight, w: e.rel, kind: e.kind },
         classes: e.weight >= 0 ? "pos" : "neg",
       });
     });
@@ -198,7 +204,7 @@ class CircuitView {
     });
     let labelled = false;
     this.cy.on("zoom", () => {
-      const want = this.cy.zoom() >= 1.2;
+      const want = this.cy.zoom() >= 2.5;
       if (want !== labelled) {
         labelled = want;
         this.cy.batch(() => this.cy.nodes().not(".rowlabel").toggleClass("labelled", want));
@@ -339,6 +345,16 @@ class CircuitView {
       );
     }
   }
+}
+
+function compareForm(id: number): HTMLElement {
+  const other = h("input", { type: "number", id: "compare-with", min: 1, placeholder: "circuit id", style: "width:6rem" }) as HTMLInputElement;
+  const form = h("form", { class: "inline" }, "compare with ", other, h("button", { type: "submit" }, "Compare"));
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    if (other.value) location.hash = `#/compare?a=${id}&b=${encodeURIComponent(other.value)}`;
+  });
+  return form;
 }
 
 function fact(label: string, value: Node | string): HTMLElement {
