@@ -69,6 +69,11 @@ def test_circuit_header_graph_and_node_examples(page: Page, live):
     heatmaps = page.locator("#node-examples .heatmap")
     expect(heatmaps.first).to_be_visible()
     assert heatmaps.count() > 0
+    page.locator("#task-view summary").click()
+    values = page.locator("#task-view-table td[data-value]")
+    expect(values).to_have_count(3, timeout=60_000)
+    a, b, diff = (float(values.nth(i).get_attribute("data-value")) for i in range(3))
+    assert abs((a - b) - diff) < 1e-9
     fired = page.locator("#node-examples .heatmap .tok.fire")
     assert fired.count() == heatmaps.count()  # the firing token is marked in each example
     assert f"node={name}" in page.url.replace("%5B", "[").replace("%5D", "]")

@@ -230,7 +230,7 @@ class CircuitView {
       select: (n) => {
         if (this.cy.getElementById(n).nonempty()) this.select(n);
       },
-    }).catch((e) => this.panel.replaceChildren(errorBox(e)));
+    }, this.circuit.task).catch((e) => this.panel.replaceChildren(errorBox(e)));
   }
 
   toggle(name: string): void {

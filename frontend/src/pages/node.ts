@@ -1,6 +1,6 @@
 // The node panel: statistics, incoming/outgoing edges and percentile-binned examples as token heatmaps.
-import { api, nodePath, type Example, type NodeInfo } from "../api/client";
-import { fmt, h } from "../util";
+import { api, nodePath, type Example, type NodeInfo, type Schemas } from "../api/client";
+import { errorBox, fmt, h } from "../util";
 
 export interface NodeActions {
   isOff: () => boolean;
@@ -10,7 +10,7 @@ export interface NodeActions {
 
 const EDGES_SHOWN = 12;
 
-export async function nodePanel(panel: HTMLElement, modelId: number, circuitId: number, name: string, actions: NodeActions): Promise<void> {
+export async function nodePanel(panel: HTMLElement, modelId: number, circuitId: number, name: string, actions: NodeActions, task?: string): Promise<void> {
   const info = await api<NodeInfo>(`/models/${modelId}/nodes/${nodePath(name)}?circuit_id=${circuitId}`);
   const toggle = h("button", { id: "toggle-node", "data-node": name, onclick: () => actions.toggle() }, actions.isOff() ? "Restore node" : "Ablate node");
   panel.replaceChildren(
@@ -19,8 +19,50 @@ export async function nodePanel(panel: HTMLElement, modelId: number, circuitId: 
     statsTable(info),
     edgeList("Incoming", info.incoming, actions),
     edgeList("Outgoing", info.outgoing, actions),
+    task ? taskView(modelId, name, task) : "",
     examplesBox(info.examples),
   );
+}
+
+const TASK_PAIRS = 8;
+
+/** The node's activation at the last prompt token on class A and class B prompts of the task, and the
+ * difference, computed on demand through the playground endpoint. */
+function taskView(modelId: number, name: string, task: string): HTMLElement {
+  const out = h("div", { id: "task-view-out" });
+  const box = h("details", { class: "task-view", id: "task-view" }, h("summary", {}, `Task view: class A vs class B prompts (${TASK_PAIRS} pairs)`), out);
+  let started = false;
+  box.addEventListener("toggle", async () => {
+    if (!box.open || started) return;
+    started = true;
+    out.replaceChildren(h("p", { class: "hint" }, "computing …"));
+    try {
+      const samples = await api<Schemas["TaskSamples"]>(`/tasks/${encodeURIComponent(task)}/samples?model_id=${modelId}&n=${TASK_PAIRS}`);
+      const last = async (prompt: string) => {
+        const r = await api<Schemas["PlaygroundResult"]>(`/models/${modelId}/playground`, { body: { prompt, nodes: [name] } });
+        const v = r.activations[name] ?? [];
+        return v[v.length - 1] ?? 0;
+      };
+      const rows: [string, number, number][] = [];
+      for (const s of samples.items) rows.push([s.source, await last(s.prompt_a), await last(s.prompt_b)]);
+      const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / Math.max(xs.length, 1);
+      const a = mean(rows.map((r) => r[1]));
+      const b = mean(rows.map((r) => r[2]));
+      out.replaceChildren(
+        h(
+          "table",
+          { class: "kv", id: "task-view-table" },
+          h("tr", {}, h("th", {}, "mean on A prompts"), h("td", { class: "num", "data-value": String(a) }, fmt(a))),
+          h("tr", {}, h("th", {}, "mean on B prompts"), h("td", { class: "num", "data-value": String(b) }, fmt(b))),
+          h("tr", {}, h("th", {}, "A − B"), h("td", { class: "num", "data-value": String(a - b) }, fmt(a - b))),
+        ),
+        h("table", { class: "grid" }, h("tr", {}, h("th", {}, "source"), h("th", {}, "A"), h("th", {}, "B")), ...rows.map(([src, x, y]) => h("tr", {}, h("td", {}, src), h("td", { class: "num" }, fmt(x, 3)), h("td", { class: "num" }, fmt(y, 3))))),
+      );
+    } catch (e) {
+      out.replaceChildren(errorBox(e));
+    }
+  });
+  return box;
 }
 
 function statsTable(info: NodeInfo): HTMLElement {
