@@ -111,6 +111,11 @@ def test_export_png_and_json(page: Page, live):
     assert png.suggested_filename == f"circuit-{live.circuit_id}.png"
     assert open(png.path(), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     with page.expect_download() as dl:
+        page.locator("#export-svg").click()
+    svg = open(dl.value.path()).read()
+    assert dl.value.suggested_filename.endswith(".svg") and "<svg" in svg[:500]
+    assert svg.count("<path") + svg.count("<circle") + svg.count("<ellipse") > 100  # nodes and edges drawn
+    with page.expect_download() as dl:
         page.locator("#export-json").click()
     data = json.loads(open(dl.value.path()).read())
     assert data["id"] == live.circuit_id and len(data["nodes"]) == data["n_nodes"]

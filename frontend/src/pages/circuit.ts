@@ -1,6 +1,7 @@
 // The circuit view: the whole circuit as one Cytoscape graph with a preset layout, a header with the
 // losses, a slider over the loss-vs-k curve, the node panel, live ablation and export.
 import cytoscape from "cytoscape";
+import cytoscapeSvg from "cytoscape-svg";
 import { api, type Ablation, type Circuit, type Model, type Schemas } from "../api/client";
 import { keptAtK, layoutCircuit, strongestEdges } from "../graph/layout";
 import { currentRoute, updateQuery } from "../router";
@@ -8,6 +9,8 @@ import { newPlot } from "../plot";
 import { download, errorBox, fmt, h } from "../util";
 import { nodePanel } from "./node";
 import { playgroundBox } from "./playground";
+
+cytoscape.use(cytoscapeSvg as unknown as cytoscape.Ext);
 
 // Okabe-Ito blue / vermillion: distinguishable with the common colour-vision deficiencies.
 export const POSITIVE = "#0072b2";
@@ -115,12 +118,18 @@ class CircuitView {
       compareForm(c.id),
       h("button", { id: "export-json", onclick: () => download(`circuit-${c.id}.json`, new Blob([JSON.stringify(c, null, 1)], { type: "application/json" })) }, "Export JSON"),
       h("button", { id: "export-png", onclick: () => this.exportPng() }, "Export PNG"),
+      h("button", { id: "export-svg", onclick: () => this.exportSvg() }, "Export SVG"),
     );
   }
 
   exportPng(): void {
     const blob = this.cy.png({ output: "blob", full: true, bg: "#ffffff", maxWidth: 4000, maxHeight: 4000 }) as unknown as Blob;
     download(`circuit-${this.circuit.id}.png`, blob);
+  }
+
+  exportSvg(): void {
+    const svg = (this.cy as unknown as { svg(o: object): string }).svg({ full: true, bg: "#ffffff" });
+    download(`circuit-${this.circuit.id}.svg`, new Blob([svg], { type: "image/svg+xml" }));
   }
 
   drawGraph(container: HTMLElement): void {

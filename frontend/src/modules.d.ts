@@ -5,3 +5,8 @@ declare module "plotly.js-dist-min" {
   };
   export default Plotly;
 }
+
+declare module "cytoscape-svg" {
+  const register: (cy: unknown) => void;
+  export default register;
+}
