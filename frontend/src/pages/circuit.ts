@@ -38,6 +38,7 @@ class CircuitView {
   baseline: Ablation | null = null;
   ablationSeq = 0;
   ablationTimer = 0;
+  graphShown = false;
 
   constructor(
     private root: HTMLElement,
@@ -196,6 +197,7 @@ class CircuitView {
     w.circuitGraph = this.cy;
     w.circuitRenderMs = undefined;
     this.cy.one("render", () => {
+      this.graphShown = true;
       w.circuitRenderedAt = performance.now();
       w.circuitRenderMs = w.circuitRenderedAt - started;
     });
@@ -340,7 +342,9 @@ class CircuitView {
     const label = this.root.querySelector("#k-label");
     if (label) label.textContent = `k = ${k}: keeps ${kept.size} of ${this.circuit.n_nodes} nodes, loss ${fmt(point.loss)}`;
     const plot = this.root.querySelector<HTMLElement>("#curve-plot");
-    if (plot) {
+    // Plot after the graph's first frame: parsing plotly (~4.5 MB) must not delay the circuit.
+    if (plot && !this.graphShown) this.cy.one("render", () => this.applyCurve());
+    else if (plot) {
       const xs = curve.map((p) => Math.max(Number(p.k), 0.5));
       void newPlot(
         plot,
