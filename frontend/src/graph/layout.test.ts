@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { keptAtK, layoutCircuit, siteRow, strongestEdges } from "./layout";
+import { keptAtK, layoutCircuit, siteRow, strongestEdges, unitX } from "./layout";
 
 describe("layout", () => {
   it("orders sites forward within a layer and layers top to bottom", () => {
@@ -27,5 +27,13 @@ describe("layout", () => {
     expect([...kept].sort()).toEqual(["b", "c"]);
     const e = strongestEdges([{ weight: 0.1 }, { weight: -2 }, { weight: 1 }], 2);
     expect(e.map((x) => x.weight)).toEqual([-2, 1]);
+  });
+
+  it("leaves a gap between attention heads on q/k/v rows only", () => {
+    const inHead = unitX("0.attn.q", 1, 64, 16) - unitX("0.attn.q", 0, 64, 16);
+    const acrossHeads = unitX("0.attn.q", 16, 64, 16) - unitX("0.attn.q", 15, 64, 16);
+    expect(acrossHeads).toBeGreaterThan(inHead * 1.5);
+    expect(unitX("0.attn.q", 63, 64, 16)).toBeLessThan(1);
+    expect(unitX("0.mlp.act_in", 16, 64, 16) - unitX("0.mlp.act_in", 15, 64, 16)).toBeCloseTo(1 / 64);
   });
 });

@@ -41,10 +41,23 @@ export function siteRow(site: string, layer: number | null, nLayers: number): nu
   return layer * SITE_ORDER.length + (i < 0 ? SITE_ORDER.length - 1 : i);
 }
 
+const HEAD_SITES = new Set(["attn.q", "attn.k", "attn.v"]);
+const HEAD_GAP = 0.25; // gap between heads, as a fraction of a head's width
+
+/** Horizontal position in [0, 1) of a unit: index / width, with gaps between attention heads for q/k/v. */
+export function unitX(site: string, index: number, dim: number, dHead: number | null): number {
+  if (!dHead || !HEAD_SITES.has(siteKind(site)) || dim % dHead !== 0) return (index + 0.5) / dim;
+  const heads = dim / dHead;
+  const head = Math.floor(index / dHead);
+  const slot = head * dHead * (1 + HEAD_GAP) + (index % dHead) + 0.5;
+  return slot / (heads * dHead * (1 + HEAD_GAP) - dHead * HEAD_GAP);
+}
+
 export function layoutCircuit(
   nodes: LayoutNode[],
   dims: Record<string, number>,
   nLayers: number,
+  dHead: number | null = null,
 ): { positions: Record<string, Position>; width: number; rows: { row: number; y: number; label: string }[] } {
   const perRow = new Map<number, number>();
   for (const n of nodes) {
@@ -61,7 +74,7 @@ export function layoutCircuit(
   for (const n of nodes) {
     const r = siteRow(n.site, n.layer, nLayers);
     const dim = Math.max(dims[n.site] ?? n.index + 1, n.index + 1);
-    positions[n.name] = { x: ((n.index + 0.5) / dim) * width, y: rowY(r) };
+    positions[n.name] = { x: unitX(n.site, n.index, dim, dHead) * width, y: rowY(r) };
     labels.set(r, n.site);
   }
   const rows = [...labels.entries()].sort((a, b) => a[0] - b[0]).map(([row, label]) => ({ row, y: rowY(row), label }));
