@@ -72,7 +72,9 @@ def test_tasks_samples_and_custom_tasks(api_backend):
     assert r.json()["builtin"] is False and r.json()["n_pairs"] == 3
     assert c.post(f"{API}/tasks", json=task, headers={"x-api-key": key}).status_code == 409
     custom = c.get(f"{API}/tasks", params={"builtin": False}).json()["items"]
-    assert [t["name"] for t in custom] == [name]
+    # the fuzzer may have created custom tasks in this shared app: ours is listed, no built-in one is
+    assert name in [t["name"] for t in custom] and not any(t["builtin"] for t in custom)
+    assert "single_double_quote" not in [t["name"] for t in custom]
     samples = c.get(f"{API}/tasks/{name}/samples", params={"split": "train"}).json()["items"]
     assert [s["source"] for s in samples] == ["pairs[0]", "pairs[1]"]
 
