@@ -143,10 +143,29 @@ def test_prune_job_through_the_form_finishes(page: Page, live):
     small = {"runs": 1, "steps": 3, "batch_pairs": 8, "eval_pairs": 16, "curve_points": 2, "curve_pairs": 16}
     for field, value in small.items():
         form.locator(f"input[name={field}]").fill(str(value))
-    form.locator("button[type=submit]").click()
-    row = page.locator("#jobs-body tr").first
+    # Record every state the job rows show: progress must arrive live (SSE), not only at the end.
+    page.evaluate(
+        """() => {
+            window.seenJobStates = [];
+            window.jobObserver = new MutationObserver(() => {  // held on window so it is not collected
+                for (const r of document.querySelectorAll('#jobs-body tr[data-status=running]'))
+                    window.seenJobStates.push([r.dataset.job, Number(r.dataset.progress)]);
+            });
+            const body = document.querySelector('#jobs-body');
+            window.jobObserver.observe(body, {childList: true, subtree: true});
+        }"""
+    )
+    with page.expect_response(
+        lambda r: r.url.endswith("/api/v1/jobs") and r.request.method == "POST"
+    ) as resp:
+        form.locator("button[type=submit]").click()
+    assert resp.value.status == 202
+    job_id = resp.value.json()["id"]
+    row = page.locator(f"#jobs-body tr[data-job='{job_id}']")
     expect(row).to_contain_text("prune", timeout=TIMEOUT)
     expect(row).to_have_attribute("data-status", "succeeded", timeout=600_000)
+    seen = page.evaluate("() => window.seenJobStates")
+    assert any(job == job_id and 0 < progress < 1 for job, progress in seen), seen
     link = row.locator("a", has_text="circuit")
     link.click()
     expect(page.locator("#circuit-header")).to_contain_text("single_double_quote", timeout=TIMEOUT)

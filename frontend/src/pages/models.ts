@@ -130,14 +130,27 @@ export function jobRow(j: Job): HTMLElement {
     : result.model_id
       ? h("a", { href: `#/models/${result.model_id}` }, `model ${result.model_id}`)
       : "";
+  const cancel =
+    j.status === "queued" || j.status === "running"
+      ? h("button", {
+          class: "cancel",
+          onclick: (ev: Event) => {
+            const btn = ev.target as HTMLButtonElement;
+            btn.disabled = true;
+            api<Job>(`/jobs/${j.id}/cancel`, { method: "POST" })
+              .then(() => (btn.textContent = "cancelling …"))
+              .catch((e) => btn.replaceWith(errorBox(e)));
+          },
+        }, "cancel")
+      : "";
   return h(
     "tr",
-    { "data-job": j.id, "data-status": j.status },
+    { "data-job": j.id, "data-status": j.status, "data-progress": j.progress },
     h("td", {}, j.id.slice(0, 8)),
     h("td", {}, j.kind),
     h("td", { class: `status ${j.status}` }, j.status),
     h("td", {}, h("progress", { max: 1, value: j.progress }), ` ${Math.round(j.progress * 100)}%`),
     h("td", { class: "msg" }, j.error ?? j.message ?? ""),
-    h("td", {}, link),
+    h("td", {}, link, cancel),
   );
 }
