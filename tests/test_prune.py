@@ -7,7 +7,7 @@ import torch
 
 from worker.engine import checkpoints as ck
 from worker.engine.ablation import load_or_compute_means, prunable_sites, shuffled_labels
-from worker.engine.circuit import SCHEMA_VERSION, Circuit, edges_from_weights
+from worker.engine.circuit import SCHEMA_VERSION, Circuit, Edge, Node, edges_from_weights, size_comparison
 from worker.engine.model import parse_node
 from worker.engine.prune import (
     NodeMasks,
@@ -152,3 +152,15 @@ def test_greedy_pass_leaves_out_only_nodes_the_target_does_not_need(loaded):
     assert loss == pytest.approx(
         calibrated_fit(model, task, means, masks, keep_top(masks, new_order, new_k), held_out)[0]
     )
+
+
+def test_size_comparison_geometric_mean():
+    def circuit(n_nodes, n_edges):
+        nodes = [Node(f"0.mlp.post_act[{i}]", "0.mlp.post_act", 0, i, 1.0) for i in range(n_nodes)]
+        edges = [Edge("0.mlp.act_in[0]", "0.mlp.post_act[0]", 1.0, "weight") for _ in range(n_edges)]
+        return Circuit("t", "m", 0.15, nodes, edges, {"circuit": 0.1}, {}, [])
+
+    table = size_comparison({"a": (circuit(2, 4), circuit(8, 64)), "b": (circuit(0, 0), circuit(0, 0))})
+    assert [r["edge_ratio"] for r in table["tasks"]] == [16.0, 1.0]
+    assert table["geomean_edge_ratio"] == pytest.approx(4.0)
+    assert table["geomean_node_ratio"] == pytest.approx(2.0)

@@ -129,7 +129,8 @@ def make_nodes(names: list[str], tau: dict[str, float]) -> list[Node]:
 
 def size_comparison(pairs: dict[str, tuple[Circuit, Circuit]]) -> dict:
     """Dense/sparse circuit sizes per task (sparse, dense) and the geometric mean of the ratios.
-    A ratio counts a circuit of 0 edges as 1 so that it stays finite."""
+    A ratio counts an empty circuit (a task the direct path alone does) as size 1, on both sides, so that
+    it stays finite and two empty circuits compare as 1."""
     rows = []
     for task, (sparse, dense) in pairs.items():
         rows.append(
@@ -141,8 +142,8 @@ def size_comparison(pairs: dict[str, tuple[Circuit, Circuit]]) -> dict:
                 "dense_edges": len(dense.edges),
                 "sparse_loss": sparse.losses["circuit"],
                 "dense_loss": dense.losses["circuit"],
-                "node_ratio": len(dense.nodes) / max(1, len(sparse.nodes)),
-                "edge_ratio": len(dense.edges) / max(1, len(sparse.edges)),
+                "node_ratio": max(1, len(dense.nodes)) / max(1, len(sparse.nodes)),
+                "edge_ratio": max(1, len(dense.edges)) / max(1, len(sparse.edges)),
             }
         )
 
