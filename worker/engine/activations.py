@@ -19,7 +19,7 @@ K highest and K lowest firing values with their contexts exactly (K >= 0.1 % of 
 bin is drawn from the window sample, between thresholds taken from the exact lists where they reach and
 from the sample's order statistics otherwise. The exact lists are updated with vectorised candidate
 filtering (only values beyond a node's current K-th best are looked at), so the pass costs little more
-than the forward pass itself (bench/profile.py).
+than the forward pass itself (bench/node_profile.py).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Profile throughput: tokens/s of the node profile (activations.py) over tokens/s of a plain forward
 pass on the same windows, measured in one run, batch by batch interleaved (goal >= 0.7).
 
-    python bench/profile.py --model data/models/small [--tokens 65536] [--threads 1] [--repeats 3]
-    python bench/profile.py --preset small            # untrained weights of a preset: same cost"""
+    python bench/node_profile.py --model data/models/small [--tokens 65536] [--threads 1] [--repeats 3]
+    python bench/node_profile.py --preset small            # untrained weights of a preset: same cost"""
 
 from __future__ import annotations
 
