@@ -151,12 +151,11 @@ def learn_masks(
     dims = model.site_dims()
     masks = NodeMasks({s: dims[s] for s in sites}, cfg.init_mean, cfg.init_std, g)
     opt = torch.optim.AdamW(masks.parameters(), lr=lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay)
-    train = prompts
     for step in range(cfg.steps):
-        idx = torch.randint(0, len(train), (min(cfg.batch_pairs, len(train)),), generator=g)
+        idx = torch.randint(0, len(prompts), (min(cfg.batch_pairs, len(prompts)),), generator=g)
         keep = masks.keep(cfg.temperature)
         edits = ablation_edits(masks.by_site(keep), means)
-        logits, _ = model(train[idx].flatten(0, 1), edits=edits, last_only=True)
+        logits, _ = model(prompts[idx].flatten(0, 1), edits=edits, last_only=True)
         loss = F.cross_entropy(two_class_logits(logits, task), pair_labels(len(idx))) + k_coef * keep.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -227,15 +226,14 @@ def drop_unneeded(
     (lowest tau first) and keep it out while the calibrated loss stays <= target. Short mask training
     saturates many tau at the clamp, so the top-k order alone over-counts. -> (order, k, loss, scale, shift)
     with the kept nodes first in `order`."""
-    circuit, dropped = list(order[:k]), []
+    circuit, dropped, fit = list(order[:k]), [], None
     for node in reversed(order[max(0, k - tries) : k]):
         trial = [n for n in circuit if n != node]
-        if (
-            calibrated_fit(model, task, means, masks, keep_top(masks, trial, len(trial)), prompts)[0]
-            <= target
-        ):
-            circuit, dropped = trial, [*dropped, node]
-    fit = calibrated_fit(model, task, means, masks, keep_top(masks, circuit, len(circuit)), prompts)
+        trial_fit = calibrated_fit(model, task, means, masks, keep_top(masks, trial, len(trial)), prompts)
+        if trial_fit[0] <= target:
+            circuit, dropped, fit = trial, [*dropped, node], trial_fit
+    if fit is None:  # nothing could go: the circuit as bisection left it
+        fit = calibrated_fit(model, task, means, masks, keep_top(masks, circuit, len(circuit)), prompts)
     return [*circuit, *dropped, *order[k:]], len(circuit), *fit
 
 
