@@ -191,7 +191,7 @@ class CircuitView {
       ],
     });
     const constructed = performance.now() - t0;
-    // Exposed for the browser tests and the render benchmark (frontend/e2e).
+    // Exposed for the browser tests and the render benchmark (tests/e2e, bench/render.py).
     const w = window as unknown as { circuitGraph?: unknown; circuitRenderMs?: number; circuitRenderedAt?: number; circuitTimings?: unknown };
     w.circuitTimings = { prepare: t0 - started, construct: constructed };
     w.circuitGraph = this.cy;

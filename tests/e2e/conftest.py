@@ -2,7 +2,7 @@
 
 Needs a built frontend (`cd frontend && npm ci && npm run build`) and Debian's Chromium
 (`apt-get install chromium`); Playwright drives /usr/bin/chromium (never `playwright install`).
-CIRCUITS_E2E_DATA=dir reuses a data dir seeded before (frontend/e2e/seed.py); default: a fresh one.
+CIRCUITS_E2E_DATA=dir reuses a data dir seeded before (tests/e2e/seed.py); default: a fresh one.
 """
 
 from __future__ import annotations

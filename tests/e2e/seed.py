@@ -1,6 +1,6 @@
 """Fill a data dir with a `test`-preset model, its profile and one circuit, through the real job API.
 
-    .venv/bin/python frontend/e2e/seed.py /tmp/circuits-dev     # prints the API key (also in api-key.txt)
+    .venv/bin/python tests/e2e/seed.py /tmp/circuits-dev     # prints the API key (also in api-key.txt)
 
 Used by the browser tests and for trying the frontend locally (then `CIRCUITS_DATA_DIR=... circuits serve`).
 """

@@ -1,6 +1,6 @@
 """How fast a 2,000-edge circuit renders and becomes interactive in headless Chromium.
 
-    .venv/bin/python frontend/e2e/bench_render.py [--data DIR] [--edges 2000] [--repeat 5]
+    .venv/bin/python bench/render.py [--data DIR] [--edges 2000] [--repeat 5]
 
 Serves a seeded data dir (seed.py; seeded first if needed) with the built frontend. The measured circuit
 is a `edges`-edge sub-circuit of the seeded one (its strongest edges and their endpoints, written once
@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 from pathlib import Path
 
-from live import CHROMIUM, CHROMIUM_ARGS, DIST, serve
 from playwright.sync_api import sync_playwright
-from seed import load_or_seed
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))  # the browser tests' helpers
+from live import CHROMIUM, CHROMIUM_ARGS, DIST, serve  # noqa: E402
+from seed import load_or_seed  # noqa: E402
 
 
 def sub_circuit(data_dir: Path, circuit_id: int, n_edges: int) -> int:
