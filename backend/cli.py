@@ -33,6 +33,39 @@ def describe(e: Exception) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def train_progress_bar(desc: str):
+    """(progress callback for train-style records, close) with a tqdm bar over steps."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def progress(rec: dict) -> None:
+        nonlocal bar
+        if rec["stage"] != "train":
+            if bar is None:
+                typer.echo(f"{rec['stage']}...", err=True)
+            return
+        if bar is None:
+            bar = tqdm(total=rec["total"], initial=rec["step"], desc=desc, unit="step", dynamic_ncols=True)
+        if "loss" in rec:
+            bar.update(rec["step"] - bar.n)
+            post = {
+                "loss": f"{rec['loss']:.3f}",
+                "L0": f"{rec['density']:.4f}",
+                "tok/s": f"{rec['tokens_per_s']:.0f}",
+            }
+            for key, label in (("val_loss", "val"), ("kl_d2s", "kl_d2s"), ("kl_s2d", "kl_s2d")):
+                if key in rec:
+                    post[label] = f"{rec[key]:.3f}"
+            bar.set_postfix(post)
+
+    def close() -> None:
+        if bar is not None:
+            bar.close()
+
+    return progress, close
+
+
 @app.command()
 def train(
     out: Annotated[Path, typer.Option(help="folder for the checkpoint, tokenizer and metrics")],
@@ -47,35 +80,13 @@ def train(
     ] = False,
 ) -> None:
     """Train a weight-sparse (or --dense) transformer."""
-    from tqdm import tqdm
-
     from worker.engine import config as cfg
     from worker.engine.checkpoints import read_run_config
     from worker.engine.train import train as run_training
 
     if steps is not None and steps < 1:
         fail(f"--steps must be a positive integer, got {steps}")
-    bar = None
-
-    def progress(rec: dict) -> None:
-        nonlocal bar
-        if rec["stage"] != "train":
-            if bar is None:
-                typer.echo(f"{rec['stage']}...", err=True)
-            return
-        if bar is None:
-            bar = tqdm(total=rec["total"], initial=rec["step"], desc="train", unit="step", dynamic_ncols=True)
-        if "loss" in rec:
-            bar.update(rec["step"] - bar.n)
-            post = {
-                "loss": f"{rec['loss']:.3f}",
-                "L0": f"{rec['density']:.4f}",
-                "tok/s": f"{rec['tokens_per_s']:.0f}",
-            }
-            if "val_loss" in rec:
-                post["val"] = f"{rec['val_loss']:.3f}"
-            bar.set_postfix(post)
-
+    progress, close = train_progress_bar("train")
     try:
         if resume:
             run = read_run_config(out)
@@ -91,8 +102,7 @@ def train(
     except USER_ERRORS as e:
         fail(describe(e))
     finally:
-        if bar is not None:
-            bar.close()
+        close()
     typer.echo(f"model written to {out}")
 
 
@@ -260,8 +270,181 @@ def compare(
     )
 
 
+bridge_app = typer.Typer(
+    help="Bridges between a dense model and a sparse one; steering the dense model through sparse nodes.",
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+
+def print_bridge_report(report: dict) -> None:
+    typer.echo(
+        f"step {report.get('step')}: sparse val loss {report.get('val_loss', float('nan')):.3f}, dense "
+        f"{report.get('dense_val_loss', float('nan')):.3f}, KL(dense || sparse) {report['kl_sparse']:.3f}"
+    )
+    typer.echo(f"{'location':18s} {'NMSE enc':>9s} {'NMSE dec':>9s} {'KL d->s':>9s} {'KL s->d':>9s}")
+    for loc, r in report["locations"].items():
+        typer.echo(
+            f"{loc:18s} {r['nmse_enc']:9.3f} {r['nmse_dec']:9.3f} {r['kl_d2s']:9.3f} {r['kl_s2d']:9.3f}"
+        )
+
+
+@bridge_app.command("train")
+def bridge_train(
+    out: Annotated[Path, typer.Option(help="folder for the bridged sparse model")],
+    dense: Annotated[
+        Path | None, typer.Option(help="trained dense model folder (frozen); with --resume: the saved one")
+    ] = None,
+    preset: Annotated[str, typer.Option(help="the sparse model's preset: test | small")] = "small",
+    steps: Annotated[int | None, typer.Option(help="optimizer steps (default: the preset's)")] = None,
+    hybrid_sites_per_step: Annotated[
+        int | None, typer.Option(help="locations per step and direction for the hybrid KL (0 = all)")
+    ] = None,
+    kl_coef: Annotated[float | None, typer.Option(help="weight of each hybrid KL term")] = None,
+    nmse_coef: Annotated[float | None, typer.Option(help="weight of the encoder + decoder NMSE")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the final report as JSON")] = False,
+) -> None:
+    """Train a sparse model jointly with bridges to a frozen dense model; print per-location NMSE and KL."""
+    from worker.engine.bridges import bridged_run, final_report, train_bridged
+
+    if steps is not None and steps < 1:
+        fail(f"--steps must be a positive integer, got {steps}")
+    if not resume and dense is None:
+        fail("--dense is required (the trained dense model folder)")
+    given = {"hybrid_sites_per_step": hybrid_sites_per_step, "kl_coef": kl_coef, "nmse_coef": nmse_coef}
+    options = {k: v for k, v in given.items() if v is not None}
+    if resume and (options or steps is not None):
+        fail("resume keeps the saved configuration; drop --steps and the bridge options")
+    progress, close = train_progress_bar("bridge")
+    try:
+        run = None if resume else bridged_run(dense, preset, steps, **options)
+        train_bridged(run, out, dense_folder=dense, resume=resume, on_progress=progress)
+        report = final_report(out)
+    except USER_ERRORS as e:
+        fail(describe(e))
+    finally:
+        close()
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        print_bridge_report(report)
+        typer.echo(f"bridged model written to {out}")
+
+
+@bridge_app.command("report")
+def bridge_report(
+    model: Annotated[Path, typer.Option(help="bridged model folder")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Per-location NMSE and hybrid KL of a bridged model's last evaluation."""
+    from worker.engine.bridges import final_report
+
+    try:
+        report = final_report(model)
+    except USER_ERRORS as e:
+        fail(describe(e))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        print_bridge_report(report)
+
+
+def parse_strengths(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        fail(f"--strengths must be comma-separated numbers, got {text!r}")
+    if not values:
+        fail("--strengths names no number")
+    return values
+
+
+@bridge_app.command("steer")
+def bridge_steer(
+    model: Annotated[Path, typer.Option(help="bridged model folder")],
+    task: Annotated[str, typer.Option(help="task name or custom task .json whose test prompts are used")],
+    node: Annotated[
+        str,
+        typer.Option(help="sparse node `site[index]`, or `auto`: the node that best tells the classes apart"),
+    ],
+    mode: Annotated[str, typer.Option(help="add | set")] = "add",
+    strengths: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated values (default: steps from the node's mean on these prompts' "
+            "class towards its mean on the other class)"
+        ),
+    ] = None,
+    prompts: Annotated[str, typer.Option(help="class of the prompts to steer: a | b")] = "a",
+    pairs: Annotated[int, typer.Option(help="test pairs to use", min=1)] = 128,
+    position: Annotated[str, typer.Option(help="edit the node at the last position or at all")] = "last",
+    circuit: Annotated[
+        Path | None, typer.Option(help="with --node auto: pick among this circuit's nodes")
+    ] = None,
+    dense: Annotated[
+        Path | None, typer.Option(help="the dense model folder (default: the saved path)")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed of the random control node")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Steer the dense model through a sparse node: sweep strengths, print P(A), P(B) of the dense and the
+    sparse model per strength, and the same for a random node of the same site (control)."""
+    from worker.engine.bridges import load_bridged, node_class_means, steer
+    from worker.engine.model import site_dims
+    from worker.engine.tasks import load_task
+
+    values = parse_strengths(strengths)
+    try:
+        b = load_bridged(model, dense)
+        data = load_task(task, b.tok)
+        if node == "auto":
+            if circuit is not None:
+                nodes = [n["name"] for n in json.loads(circuit.read_text())["nodes"]]
+            else:
+                nodes = [f"{s}[{i}]" for s, d in site_dims(b.sparse.cfg).items() for i in range(d)]
+            if not nodes:
+                fail(f"{circuit} has no nodes")
+            ranked = node_class_means(b.sparse, data, nodes, pairs)
+            node = max(ranked, key=lambda n: ranked[n]["effect"])
+            typer.echo(f"auto: {node} (effect size {ranked[node]['effect']:.2f})", err=True)
+        result = steer(b, data, node, mode, values, prompts, pairs, position, seed)
+    except USER_ERRORS as e:
+        fail(describe(e))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    m = result["node_means"]
+    typer.echo(
+        f"{result['task']}: {result['mode']} {result['node']} ({result['position']} position) on "
+        f"{result['prompts']} class-{result['prompt_class']} prompts, read at {result['location']}; "
+        f"node mean on A {m['a']:.3f}, on B {m['b']:.3f}"
+    )
+    base = result["baseline"]
+    typer.echo(
+        f"unsteered: dense P(A) {base['dense_p_a']:.3f} P(B) {base['dense_p_b']:.3f}; "
+        f"sparse P(A) {base['sparse_p_a']:.3f} P(B) {base['sparse_p_b']:.3f}  "
+        f"(A = {result['completion_a']!r}, B = {result['completion_b']!r}, two-way)"
+    )
+    typer.echo(
+        f"{'strength':>9s} | {'dense P(A)':>10s} {'P(B)':>6s} {'sparse P(A)':>11s} {'P(B)':>6s} | "
+        f"control {result['control_node']}: dense P(B) sparse P(B)"
+    )
+    node_c, ctrl = result["curves"]["node"], result["curves"]["control"]
+    for i, s in enumerate(result["strengths"]):
+        typer.echo(
+            f"{s:9.3f} | {node_c['dense_p_a'][i]:10.3f} {node_c['dense_p_b'][i]:6.3f} "
+            f"{node_c['sparse_p_a'][i]:11.3f} {node_c['sparse_p_b'][i]:6.3f} | "
+            f"{ctrl['dense_p_b'][i]:10.3f} {ctrl['sparse_p_b'][i]:11.3f}"
+        )
+
+
 app.command()(serve)
 app.command()(worker)
+app.add_typer(bridge_app, name="bridge")
 app.add_typer(db_app, name="db")
 app.add_typer(apikey_app, name="apikey")
 

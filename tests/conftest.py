@@ -12,6 +12,28 @@ def test_model(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="session")
+def dense_test_model(tmp_path_factory):
+    """A dense model of the `test` shape, briefly trained: the frozen side of the bridge tests."""
+    out = tmp_path_factory.mktemp("models") / "test-dense"
+    run = preset("test", dense=True, steps=40)
+    run.train = run.train.model_copy(update={"max_corpus_bytes": 300_000})
+    train(run, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bridged_test_model(tmp_path_factory, dense_test_model):
+    """A sparse model of the `test` preset trained for 30 steps with bridges to dense_test_model."""
+    from worker.engine.bridges import bridged_run, train_bridged
+
+    out = tmp_path_factory.mktemp("models") / "test-bridged"
+    run = bridged_run(dense_test_model, "test", steps=30)
+    run.train = run.train.model_copy(update={"eval_every": 15})
+    train_bridged(run, out)
+    return out
+
+
 # ---------------------------------------------------------------- backend (see tests/backend_support.py)
 
 

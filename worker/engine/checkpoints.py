@@ -10,6 +10,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
+from torch import nn
 
 from .config import RunConfig
 from .model import SparseGPT
@@ -71,7 +72,7 @@ def save_model(folder: Path, model: SparseGPT) -> None:
     _atomic_save_tensors(Path(folder) / WEIGHTS, model.state_dict(), {"format": "sparse-circuits/1"})
 
 
-def _load_state(model: SparseGPT, tensors: dict[str, torch.Tensor], path: Path) -> None:
+def _load_state(model: nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     if missing:
@@ -99,9 +100,29 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> tuple[Sparse
     return model.to(device).eval(), tok, run
 
 
-def save_checkpoint(folder: Path, model: SparseGPT, opt: torch.optim.Optimizer, step: int) -> None:
-    """Weights + Adam moments + step, in one file renamed into place (never half-written)."""
+def save_module(path: Path, module: nn.Module, metadata: dict[str, str] | None = None) -> None:
+    """Any module's weights as one safetensors file (e.g. bridges.safetensors)."""
+    _atomic_save_tensors(Path(path), module.state_dict(), metadata or {})
+
+
+def load_module(path: Path, module: nn.Module) -> dict[str, str]:
+    """Weights saved by save_module into `module` (shapes checked); returns the file's metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path.parent} holds no {path.name}")
+    tensors, meta = _load_tensors(path)
+    _load_state(module, tensors, path)
+    return meta
+
+
+def save_checkpoint(
+    folder: Path, model: SparseGPT, opt: torch.optim.Optimizer, step: int, extra: nn.Module | None = None
+) -> None:
+    """Weights (+ extra trained modules, e.g. bridges) + Adam moments + step, in one file renamed into
+    place (never half-written)."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if extra is not None:
+        tensors.update({f"extra.{k}": v for k, v in extra.state_dict().items()})
     state = opt.state_dict()
     for i, s in state["state"].items():
         for key, v in s.items():
@@ -110,7 +131,9 @@ def save_checkpoint(folder: Path, model: SparseGPT, opt: torch.optim.Optimizer, 
     _atomic_save_tensors(Path(folder) / CHECKPOINT, tensors, meta)
 
 
-def load_checkpoint(folder: Path, model: SparseGPT, opt: torch.optim.Optimizer) -> int:
+def load_checkpoint(
+    folder: Path, model: SparseGPT, opt: torch.optim.Optimizer, extra: nn.Module | None = None
+) -> int:
     path = Path(folder) / CHECKPOINT
     if not path.is_file():
         raise CheckpointError(f"{folder} holds no {CHECKPOINT} to resume from")
@@ -118,6 +141,8 @@ def load_checkpoint(folder: Path, model: SparseGPT, opt: torch.optim.Optimizer) 
     if "step" not in meta or "param_groups" not in meta:
         raise CheckpointError(f"corrupt checkpoint file {path}: metadata lacks step/param_groups")
     _load_state(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+    if extra is not None:
+        _load_state(extra, {k[6:]: v for k, v in tensors.items() if k.startswith("extra.")}, path)
     opt_state: dict[int, dict] = {}
     for k, v in tensors.items():
         if k.startswith("opt."):

@@ -73,6 +73,34 @@ class TrainConfig(BaseModel):
         return self
 
 
+class DenseFingerprint(BaseModel):
+    """What identifies the dense model a set of bridges was trained against."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    d_model: int
+    n_layer: int
+    n_ctx: int
+    vocab_size: int
+    tokenizer_sha256: str
+    weights_sha256: str
+
+
+class BridgeConfig(BaseModel):
+    """Bridges between a frozen dense model and the sparse model trained jointly with them
+    (PAPERS.md section 5); see worker/engine/bridges.py."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dense_path: str  # the dense model's folder when the bridges were trained
+    dense: DenseFingerprint
+    encoder_k_frac: float = Field(0.25, gt=0, le=1)  # AbsTopK keep fraction of the encoder's output
+    nmse_coef: float = Field(1.0, ge=0)  # weight of the mean encoder + decoder NMSE over locations
+    kl_coef: float = Field(1.0, ge=0)  # weight of each direction's hybrid-pass KL
+    hybrid_sites_per_step: int = Field(1, ge=0)  # locations sampled per step and direction; 0 = all
+    hybrid_batch_frac: float = Field(0.5, gt=0, le=1)  # share of the batch's sequences the hybrids see
+
+
 class RunConfig(BaseModel):
     """What gets written to config.json beside a checkpoint."""
 
@@ -81,6 +109,7 @@ class RunConfig(BaseModel):
     format_version: int = 1
     model: ModelConfig
     train: TrainConfig
+    bridge: BridgeConfig | None = None  # set for a sparse model trained with bridges to a dense one
 
 
 PRESETS: dict[str, RunConfig] = {

@@ -47,13 +47,21 @@ def site_layer(site: str) -> int | None:
 
 
 def site_dims(c: ModelConfig) -> dict[str, int]:
-    """Every site of a model of this shape and its width, in forward order."""
+    """Every node site of a model of this shape and its width, in forward order (not the residual
+    stream locations of `resid_locations`, which hold no nodes)."""
     dims = {"embed": c.d_model}
     for i in range(c.n_layer):
         for s in LAYER_SITES:
             dims[f"{i}.{s}"] = c.d_mlp if s == "mlp.post_act" else c.d_model
     dims["final_resid"] = c.d_model
     return dims
+
+
+def resid_locations(c: ModelConfig) -> list[str]:
+    """The residual stream at sublayer boundaries, in forward order: the input of every attention and
+    MLP sublayer, then the final residual. They are sites too (capture, edits, `start`), used by the
+    bridges; `{l}.attn.resid_in` of layer 0 equals `embed`."""
+    return [f"{i}.{s}.resid_in" for i in range(c.n_layer) for s in ("attn", "mlp")] + ["final_resid"]
 
 
 def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -166,11 +174,16 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
+        self.layer = layer
         self.attn = Attention(cfg, layer)
         self.mlp = MLP(cfg, layer)
 
-    def forward(self, x, p: Pass, topk):
-        x = x + self.attn(x, p, topk)
+    def forward(self, x, p: Pass, topk, from_mlp: bool = False):
+        """`from_mlp`: x is the MLP's input (a pass started at `{layer}.mlp.resid_in`)."""
+        if not from_mlp:
+            x = p.site(f"{self.layer}.attn.resid_in", x)
+            x = x + self.attn(x, p, topk)
+        x = p.site(f"{self.layer}.mlp.resid_in", x)
         return x + self.mlp(x, p, topk)
 
 
@@ -201,6 +214,17 @@ class SparseGPT(nn.Module):
     def site_dims(self) -> dict[str, int]:
         return site_dims(self.cfg)
 
+    def _start_block(self, location: str) -> tuple[int, bool]:
+        """(first block to run, whether it starts at its MLP) for a pass starting at `location`."""
+        if location == "final_resid":
+            return self.cfg.n_layer, False
+        if location not in resid_locations(self.cfg):
+            raise ValueError(
+                f"cannot start at {location!r}; use one of {', '.join(resid_locations(self.cfg))}"
+            )
+        layer, kind, _ = location.split(".")
+        return int(layer), kind == "mlp"
+
     def _topk(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.act_frac is None:
             return x
@@ -212,19 +236,28 @@ class SparseGPT(nn.Module):
         edits: dict[str, SiteEdit] | None = None,
         capture: Iterable[str] = (),
         last_only: bool = False,
+        start: tuple[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits (batch, position, vocab) and the captured site activations. `last_only` computes the
-        logits of the last position only (batch, 1, vocab): all that next-token tasks need."""
+        logits of the last position only (batch, 1, vocab): all that next-token tasks need.
+        `start=(location, residual)` skips everything before a `resid_locations` site and continues
+        from the given residual stream there (idx still feeds the bigram table)."""
         T = idx.shape[1]
         if T > self.cfg.n_ctx:
             raise ValueError(f"sequence of {T} tokens exceeds the context of {self.cfg.n_ctx}")
         p = Pass(edits, capture)
-        x = self.wte(idx)
-        if self.wpe is not None:
-            x = x + self.wpe(torch.arange(T, device=idx.device))
-        x = p.site("embed", x)
-        for block in self.blocks:
-            x = block(x, p, self._topk)
+        if start is None:
+            first, from_mlp = 0, False
+            x = self.wte(idx)
+            if self.wpe is not None:
+                x = x + self.wpe(torch.arange(T, device=idx.device))
+            x = p.site("embed", x)
+        else:
+            location, x = start
+            first, from_mlp = self._start_block(location)
+        for block in self.blocks[first:]:
+            x = block(x, p, self._topk, from_mlp)
+            from_mlp = False
         x = p.site("final_resid", x)
         if last_only:
             x, idx = x[:, -1:], idx[:, -1:]

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torch import nn
 
 from . import checkpoints as ck
 from .config import RunConfig, TrainConfig
@@ -51,6 +53,28 @@ def evaluate_loss(model: SparseGPT, batches, bf16: bool) -> tuple[float, float]:
     return sum(losses) / len(losses), dead
 
 
+class Objective:
+    """What a training step minimises: next-token cross-entropy. A subclass (bridges.py) adds loss terms,
+    extra trainable `modules` (optimised, checkpointed and resumed together with the model), figures at
+    evaluation steps, and the files of its modules once training finished."""
+
+    modules: nn.Module | None = None
+
+    def loss(
+        self, model: SparseGPT, x: torch.Tensor, y: torch.Tensor, step: int, bf16: bool
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """(loss to minimise, extra per-step figures for metrics.jsonl)."""
+        with autocast(bf16, x.device):
+            logits, _ = model(x)
+        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten()), {}
+
+    def evaluate(self, model: SparseGPT, batches, bf16: bool) -> dict[str, float]:
+        return {}
+
+    def finish(self, out: Path) -> None:
+        """Write the extra modules' files (called before model.safetensors marks the run finished)."""
+
+
 def _prepare_folder(run: RunConfig, out: Path, resume: bool) -> RunConfig:
     if resume:
         saved = ck.read_run_config(out)
@@ -73,14 +97,18 @@ def train(
     on_progress: ProgressFn | None = None,
     stop_after: int | None = None,
     device: str = "cpu",
+    objective: Objective | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> Path:
     """Train into `out`. With resume, continue bit for bit from out's checkpoint (its config wins).
-    `stop_after` ends the run early after that many steps (an interruption, for tests and jobs)."""
+    `stop_after` ends the run early after that many steps (an interruption, for tests and jobs).
+    `objective` replaces plain next-token CE (bridges); `tokenizer` is used instead of training one."""
     out = Path(out)
     fresh = not resume and not (out / ck.CONFIG).exists()
     run = _prepare_folder(run, out, resume)
+    objective = objective or Objective()
     try:
-        return _train(run, out, resume, on_progress, stop_after, torch.device(device))
+        return _train(run, out, resume, on_progress, stop_after, torch.device(device), objective, tokenizer)
     except BaseException:
         if fresh and not (out / ck.CHECKPOINT).exists():
             shutil.rmtree(out, ignore_errors=True)  # nothing resumable: leave nothing behind
@@ -93,9 +121,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
     ck.atomic_write_text(path, "".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= step))
 
 
-def _grad_rms_normalise_(model: SparseGPT) -> None:
+def _grad_rms_normalise_(params) -> None:
     """Scale the whole gradient (all parameters together) to RMS 1."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    grads = [p.grad for p in params if p.grad is not None]
     rms = torch.sqrt(sum(g.pow(2).sum() for g in grads) / sum(g.numel() for g in grads))
     torch._foreach_div_(grads, rms.clamp_min(1e-12))
 
@@ -109,22 +137,23 @@ def optimizer_step(
     sparse: list[SparseParam],
     density: float = 1.0,
     embed_density: float = 1.0,
-) -> torch.Tensor:
-    """One step: loss, gradient RMS normalisation, Adam, top-k projection, decoupled weight decay."""
-    with autocast(tc.bf16, x.device):
-        logits, _ = model(x)
-    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+    objective: Objective | None = None,
+    step: int = 0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """One step: loss, gradient RMS normalisation, Adam, top-k projection, decoupled weight decay.
+    Returns the loss and the objective's extra figures."""
+    loss, terms = (objective or Objective()).loss(model, x, y, step, tc.bf16)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if tc.grad_rms_norm:
-        _grad_rms_normalise_(model)
+        _grad_rms_normalise_([p for group in opt.param_groups for p in group["params"]])
     opt.step()
     with torch.no_grad():
         if sparse:
             project_model_(sparse, density, embed_density, tc.min_per_neuron)
         decayed = [p for n, p in model.named_parameters() if _decays(n)]
         torch._foreach_mul_(decayed, 1.0 - opt.param_groups[0]["lr"] * tc.weight_decay)
-    return loss.detach()
+    return loss.detach(), terms
 
 
 def _densities(tc: TrainConfig, done: int) -> tuple[float, float]:
@@ -142,16 +171,18 @@ def _decays(name: str) -> bool:
     return name.endswith(".weight") and "norm" not in name and name != "bigram.weight"
 
 
-def _train(run: RunConfig, out: Path, resume: bool, on_progress, stop_after, device) -> Path:
+def _train(
+    run: RunConfig, out: Path, resume: bool, on_progress, stop_after, device, objective: Objective, tokenizer
+) -> Path:
     mc, tc = run.model, run.train
     report = on_progress or (lambda _: None)
     torch.manual_seed(tc.seed)
     model = SparseGPT(mc).to(device)
-    opt = torch.optim.Adam(
-        model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.adam_eps, weight_decay=0.0
-    )
+    extra = objective.modules.to(device) if objective.modules is not None else None
+    params = [*model.parameters(), *(extra.parameters() if extra is not None else ())]
+    opt = torch.optim.Adam(params, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.adam_eps, weight_decay=0.0)
     sparse = [] if tc.dense else sparse_params(model)
-    start = ck.load_checkpoint(out, model, opt) if resume else 0
+    start = ck.load_checkpoint(out, model, opt, extra) if resume else 0
 
     report({"stage": "corpus", "step": start, "total": tc.steps})
     train_docs, val_docs = split_corpus(load_corpus(tc.corpus, tc.max_corpus_bytes), tc.val_percent)
@@ -159,7 +190,7 @@ def _train(run: RunConfig, out: Path, resume: bool, on_progress, stop_after, dev
         tok = ck.load_tokenizer(out)
     else:
         report({"stage": "tokenizer", "step": 0, "total": tc.steps})
-        tok = train_tokenizer(train_docs, mc.vocab_size)
+        tok = tokenizer or train_tokenizer(train_docs, mc.vocab_size)
         tok.save(str(out / ck.TOKENIZER))
         ck.atomic_write_text(out / ck.CONFIG, run.model_dump_json(indent=2))
     report({"stage": "encode", "step": start, "total": tc.steps})
@@ -187,11 +218,14 @@ def _train(run: RunConfig, out: Path, resume: bool, on_progress, stop_after, dev
             # The batch depends only on (seed, step), so a resumed run sees the same data.
             g = torch.Generator().manual_seed(tc.seed * 1_000_003 + step)
             x, y = (t.to(device) for t in sample_batch(train_stream, tc.batch_size, mc.n_ctx, g))
-            loss = optimizer_step(model, opt, x, y, tc, sparse, density, embed_density)
+            loss, terms = optimizer_step(
+                model, opt, x, y, tc, sparse, density, embed_density, objective, step
+            )
 
             rec = {
                 "step": done,
                 "loss": loss.item(),
+                **terms,
                 "lr": lr,
                 "density": density,
                 "tokens_per_s": tokens_per_step * (done - start) / max(time.perf_counter() - t0, 1e-9),
@@ -200,12 +234,14 @@ def _train(run: RunConfig, out: Path, resume: bool, on_progress, stop_after, dev
                 rec["val_loss"], rec["dead_neurons"] = evaluate_loss(model, val_batches, tc.bf16)
                 rec["train_eval_loss"], _ = evaluate_loss(model, train_eval_batches, tc.bf16)
                 rec["l0"] = l0_fraction(sparse) if sparse else 1.0
+                rec.update(objective.evaluate(model, val_batches, tc.bf16))
             metrics.write(json.dumps(rec) + "\n")
             metrics.flush()
             if done % tc.checkpoint_every == 0 or done == end:
-                ck.save_checkpoint(out, model, opt, done)
+                ck.save_checkpoint(out, model, opt, done, extra)
             report({"stage": "train", "total": tc.steps, **rec})
     if end == tc.steps:
+        objective.finish(out)
         ck.save_model(out, model)
         report({"stage": "done", "step": tc.steps, "total": tc.steps})
     return out
