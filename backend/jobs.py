@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from worker.jobs import (
     JobContext,
+    bridge_run_config,
     build_run_config,
     count_params,
     prune_config,
@@ -24,7 +25,7 @@ from worker.jobs import (
 
 from .db import Database
 from .models import TERMINAL, ApiKey, Job, JobStatus, Model, ModelStatus
-from .schemas import JobRead, ProfileParams, PruneParams, TrainParams
+from .schemas import BridgeParams, JobRead, ProfileParams, PruneParams, TrainParams
 from .settings import Settings
 
 log = logging.getLogger("circuits.jobs")
@@ -48,31 +49,44 @@ def _cap(value: int | float, limit: int, what: str, setting: str) -> None:
         raise LimitExceeded(f"{what} {value:,} exceeds the limit {limit:,} ({where})")
 
 
-def _ready_model(session: Session, model_id: int) -> Model:
+def _ready_model(session: Session, model_id: int, field: str = "model_id") -> Model:
     model = session.get(Model, model_id)
     if model is None:
-        raise ValueError(f"params.model_id: model {model_id} does not exist")
+        raise ValueError(f"params.{field}: model {model_id} does not exist")
     if model.status != ModelStatus.ready:
-        raise ValueError(f"params.model_id: model {model_id} is {model.status}, not ready")
+        raise ValueError(f"params.{field}: model {model_id} is {model.status}, not ready")
     return model
+
+
+def _check_train_caps(settings: Settings, run) -> None:
+    s = settings
+    _cap(run.train.steps, s.max_train_steps, "params.steps", "max_train_steps")
+    _cap(count_params(run.model), s.max_model_params, "model parameters", "max_model_params")
+    corpus_bytes = run.train.max_corpus_bytes
+    if corpus_bytes is not None:
+        _cap(corpus_bytes, s.max_corpus_bytes, "params.train.max_corpus_bytes", "max_corpus_bytes")
+    step_tokens = run.train.batch_size * run.model.n_ctx
+    _cap(step_tokens, s.max_batch_tokens, "batch_size * n_ctx", "max_batch_tokens")
+    _cap(run.train.eval_batches, 64, "params.train.eval_batches", "(fixed limit)")
+
+
+def _check_name_free(session: Session, name: str | None) -> None:
+    if name is not None and session.scalar(select(Model.id).where(Model.name == name)):
+        raise Conflict(f"params.name: a model named {name!r} already exists")
 
 
 def check_params(session: Session, settings: Settings, params) -> None:
     """Caps and references of job parameters, checked before a job is queued."""
     s = settings
     if isinstance(params, TrainParams):
-        run = build_run_config(params, s)
-        _cap(run.train.steps, s.max_train_steps, "params.steps", "max_train_steps")
-        _cap(count_params(run.model), s.max_model_params, "model parameters", "max_model_params")
-        corpus_bytes = run.train.max_corpus_bytes
-        _cap(corpus_bytes, s.max_corpus_bytes, "params.train.max_corpus_bytes", "max_corpus_bytes")
-        step_tokens = run.train.batch_size * run.model.n_ctx
-        _cap(step_tokens, s.max_batch_tokens, "batch_size * n_ctx", "max_batch_tokens")
-        _cap(run.train.eval_batches, 64, "params.train.eval_batches", "(fixed limit)")
+        _check_train_caps(s, build_run_config(params, s))
         if params.corpus is not None and not (s.data_dir / "corpora" / params.corpus).is_dir():
             raise ValueError(f"params.corpus: no folder {params.corpus!r} under {s.data_dir / 'corpora'}")
-        if params.name is not None and session.scalar(select(Model.id).where(Model.name == params.name)):
-            raise Conflict(f"params.name: a model named {params.name!r} already exists")
+        _check_name_free(session, params.name)
+    elif isinstance(params, BridgeParams):
+        dense = _ready_model(session, params.dense_model_id, "dense_model_id")
+        _check_train_caps(s, bridge_run_config(params, dense.config))
+        _check_name_free(session, params.name)
     elif isinstance(params, ProfileParams):
         _cap(params.tokens, s.max_profile_tokens, "params.tokens", "max_profile_tokens")
         _ready_model(session, params.model_id)

@@ -102,6 +102,11 @@ class Model(Base):
 
     circuits: Mapped[list[Circuit]] = relationship(back_populates="model", cascade="all, delete-orphan")
 
+    @property
+    def bridged(self) -> bool:
+        """A sparse model trained with bridges to a dense one (its config has a bridge section)."""
+        return bool((self.config or {}).get("bridge"))
+
 
 class Task(Base):
     __tablename__ = "tasks"

@@ -73,6 +73,46 @@ class PruneParams(Strict):
     validate_circuit: bool = Field(False, description="also run the controls (random, shuffled labels)")
 
 
+class BridgeParams(Strict):
+    """Train a sparse model jointly with bridges to a trained (frozen) dense model: the preset gives the
+    sparse model's width and recipe, the dense model its vocabulary, context, layers and corpus."""
+
+    dense_model_id: int = Field(ge=1, le=2**31 - 1, description="the trained dense model to bridge to")
+    name: str | None = Field(None, description="unique name of the new model (default: from the job id)")
+    preset: Literal["test", "small"] = "small"
+    steps: int | None = Field(None, ge=1)
+    hybrid_sites_per_step: int | None = Field(
+        None, ge=0, le=64, description="locations per step and direction for the hybrid KL (0 = all)"
+    )
+    hybrid_batch_frac: float | None = Field(None, gt=0, le=1, description="share of the batch in hybrids")
+    kl_coef: float | None = Field(None, ge=0, le=100)
+    nmse_coef: float | None = Field(None, ge=0, le=100)
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="TrainConfig overrides (the data settings are the dense model's)"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str | None) -> str | None:
+        if v is not None and not NAME_RE.match(v):
+            raise ValueError("use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
+        return v
+
+    @field_validator("train")
+    @classmethod
+    def _same_data(cls, v: dict) -> dict:
+        fixed = sorted({"corpus", "max_corpus_bytes", "val_percent", "steps"} & set(v))
+        if fixed:
+            raise ValueError(
+                f"{', '.join(fixed)}: the data settings come from the dense model; steps is top-level"
+            )
+        return v
+
+    def bridge_options(self) -> dict:
+        fields = ("hybrid_sites_per_step", "hybrid_batch_frac", "kl_coef", "nmse_coef")
+        return {f: getattr(self, f) for f in fields if getattr(self, f) is not None}
+
+
 class TrainJob(Strict):
     kind: Literal["train"]
     params: TrainParams = Field(default_factory=TrainParams)
@@ -88,15 +128,21 @@ class PruneJob(Strict):
     params: PruneParams
 
 
-JobCreate = Annotated[TrainJob | ProfileJob | PruneJob, Field(discriminator="kind")]
+class BridgeJob(Strict):
+    kind: Literal["bridge"]
+    params: BridgeParams
+
+
+JobCreate = Annotated[TrainJob | ProfileJob | PruneJob | BridgeJob, Field(discriminator="kind")]
 PARAMS_BY_KIND: dict[str, type[Strict]] = {
     "train": TrainParams,
     "profile": ProfileParams,
     "prune": PruneParams,
+    "bridge": BridgeParams,
 }
 
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKindName = Literal["train", "profile", "prune"]
+JobKindName = Literal["train", "profile", "prune", "bridge"]
 
 
 class JobRead(BaseModel):
@@ -151,6 +197,7 @@ class ModelSummary(BaseModel):
     status: Literal["training", "ready", "failed"]
     n_params: int
     profiled: bool = Field(description="node statistics and activation examples are available")
+    bridged: bool = Field(False, description="trained with bridges to a dense model (can steer it)")
     created_at: datetime
 
 
@@ -364,4 +411,61 @@ class AblationResult(BaseModel):
     p_b: float = Field(description="mean probability of completion_b on prompts that expect it")
     full_loss: float = Field(description="the unablated model on the same pairs")
     prompts: list[PromptResult]
+    seconds: float
+
+
+class SteerRequest(Strict):
+    task: str = Field(min_length=1, max_length=128, description="task whose test prompts are steered")
+    node: str = Field(min_length=4, max_length=64, description=NODE_DESCRIPTION)
+    mode: Literal["add", "set"] = Field("add", description="add the strength to the node, or set it to it")
+    strengths: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="values to sweep (default: from the node's mean on the prompts' class towards and past "
+        "its mean on the other class, 0 to 4 times the difference)",
+    )
+    prompt_class: Literal["a", "b"] = Field("a", description="steer the prompts that expect completion_a / b")
+    pairs: int = Field(64, ge=1, le=512, description="test pairs whose prompts of that class are used")
+    position: Literal["last", "all"] = Field("last", description="edit the node at the last position or all")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the random control node")
+
+
+class SteerCurve(BaseModel):
+    dense_p_a: list[float] = Field(
+        description="per strength: the dense model's mean P(completion_a), two-way"
+    )
+    dense_p_b: list[float]
+    sparse_p_a: list[float] = Field(description="the same for the edited sparse model")
+    sparse_p_b: list[float]
+    dense_p_a_vocab: list[float] = Field(description="P(completion_a's first token) over the whole vocab")
+    dense_p_b_vocab: list[float]
+    sparse_p_a_vocab: list[float]
+    sparse_p_b_vocab: list[float]
+
+
+class SteerCurves(BaseModel):
+    node: SteerCurve
+    control: SteerCurve = Field(description="a random node of the same site, the same strengths")
+
+
+class SteerResult(BaseModel):
+    model_id: int
+    dense_model_id: int | None = Field(description="the dense model steered (None: found by its path)")
+    task: str
+    completion_a: str
+    completion_b: str
+    node: str
+    control_node: str
+    location: str = Field(description="bridge location where the change is read off and decoded")
+    mode: Literal["add", "set"]
+    position: Literal["last", "all"]
+    prompt_class: Literal["a", "b"]
+    prompts: int
+    node_means: dict[str, float] = Field(description="the node at the last position: mean on A and B prompts")
+    strengths: list[float]
+    baseline: dict[str, float] = Field(
+        description="unsteered dense_p_a, dense_p_b, sparse_p_a, sparse_p_b, ..."
+    )
+    curves: SteerCurves
     seconds: float

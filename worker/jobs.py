@@ -43,7 +43,7 @@ from backend.models import (
     NodeStat,
     Task,
 )
-from backend.schemas import PARAMS_BY_KIND, ProfileParams, PruneParams, TrainParams
+from backend.schemas import PARAMS_BY_KIND, BridgeParams, ProfileParams, PruneParams, TrainParams
 from backend.settings import Settings
 
 log = logging.getLogger("circuits.jobs")
@@ -398,29 +398,45 @@ def _train_progress(attempt: Attempt) -> Callable[[dict], None]:
 
 
 def train_body(ctx: JobContext, job: Job, params: TrainParams, attempt: Attempt) -> None:
-    from worker.engine.checkpoints import CHECKPOINT, WEIGHTS
     from worker.engine.train import train
+
+    def new_model() -> Model:
+        run = build_run_config(params, ctx.settings)
+        return Model(
+            name=params.name or f"{params.preset}-{'dense' if params.dense else 'sparse'}-{job.id[:8]}",
+            kind=ModelKind.dense if run.train.dense else ModelKind.sparse,
+            config=run.model_dump(mode="json"),
+            n_params=count_params(run.model),
+        )
+
+    train_model(ctx, job, attempt, new_model, train)
+
+
+def train_model(
+    ctx: JobContext,
+    job: Job,
+    attempt: Attempt,
+    new_model: Callable[[], Model],
+    fit: Callable[..., Path],
+    extra_summary: Callable[[Path], dict] = lambda folder: {},
+) -> None:
+    """The body of every job that trains a model folder (train, bridge): the Model row is made once
+    (`new_model`), an attempt after a lost worker resumes from the folder's checkpoint, and the row turns
+    ready with the metrics once `fit(run, folder, resume=, on_progress=, device=)` finished."""
+    from worker.engine.checkpoints import CHECKPOINT, WEIGHTS
+    from worker.engine.config import RunConfig
 
     settings = ctx.settings
     with ctx.db.session() as s:
         model = s.get(Model, job.result.get("model_id", 0)) if job.result.get("model_id") else None
         if model is None:
-            run = build_run_config(params, settings)
-            model = Model(
-                name=params.name or f"{params.preset}-{'dense' if params.dense else 'sparse'}-{job.id[:8]}",
-                kind=ModelKind.dense if run.train.dense else ModelKind.sparse,
-                status=ModelStatus.training,
-                config=run.model_dump(mode="json"),
-                n_params=count_params(run.model),
-                artifact_path="",
-                job_id=job.id,
-            )
+            model = new_model()
+            model.status, model.artifact_path, model.job_id = ModelStatus.training, "", job.id
             s.add(model)
             s.flush()
             model.artifact_path = f"models/{model.id}"
             s.execute(update(Job).where(Job.id == job.id).values(result={"model_id": model.id}))
         model_id, run_json = model.id, model.config
-    from worker.engine.config import RunConfig
 
     run = RunConfig.model_validate(run_json)
     folder = settings.artifact(f"models/{model_id}")
@@ -437,7 +453,7 @@ def train_body(ctx: JobContext, job: Job, params: TrainParams, attempt: Attempt)
         elif folder.exists():
             shutil.rmtree(folder)  # died before the first checkpoint: start over
         folder.parent.mkdir(parents=True, exist_ok=True)
-        train(
+        fit(
             run,
             folder,
             resume=resume_from is not None,
@@ -449,20 +465,68 @@ def train_body(ctx: JobContext, job: Job, params: TrainParams, attempt: Attempt)
     result = {"model_id": model_id}
     if resume_from is not None:
         result["resumed_from_step"] = resume_from
+    summary = {**_summary(metrics), **extra_summary(folder)}
     with ctx.db.session() as s:
         s.execute(
             update(Model)
             .where(Model.id == model_id)
-            .values(status=ModelStatus.ready, metrics=_thin(metrics), summary=_summary(metrics))
+            .values(status=ModelStatus.ready, metrics=_thin(metrics), summary=summary)
         )
         attempt.finish(
             s, JobStatus.succeeded, stage="done", message=f"trained model {model_id}", result=result
         )
 
 
+def with_train_overrides(run, overrides: dict):
+    """The run with TrainConfig fields replaced; a bad value is named as the request spells it."""
+    from worker.engine.config import TrainConfig
+
+    try:
+        run.train = TrainConfig.model_validate({**run.train.model_dump(), **overrides})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ValueError(f"{'.'.join(map(str, ('params', 'train', *err['loc'])))}: {err['msg']}") from None
+    return run
+
+
+def bridge_run_config(params: BridgeParams, dense_config: dict):
+    """The sparse model's RunConfig of a bridge job, without the bridge section (for the caps)."""
+    from worker.engine.bridges import sparse_run_for
+    from worker.engine.config import RunConfig
+
+    run = sparse_run_for(RunConfig.model_validate(dense_config), params.preset, params.steps)
+    return with_train_overrides(run, params.train)
+
+
+def bridge_body(ctx: JobContext, job: Job, params: BridgeParams, attempt: Attempt) -> None:
+    """Train a sparse model with bridges to a dense model; the new Model row is flagged by the bridge
+    section of its config, and its summary holds the per-location report and the dense model's id."""
+    from worker.engine.bridges import bridged_run, final_report, train_bridged
+
+    _, dense_folder = ready_model(ctx, params.dense_model_id)
+
+    def new_model() -> Model:
+        run = bridged_run(dense_folder, params.preset, params.steps, **params.bridge_options())
+        run = with_train_overrides(run, params.train)
+        return Model(
+            name=params.name or f"{params.preset}-bridged-{job.id[:8]}",
+            kind=ModelKind.sparse,
+            config=run.model_dump(mode="json"),
+            n_params=count_params(run.model),
+        )
+
+    def fit(run, folder, **kwargs) -> Path:
+        return train_bridged(run, folder, dense_folder=dense_folder, **kwargs)
+
+    def extra_summary(folder: Path) -> dict:
+        return {"bridge": final_report(folder), "dense_model_id": params.dense_model_id}
+
+    train_model(ctx, job, attempt, new_model, fit, extra_summary)
+
+
 def unfinished(s: Session, kind: str, job_id: str) -> None:
     """A job ended without success: a model it was training will never be ready."""
-    if kind == "train":
+    if kind in ("train", "bridge"):
         s.execute(
             update(Model)
             .where(Model.job_id == job_id, Model.status == ModelStatus.training)
@@ -726,4 +790,4 @@ def write_circuit(s: Session, model_id: int, task_id: int, circuit, cfg, job_id:
     return row.id
 
 
-BODIES = {"train": train_body, "profile": profile_body, "prune": prune_body}
+BODIES = {"train": train_body, "profile": profile_body, "prune": prune_body, "bridge": bridge_body}

@@ -1,10 +1,12 @@
 """Interactive forward passes in the API process (models from the LRU cache): the playground (a prompt
--> per-token activations of chosen nodes) and live ablation (a circuit with nodes switched on or off ->
-task loss and the two completions' probabilities)."""
+-> per-token activations of chosen nodes), live ablation (a circuit with nodes switched on or off ->
+task loss and the two completions' probabilities) and steering (a bridged model's sparse node perturbed,
+the change decoded into its dense model -> the dense model's probabilities per strength)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,8 @@ from worker.engine.prune import NodeMasks, calibrated_loss, task_logits
 from worker.engine.tasks.base import pair_labels
 
 from ..db import SessionDep
+from ..model_cache import get_model_cache
+from ..models import Model, ModelStatus
 from ..schemas import (
     AblationRequest,
     AblationResult,
@@ -22,12 +26,14 @@ from ..schemas import (
     PlaygroundRequest,
     PlaygroundResult,
     PromptResult,
+    SteerRequest,
+    SteerResult,
     TokenRead,
 )
 from .circuits import CircuitId, get_circuit_row
 from .models import ModelId, get_model_row, loaded
 from .nodes import check_node
-from .tasks import task_data
+from .tasks import find_task, task_data
 
 router = APIRouter(tags=["interventions"])
 ERRORS = {
@@ -123,3 +129,65 @@ def live_ablation(circuit_id: CircuitId, body: AblationRequest, request: Request
         prompts=shown,
         seconds=time.perf_counter() - t0,
     )
+
+
+def dense_for(request: Request, session, model: Model):
+    """(dense model id or None, its loaded entry) of a bridged model: the row named in the summary of the
+    bridge job, else the folder recorded in the bridge config; 409 if it is missing or does not match."""
+    from worker.engine.bridges import BridgeError, check_dense
+    from worker.engine.config import DenseFingerprint
+
+    bridge = model.config["bridge"]
+    dense_id = model.summary.get("dense_model_id") if model.summary else None
+    row = session.get(Model, dense_id) if dense_id is not None else None
+    if dense_id is not None and (row is None or row.status != ModelStatus.ready):
+        raise HTTPException(
+            409, f"the dense model {dense_id} of bridged model {model.id} is gone or not ready"
+        )
+    settings = request.app.state.settings
+    folder = settings.artifact(row.artifact_path) if row is not None else Path(bridge["dense_path"])
+    lm = loaded(request, model)
+    try:
+        lm.memo(
+            ("dense-checked", str(folder)),
+            lambda: check_dense(DenseFingerprint(**bridge["dense"]), folder) or True,
+        )
+    except (BridgeError, ValueError) as e:
+        raise HTTPException(409, str(e).splitlines()[0]) from None
+    return dense_id, get_model_cache(request).get(row.id if row is not None else 0, folder)
+
+
+@router.post("/models/{model_id}/steer", response_model=SteerResult, responses=ERRORS)
+def steer_sweep(model_id: ModelId, body: SteerRequest, request: Request, session: SessionDep):
+    """Steer a bridged model's dense model through one sparse node: on the task's test prompts of one
+    class, set the node to (or add) each strength, decode the change of the sparse residual at the next
+    bridge location into the dense residual there, and report per strength the mean probabilities of
+    the two completions under the dense model and under the edited sparse model; the same for a random
+    node of the same site (the control)."""
+    from worker.engine.bridges import BRIDGES, Bridged, BridgeError, load_bridges, steer
+
+    t0 = time.perf_counter()
+    model = get_model_row(session, model_id)
+    if not model.bridged:
+        raise HTTPException(422, f"model {model_id} has no bridges; train one with a `bridge` job")
+    check_node(model, body.node)
+    task = task_data(request, model, body.task, find_task(session, body.task))
+    lm = loaded(request, model)
+    dense_id, dense = dense_for(request, session, model)
+    bridges = lm.memo(("bridges",), lambda: load_bridges(lm.folder / BRIDGES, dense.model.cfg, lm.run))
+    b = Bridged(lm.model, dense.model, bridges, lm.tok, lm.run)
+    try:
+        out = steer(
+            b,
+            task,
+            body.node,
+            body.mode,
+            body.strengths,
+            body.prompt_class,
+            body.pairs,
+            body.position,
+            body.seed,
+        )
+    except BridgeError as e:
+        raise HTTPException(422, str(e)) from None
+    return SteerResult(model_id=model_id, dense_model_id=dense_id, **out, seconds=time.perf_counter() - t0)

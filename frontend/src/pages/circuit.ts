@@ -1,7 +1,6 @@
 // The circuit view: the whole circuit as one Cytoscape graph with a preset layout, a header with the
 // losses, a slider over the loss-vs-k curve, the node panel, live ablation and export.
 import cytoscape from "cytoscape";
-import cytoscapeSvg from "cytoscape-svg";
 import { api, type Ablation, type Circuit, type Model, type Schemas } from "../api/client";
 import { keptAtK, layoutCircuit, strongestEdges } from "../graph/layout";
 import { currentRoute, updateQuery } from "../router";
@@ -9,8 +8,6 @@ import { newPlot } from "../plot";
 import { download, errorBox, fmt, h } from "../util";
 import { nodePanel } from "./node";
 import { playgroundBox } from "./playground";
-
-cytoscape.use(cytoscapeSvg as unknown as cytoscape.Ext);
 
 // Okabe-Ito blue / vermillion: distinguishable with the common colour-vision deficiencies.
 export const POSITIVE = "#0072b2";
@@ -25,6 +22,7 @@ export async function circuitPage(root: HTMLElement, id: number): Promise<void> 
   ]);
   const query = currentRoute().query;
   const view = new CircuitView(root, circuit, model, task, query);
+  view.fetchedAt = performance.now();
   view.render();
 }
 
@@ -39,6 +37,7 @@ class CircuitView {
   ablationSeq = 0;
   ablationTimer = 0;
   graphShown = false;
+  fetchedAt = 0;
 
   constructor(
     private root: HTMLElement,
@@ -94,7 +93,8 @@ class CircuitView {
     this.drawGraph(graph);
     this.applyCurve();
     this.renderAblation();
-    void this.runAblation();
+    // The forward passes share the machine with the browser: ask for them once the graph is on screen.
+    this.afterFirstFrame(() => void this.runAblation());
     const node = currentRoute().query.get("node");
     if (node && this.cy.getElementById(node).nonempty()) this.select(node);
   }
@@ -119,7 +119,7 @@ class CircuitView {
       compareForm(c.id),
       h("button", { id: "export-json", onclick: () => download(`circuit-${c.id}.json`, new Blob([JSON.stringify(c, null, 1)], { type: "application/json" })) }, "Export JSON"),
       h("button", { id: "export-png", onclick: () => this.exportPng() }, "Export PNG"),
-      h("button", { id: "export-svg", onclick: () => this.exportSvg() }, "Export SVG"),
+      h("button", { id: "export-svg", onclick: () => void this.exportSvg().catch((e) => this.root.prepend(errorBox(e))) }, "Export SVG"),
     );
   }
 
@@ -128,7 +128,8 @@ class CircuitView {
     download(`circuit-${this.circuit.id}.png`, blob);
   }
 
-  exportSvg(): void {
+  async exportSvg(): Promise<void> {
+    await loadSvgExport();
     const svg = (this.cy as unknown as { svg(o: object): string }).svg({ full: true, bg: "#ffffff" });
     download(`circuit-${this.circuit.id}.svg`, new Blob([svg], { type: "image/svg+xml" }));
   }
@@ -147,12 +148,14 @@ class CircuitView {
     for (const e of inCircuit) kindMax[e.kind] = Math.max(kindMax[e.kind] ?? 1e-9, Math.abs(e.weight));
     const rel = (e: { weight: number; kind: string }) => Math.abs(e.weight) / kindMax[e.kind];
     const edges = strongestEdges(inCircuit.map((e) => ({ ...e, rel: rel(e) })), this.edgeLimit, (e) => e.rel);
+    const kept = this.keptNodes();
     const elements: cytoscape.ElementDefinition[] = [];
     for (const n of c.nodes) {
-      elements.push({ group: "nodes", data: { id: n.name, label: n.name, site: n.site, tau: n.tau }, position: positions[n.name], classes: this.off.has(n.name) ? "off" : "" });
+      const classes = [this.off.has(n.name) ? "off" : "", kept.has(n.name) ? "" : "dropped"].join(" ").trim();
+      elements.push({ group: "nodes", data: { id: n.name, label: n.name, site: n.site, tau: n.tau }, position: positions[n.name], classes });
     }
     for (const r of rows) {
-      elements.push({ group: "nodes", data: { id: `row:${r.label}`, label: r.label }, position: { x: -120, y: r.y }, classes: "rowlabel", selectable: false, grabbable: false });
+      elements.push({ group: "nodes", data: { id: `row:${r.label}`, label: r.label }, position: { x: ROW_LABEL_X, y: r.y }, classes: "rowlabel", selectable: false, grabbable: false });
     }
     edges.forEach((e, i) => {
       elements.push({
@@ -166,7 +169,9 @@ class CircuitView {
     this.cy = cytoscape({
       container,
       elements,
-      layout: { name: "preset", fit: true, padding: 20 },
+      // Fitting to the elements' bounding box would measure every edge and label before the first frame;
+      // the preset positions give the box directly (fitGraph).
+      layout: { name: "preset", fit: false },
       minZoom: 0.02,
       maxZoom: 8,
       textureOnViewport: big,
@@ -185,15 +190,18 @@ class CircuitView {
         { selector: "edge.neg", style: { "line-color": NEGATIVE } },
         { selector: "node.off", style: { "background-color": "#fff", "border-width": 2, "border-color": "#999", "border-style": "dashed" } },
         { selector: "node.dropped", style: { opacity: 0.15 } },
-        { selector: "node.hl", style: { "background-color": "#000", "z-index": 10 } },
-        { selector: "edge.hl", style: { opacity: 1, width: "mapData(w, 0, 1, 1.5, 7)", "z-index": 9 } },
+        // No z-index here: changing it re-sorts every element on each hover.
+        { selector: "node.hl", style: { "background-color": "#000" } },
+        { selector: "edge.hl", style: { opacity: 1, width: "mapData(w, 0, 1, 1.5, 7)" } },
         { selector: "node:selected", style: { "background-color": "#e69f00", width: 16, height: 16 } },
       ],
     });
-    const constructed = performance.now() - t0;
+    fitGraph(this.cy, positions, rows);
+    drawFirstFrameDirectly(this.cy);
+    const built = performance.now();
     // Exposed for the browser tests and the render benchmark (tests/e2e, bench/render.py).
     const w = window as unknown as { circuitGraph?: unknown; circuitRenderMs?: number; circuitRenderedAt?: number; circuitTimings?: unknown };
-    w.circuitTimings = { prepare: t0 - started, construct: constructed };
+    w.circuitTimings = { fetched: this.fetchedAt, prepare: t0 - started, construct: built - t0, built };
     w.circuitGraph = this.cy;
     w.circuitRenderMs = undefined;
     this.cy.one("render", () => {
@@ -328,36 +336,112 @@ class CircuitView {
     return box;
   }
 
+  /** Run fn once the graph's first frame is on screen and the browser is idle (or 2 s later at most). */
+  afterFirstFrame(fn: () => void): void {
+    const idle = () => (window.requestIdleCallback ? window.requestIdleCallback(() => fn(), { timeout: 2000 }) : window.setTimeout(fn, 0));
+    if (this.graphShown) idle();
+    else this.cy.one("render", idle);
+  }
+
+  /** The nodes kept at the selected point of the loss-vs-k curve (all of them without a curve). */
+  keptNodes(): Set<string> {
+    const curve = this.circuit.curve;
+    if (curve.length === 0) return new Set(this.circuit.nodes.map((n) => n.name));
+    return keptAtK(this.circuit.nodes, Number(curve[this.curveIndex].k ?? this.circuit.n_nodes));
+  }
+
   applyCurve(): void {
     const curve = this.circuit.curve;
     if (curve.length === 0) return;
     const point = curve[this.curveIndex];
-    const k = Number(point.k ?? this.circuit.n_nodes);
-    const kept = keptAtK(this.circuit.nodes, k);
+    const kept = this.keptNodes();
     this.cy.batch(() => {
       this.cy.nodes().not(".rowlabel").forEach((n) => {
-        n.toggleClass("dropped", !kept.has(n.id()));
+        const drop = !kept.has(n.id());
+        if (n.hasClass("dropped") !== drop) n.toggleClass("dropped", drop);
       });
     });
     const label = this.root.querySelector("#k-label");
+    const k = Number(point.k ?? this.circuit.n_nodes);
     if (label) label.textContent = `k = ${k}: keeps ${kept.size} of ${this.circuit.n_nodes} nodes, loss ${fmt(point.loss)}`;
     const plot = this.root.querySelector<HTMLElement>("#curve-plot");
     // Plot after the graph's first frame: parsing plotly (~4.5 MB) must not delay the circuit.
-    if (plot && !this.graphShown) this.cy.one("render", () => this.applyCurve());
-    else if (plot) {
-      const xs = curve.map((p) => Math.max(Number(p.k), 0.5));
-      void newPlot(
-        plot,
-        [
-          { x: xs, y: curve.map((p) => p.loss), mode: "lines+markers", name: "loss", line: { color: POSITIVE } },
-          { x: [xs[this.curveIndex]], y: [point.loss], mode: "markers", name: "selected", marker: { size: 12, color: "#e69f00" } },
-          { x: [xs[0], xs[xs.length - 1]], y: [this.circuit.target_loss, this.circuit.target_loss], mode: "lines", name: "target", line: { dash: "dot", color: "#999" } },
-        ],
-        { height: 220, margin: { t: 10, l: 50, r: 10, b: 35 }, xaxis: { type: "log", title: { text: "k (nodes kept)" } }, yaxis: { title: { text: "task loss" } }, showlegend: false },
-        { displaylogo: false, responsive: true },
-      );
-    }
+    if (plot && !this.graphShown) this.afterFirstFrame(() => this.plotCurve(plot));
+    else if (plot) this.plotCurve(plot);
   }
+
+  plotCurve(plot: HTMLElement): void {
+    const curve = this.circuit.curve;
+    const point = curve[this.curveIndex];
+    const xs = curve.map((p) => Math.max(Number(p.k), 0.5));
+    void newPlot(
+      plot,
+      [
+        { x: xs, y: curve.map((p) => p.loss), mode: "lines+markers", name: "loss", line: { color: POSITIVE } },
+        { x: [xs[this.curveIndex]], y: [point.loss], mode: "markers", name: "selected", marker: { size: 12, color: "#e69f00" } },
+        { x: [xs[0], xs[xs.length - 1]], y: [this.circuit.target_loss, this.circuit.target_loss], mode: "lines", name: "target", line: { dash: "dot", color: "#999" } },
+      ],
+      { height: 220, margin: { t: 10, l: 50, r: 10, b: 35 }, xaxis: { type: "log", title: { text: "k (nodes kept)" } }, yaxis: { title: { text: "task loss" } }, showlegend: false },
+      { displaylogo: false, responsive: true },
+    );
+  }
+}
+
+const ROW_LABEL_X = -120;
+
+let svgExport: Promise<void> | null = null;
+
+/** Register cytoscape-svg on first use (only the SVG export needs it). */
+function loadSvgExport(): Promise<void> {
+  svgExport ??= import("cytoscape-svg").then((m) => {
+    cytoscape.use(m.default as unknown as cytoscape.Ext);
+  });
+  return svgExport;
+}
+
+interface CanvasRenderer {
+  data?: { lyrTxrCache?: { getLayers: (...a: unknown[]) => unknown; firstGet: boolean } };
+  drawCachedElement?: (...a: unknown[]) => void;
+  drawElement?: (ctx: unknown, ele: unknown) => void;
+}
+
+/** Draw the first frame straight onto the canvas. By default Cytoscape's first frame first renders every
+ * element into its texture caches (a texture per node, then one layer for the whole graph) and only then
+ * onto the screen, which for a 2,000-edge circuit costs more than the drawing itself. After the first
+ * frame the caches are switched back on and filled lazily, as Cytoscape does for later frames, so panning
+ * and zooming stay cached. These are renderer internals of the pinned cytoscape 3.34; without them the
+ * default path runs. */
+function drawFirstFrameDirectly(cy: cytoscape.Core): void {
+  const r = (cy as unknown as { renderer(): CanvasRenderer }).renderer();
+  const layers = r?.data?.lyrTxrCache;
+  const cached = r?.drawCachedElement;
+  const direct = r?.drawElement;
+  if (!layers || typeof layers.getLayers !== "function" || typeof cached !== "function" || typeof direct !== "function") return;
+  const getLayers = layers.getLayers;
+  layers.getLayers = () => null;
+  r.drawCachedElement = (ctx: unknown, ele: unknown) => {
+    if ((ele as cytoscape.SingularElementReturnValue).visible()) direct.call(r, ctx, ele);
+  };
+  cy.one("render", () => {
+    layers.getLayers = getLayers;
+    r.drawCachedElement = cached;
+    layers.firstGet = false; // later frames fill the layer cache lazily instead of all at once
+  });
+}
+
+/** Fit the view to the preset positions (node radius and the row labels' text to their left included). */
+function fitGraph(cy: cytoscape.Core, positions: Record<string, { x: number; y: number }>, rows: { label: string }[]): void {
+  let x1 = Infinity, y1 = Infinity, x2 = -Infinity, y2 = -Infinity;
+  for (const p of Object.values(positions)) {
+    x1 = Math.min(x1, p.x);
+    x2 = Math.max(x2, p.x);
+    y1 = Math.min(y1, p.y);
+    y2 = Math.max(y2, p.y);
+  }
+  if (!Number.isFinite(x1)) return;
+  const longest = Math.max(0, ...rows.map((r) => r.label.length));
+  x1 = Math.min(x1 - 5, ROW_LABEL_X - longest * 8); // 14 px labels: ~8 px a character
+  cy.fit({ x1, y1: y1 - 10, x2: x2 + 5, y2: y2 + 10 } as unknown as cytoscape.CollectionArgument, 20);
 }
 
 function compareForm(id: number): HTMLElement {
