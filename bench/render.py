@@ -24,43 +24,7 @@ from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))  # the browser tests' helpers
 from live import CHROMIUM, CHROMIUM_ARGS, DIST, serve  # noqa: E402
-from seed import load_or_seed  # noqa: E402
-
-
-def sub_circuit(data_dir: Path, circuit_id: int, n_edges: int) -> int:
-    """Id of a circuit made of the n_edges strongest edges of circuit_id and their endpoints (made once)."""
-    from backend.db import Database
-    from backend.models import Circuit as CircuitRow
-    from backend.settings import Settings
-    from worker.engine.circuit import Circuit, Edge, Node
-    from worker.engine.prune import PruneConfig
-    from worker.jobs import write_circuit
-
-    marker = data_dir / f"bench-circuit-{circuit_id}-{n_edges}.txt"
-    if marker.exists():
-        return int(marker.read_text())
-    db = Database(Settings(data_dir=data_dir))
-    with db.session() as s:
-        row = s.get(CircuitRow, circuit_id)
-        if len(row.edges) < n_edges:
-            raise SystemExit(f"circuit {circuit_id} has only {len(row.edges)} edges")
-        edges = sorted(row.edges, key=lambda e: -abs(e.weight))[:n_edges]
-        names = {e.src for e in edges} | {e.dst for e in edges}
-        circuit = Circuit(
-            task=row.task.name,
-            model=str(row.model_id),
-            target_loss=row.target_loss,
-            nodes=[Node(n.name, n.site, n.layer, n.index, n.tau) for n in row.nodes if n.name in names],
-            edges=[Edge(e.src, e.dst, e.weight, e.kind) for e in edges],
-            losses=row.losses,
-            calibration=row.calibration,
-            curve=row.curve,
-        )
-        new_id = write_circuit(s, row.model_id, row.task_id, circuit, PruneConfig(), "bench")
-    db.dispose()
-    marker.write_text(str(new_id))
-    return new_id
-
+from seed import load_or_seed, sub_circuit  # noqa: E402
 
 # Runs in the page before the app: when the app publishes its Cytoscape instance, wait for the first frame,
 # then hover the node with the most edges and record when its highlighted neighbourhood has been drawn.

@@ -13,18 +13,22 @@ from types import SimpleNamespace
 
 import pytest
 from live import CHROMIUM, CHROMIUM_ARGS, DIST, serve
-from seed import load_or_seed
+from seed import load_or_seed, sub_circuit
+
+SMALL_EDGES = 200
 
 
 @pytest.fixture(scope="session")
 def live(tmp_path_factory):
-    """SimpleNamespace(url, key, model_id, circuit_id): the app serving frontend/dist over HTTP."""
+    """SimpleNamespace(url, key, model_id, circuit_id, small_circuit_id): the app serving frontend/dist over
+    HTTP; small_circuit_id is the seeded circuit's 200 strongest edges and their nodes (for comparisons)."""
     if not (DIST / "index.html").exists():
         pytest.fail("frontend/dist is missing: run `cd frontend && npm ci && npm run build` first")
     data = Path(os.environ.get("CIRCUITS_E2E_DATA") or tmp_path_factory.mktemp("e2e-data"))
     seeded = load_or_seed(data)
+    small = sub_circuit(data, seeded["circuit_id"], SMALL_EDGES)
     with serve(data) as url:
-        yield SimpleNamespace(url=url, **seeded)
+        yield SimpleNamespace(url=url, small_circuit_id=small, **seeded)
 
 
 @pytest.fixture(scope="session")

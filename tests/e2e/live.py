@@ -25,7 +25,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(data_dir: Path, timeout: float = 60):
+def serve(data_dir: Path, timeout: float = 180):
     """Yield the base URL of the app serving data_dir (and frontend/dist at /); stop it afterwards."""
     port = free_port()
     env = {

@@ -1,4 +1,5 @@
-"""Fill a data dir with a `test`-preset model, its profile and one circuit, through the real job API.
+"""Fill a data dir with a `test`-preset model, its profile and one circuit, through the real job API
+(and, for comparisons and the render benchmark, sub-circuits of it: sub_circuit).
 
     .venv/bin/python tests/e2e/seed.py /tmp/circuits-dev     # prints the API key (also in api-key.txt)
 
@@ -17,7 +18,11 @@ from fastapi.testclient import TestClient
 from backend.app import create_app
 from backend.auth import create_api_key
 from backend.db import Database, upgrade
+from backend.models import Circuit as CircuitRow
 from backend.settings import Settings
+from worker.engine.circuit import Circuit, Edge, Node
+from worker.engine.prune import PruneConfig
+from worker.jobs import write_circuit
 
 TASK = "single_double_quote"
 TRAIN = {"preset": "test", "name": "test-sparse", "steps": 40}
@@ -73,6 +78,34 @@ def load_or_seed(data_dir: Path) -> dict:
         return json.loads(done.read_text())
     data_dir.mkdir(parents=True, exist_ok=True)
     return seed(data_dir)
+
+
+def sub_circuit(data_dir: Path, circuit_id: int, n_edges: int) -> int:
+    """Id of a circuit made of the n_edges strongest edges of circuit_id and their endpoints (made once)."""
+    marker = data_dir / f"bench-circuit-{circuit_id}-{n_edges}.txt"
+    if marker.exists():
+        return int(marker.read_text())
+    db = Database(Settings(data_dir=data_dir))
+    with db.session() as s:
+        row = s.get(CircuitRow, circuit_id)
+        if len(row.edges) < n_edges:
+            raise SystemExit(f"circuit {circuit_id} has only {len(row.edges)} edges")
+        edges = sorted(row.edges, key=lambda e: -abs(e.weight))[:n_edges]
+        names = {e.src for e in edges} | {e.dst for e in edges}
+        circuit = Circuit(
+            task=row.task.name,
+            model=str(row.model_id),
+            target_loss=row.target_loss,
+            nodes=[Node(n.name, n.site, n.layer, n.index, n.tau) for n in row.nodes if n.name in names],
+            edges=[Edge(e.src, e.dst, e.weight, e.kind) for e in edges],
+            losses=row.losses,
+            calibration=row.calibration,
+            curve=row.curve,
+        )
+        new_id = write_circuit(s, row.model_id, row.task_id, circuit, PruneConfig(), "bench")
+    db.dispose()
+    marker.write_text(str(new_id))
+    return new_id
 
 
 if __name__ == "__main__":

@@ -193,12 +193,52 @@ def test_playground_shows_per_token_activations(page: Page, live):
     expect(page.locator("#playground-out")).to_contain_text("next token")
 
 
-def test_compare_page_counts_overlap(page: Page, live):
+def test_compare_shows_both_circuits_side_by_side_with_overlap(page: Page, live):
     page.goto(f"{live.url}/#/circuits/{live.circuit_id}")
     expect(page.locator("#compare-with")).to_be_visible(timeout=TIMEOUT)
-    page.locator("#compare-with").fill(str(live.circuit_id))
+    page.locator("#compare-with").fill(str(live.small_circuit_id))
     page.locator("#compare-with").press("Enter")
     overlap = page.locator("#overlap")
-    expect(overlap).to_contain_text("Jaccard 1.000", timeout=TIMEOUT)
-    n = page.evaluate("() => window.compareGraph.nodes().length")
-    expect(overlap).to_contain_text(f"Nodes: {n} shared, 0 only in A, 0 only in B")
+    expect(overlap).to_contain_text("Nodes:", timeout=TIMEOUT)
+    page.wait_for_function("window.compareGraphs !== undefined", timeout=TIMEOUT)
+    a, b = page.locator("#cy-compare-a"), page.locator("#cy-compare-b")
+    box_a, box_b = a.bounding_box(), b.bounding_box()
+    assert box_a["width"] > 300 and box_b["width"] > 300 and box_a["height"] > 300
+    assert box_a["x"] + box_a["width"] <= box_b["x"] and abs(box_a["y"] - box_b["y"]) < 1  # side by side
+    counts = page.evaluate(
+        """() => Object.fromEntries(Object.entries(window.compareGraphs).map(([side, cy]) => [side, {
+            nodes: cy.nodes().length, own: cy.nodes('.own').length, shared: cy.nodes('.shared').length,
+            edges: cy.edges().length, ownEdges: cy.edges('.own').length}]))"""
+    )
+    # B is A's 200 strongest edges and their nodes: every B node is shared, A has nodes of its own.
+    numbers = re.search(r"Nodes: (\d+) shared, (\d+) only in A, (\d+) only in B", overlap.inner_text())
+    shared, only_a, only_b = (int(x) for x in numbers.groups())
+    assert only_b == 0 and only_a > 0
+    assert counts["a"]["shared"] == shared and counts["a"]["own"] == only_a
+    assert counts["b"]["nodes"] == shared and counts["b"]["own"] == 0
+    assert counts["b"]["edges"] == 200 and counts["b"]["ownEdges"] == 0 and counts["a"]["ownEdges"] > 0
+    # The same layout on both sides, the same view: a shared node is drawn at the same spot in each pane.
+    name = page.evaluate("() => window.compareGraphs.b.nodes()[0].id()")
+    pa, pb = (
+        page.evaluate(f"() => window.compareGraphs.{side}.getElementById({name!r}).renderedPosition()")
+        for side in "ab"
+    )
+    assert abs(pa["x"] - pb["x"]) < 1 and abs(pa["y"] - pb["y"]) < 1
+    # Clicking a node in one pane selects it in both and puts it in the URL.
+    x, y = page.evaluate(
+        """(name) => {
+            const cy = window.compareGraphs.b, n = cy.getElementById(name);
+            cy.zoom(3); cy.center(n);
+            const p = n.renderedPosition(), r = cy.container().getBoundingClientRect();
+            return [r.left + p.x, r.top + p.y];
+        }""",
+        name,
+    )
+    page.mouse.click(x, y)
+    expect(page.locator("#compare-selected")).to_contain_text(f"{name} — in A and B")
+    assert page.evaluate(f"() => window.compareGraphs.a.getElementById({name!r}).selected()")
+    assert page.evaluate("() => window.compareGraphs.a.zoom()") == 3  # panes pan and zoom together
+    assert f"node={name}" in page.url.replace("%5B", "[").replace("%5D", "]")
+    page.reload()
+    expect(page.locator("#compare-selected")).to_contain_text(name, timeout=TIMEOUT)
+    assert not page.page_errors

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { keptAtK, layoutCircuit, siteRow, strongestEdges, unitX } from "./layout";
+import { keptAtK, layoutCircuit, positionsBox, siteRow, strongestEdges, unitX } from "./layout";
 
 describe("layout", () => {
   it("orders sites forward within a layer and layers top to bottom", () => {
@@ -35,5 +35,10 @@ describe("layout", () => {
     expect(acrossHeads).toBeGreaterThan(inHead * 1.5);
     expect(unitX("0.attn.q", 63, 64, 16)).toBeLessThan(1);
     expect(unitX("0.mlp.act_in", 16, 64, 16) - unitX("0.mlp.act_in", 15, 64, 16)).toBeCloseTo(1 / 64);
+  });
+
+  it("boxes positions with a margin, and nothing as null", () => {
+    expect(positionsBox({ a: { x: 1, y: 5 }, b: { x: -3, y: 2 } }, 1)).toEqual({ x1: -4, y1: 1, x2: 2, y2: 6 });
+    expect(positionsBox({})).toBeNull();
   });
 });

@@ -81,6 +81,19 @@ export function layoutCircuit(
   return { positions, width, rows };
 }
 
+/** The box around a set of positions, grown by `margin` (for fitting a view without measuring elements). */
+export function positionsBox(positions: Record<string, Position>, margin = 0): { x1: number; y1: number; x2: number; y2: number } | null {
+  let x1 = Infinity, y1 = Infinity, x2 = -Infinity, y2 = -Infinity;
+  for (const p of Object.values(positions)) {
+    x1 = Math.min(x1, p.x);
+    x2 = Math.max(x2, p.x);
+    y1 = Math.min(y1, p.y);
+    y2 = Math.max(y2, p.y);
+  }
+  if (!Number.isFinite(x1)) return null;
+  return { x1: x1 - margin, y1: y1 - margin, x2: x2 + margin, y2: y2 + margin };
+}
+
 /** The k nodes a circuit of size k keeps: the highest mask scores (tau). */
 export function keptAtK(nodes: { name: string; tau: number }[], k: number): Set<string> {
   return new Set([...nodes].sort((a, b) => b.tau - a.tau).slice(0, k).map((n) => n.name));

@@ -2,7 +2,7 @@
 // losses, a slider over the loss-vs-k curve, the node panel, live ablation and export.
 import cytoscape from "cytoscape";
 import { api, type Ablation, type Circuit, type Model, type Schemas } from "../api/client";
-import { keptAtK, layoutCircuit, strongestEdges } from "../graph/layout";
+import { keptAtK, layoutCircuit, positionsBox, strongestEdges, type Position } from "../graph/layout";
 import { currentRoute, updateQuery } from "../router";
 import { newPlot } from "../plot";
 import { download, errorBox, fmt, h } from "../util";
@@ -430,18 +430,12 @@ function drawFirstFrameDirectly(cy: cytoscape.Core): void {
 }
 
 /** Fit the view to the preset positions (node radius and the row labels' text to their left included). */
-function fitGraph(cy: cytoscape.Core, positions: Record<string, { x: number; y: number }>, rows: { label: string }[]): void {
-  let x1 = Infinity, y1 = Infinity, x2 = -Infinity, y2 = -Infinity;
-  for (const p of Object.values(positions)) {
-    x1 = Math.min(x1, p.x);
-    x2 = Math.max(x2, p.x);
-    y1 = Math.min(y1, p.y);
-    y2 = Math.max(y2, p.y);
-  }
-  if (!Number.isFinite(x1)) return;
+function fitGraph(cy: cytoscape.Core, positions: Record<string, Position>, rows: { label: string }[]): void {
+  const box = positionsBox(positions, 10);
+  if (!box) return;
   const longest = Math.max(0, ...rows.map((r) => r.label.length));
-  x1 = Math.min(x1 - 5, ROW_LABEL_X - longest * 8); // 14 px labels: ~8 px a character
-  cy.fit({ x1, y1: y1 - 10, x2: x2 + 5, y2: y2 + 10 } as unknown as cytoscape.CollectionArgument, 20);
+  box.x1 = Math.min(box.x1, ROW_LABEL_X - longest * 8); // 14 px labels: ~8 px a character
+  cy.fit(box as unknown as cytoscape.CollectionArgument, 20);
 }
 
 function compareForm(id: number): HTMLElement {
