@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 TIMEOUT = 30_000
 
@@ -121,19 +121,40 @@ def test_export_png_and_json(page: Page, live):
     assert data["id"] == live.circuit_id and len(data["nodes"]) == data["n_nodes"]
 
 
+def field_error(form: Locator, field: str) -> Locator:
+    return form.locator(f".field-error[data-field={field}]")
+
+
 def test_job_form_shows_field_errors(page: Page, live):
     page.goto(f"{live.url}/#/jobs")
     form = page.locator("#form-prune")
     expect(form).to_be_visible(timeout=TIMEOUT)
     form.locator("input[name=steps]").fill("0")
     form.locator("input[name=target_loss]").fill("-1")
+    form.locator("input[name=curve_points]").fill("1")
     form.locator("button[type=submit]").click()
-    expect(form.locator(".field-error[data-field=steps]")).to_contain_text("greater than or equal to 1")
-    expect(form.locator(".field-error[data-field=target_loss]")).to_contain_text("greater than 0")
+    expect(field_error(form, "steps")).to_contain_text("greater than or equal to 1")
+    expect(field_error(form, "target_loss")).to_contain_text("greater than 0")
+    expect(field_error(form, "curve_points")).to_contain_text("greater than or equal to 2")
+    expect(field_error(form, "runs")).to_have_text("")  # valid fields stay clean
+    expect(form.locator(".form-error")).to_have_text("")  # every message found its field
     train = page.locator("#form-train")
     train.locator("input[name=steps]").fill("100000000")
     train.locator("button[type=submit]").click()
-    expect(train.locator(".field-error[data-field=steps]")).to_contain_text("exceeds the limit")
+    expect(field_error(train, "steps")).to_contain_text("exceeds the limit")
+    profile = page.locator("#form-profile")
+    bad = {
+        "tokens": ("10", "greater than or equal to 1024"),
+        "examples_per_bin": ("99", "less than or equal to 20"),
+        "context": ("-1", "greater than or equal to 0"),
+    }
+    for field, (value, _) in bad.items():
+        profile.locator(f"input[name={field}]").fill(value)
+    profile.locator("button[type=submit]").click()
+    for field, (_, message) in bad.items():
+        expect(field_error(profile, field)).to_contain_text(message)
+    expect(page.locator("#jobs-table")).to_be_visible()  # the page is still there
+    assert not page.page_errors
 
 
 def test_prune_job_through_the_form_finishes(page: Page, live):
@@ -176,6 +197,14 @@ def test_api_errors_are_shown_not_blank(page: Page, live):
     expect(page.locator(".error")).to_contain_text("404", timeout=TIMEOUT)
     page.goto(f"{live.url}/#/models/abc")
     expect(page.locator(".error")).to_contain_text("not an id")
+    expect(page.locator("#topbar")).to_be_visible()
+    # A failing server and a dropped connection: the message is shown in the page, the page stays.
+    page.route("**/api/v1/models?*", lambda r: r.fulfill(status=503, json={"detail": "database unavailable"}))
+    page.goto(f"{live.url}/#/models")
+    expect(page.locator(".error")).to_contain_text("503: database unavailable", timeout=TIMEOUT)
+    page.route(f"**/api/v1/circuits/{live.circuit_id}", lambda r: r.abort())
+    page.goto(f"{live.url}/#/circuits/{live.circuit_id}")
+    expect(page.locator(".error")).to_contain_text("network error", timeout=TIMEOUT)
     expect(page.locator("#topbar")).to_be_visible()
 
 
