@@ -291,6 +291,30 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/models/{model_id}/steer": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Steer Sweep
+         * @description Steer a bridged model's dense model through one sparse node: on the task's test prompts of one
+         *     class, set the node to (or add) each strength, decode the change of the sparse residual at the next
+         *     bridge location into the dense residual there, and report per strength the mean probabilities of
+         *     the two completions under the dense model and under the edited sparse model; the same for a random
+         *     node of the same site (the control).
+         */
+        post: operations["steer_sweep_api_v1_models__model_id__steer_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/tasks": {
         parameters: {
             query?: never;
@@ -442,6 +466,61 @@ export interface components {
             prompts: components["schemas"]["PromptResult"][];
             /** Seconds */
             seconds: number;
+        };
+        /** BridgeJob */
+        BridgeJob: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "bridge";
+            params: components["schemas"]["BridgeParams"];
+        };
+        /**
+         * BridgeParams
+         * @description Train a sparse model jointly with bridges to a trained (frozen) dense model: the preset gives the
+         *     sparse model's width and recipe, the dense model its vocabulary, context, layers and corpus.
+         */
+        BridgeParams: {
+            /**
+             * Dense Model Id
+             * @description the trained dense model to bridge to
+             */
+            dense_model_id: number;
+            /**
+             * Hybrid Batch Frac
+             * @description share of the batch in hybrids
+             */
+            hybrid_batch_frac?: number | null;
+            /**
+             * Hybrid Sites Per Step
+             * @description locations per step and direction for the hybrid KL (0 = all)
+             */
+            hybrid_sites_per_step?: number | null;
+            /** Kl Coef */
+            kl_coef?: number | null;
+            /**
+             * Name
+             * @description unique name of the new model (default: from the job id)
+             */
+            name?: string | null;
+            /** Nmse Coef */
+            nmse_coef?: number | null;
+            /**
+             * Preset
+             * @default small
+             * @enum {string}
+             */
+            preset: "test" | "small";
+            /** Steps */
+            steps?: number | null;
+            /**
+             * Train
+             * @description TrainConfig overrides (the data settings are the dense model's)
+             */
+            train?: {
+                [key: string]: unknown;
+            };
         };
         /** CircuitEdgeRead */
         CircuitEdgeRead: {
@@ -746,6 +825,12 @@ export interface components {
         /** ModelRead */
         ModelRead: {
             /**
+             * Bridged
+             * @description trained with bridges to a dense model (can steer it)
+             * @default false
+             */
+            bridged: boolean;
+            /**
              * Config
              * @description the run configuration (model shape and training settings)
              */
@@ -794,6 +879,12 @@ export interface components {
         };
         /** ModelSummary */
         ModelSummary: {
+            /**
+             * Bridged
+             * @description trained with bridges to a dense model (can steer it)
+             * @default false
+             */
+            bridged: boolean;
             /**
              * Created At
              * Format: date-time
@@ -1077,6 +1168,152 @@ export interface components {
             model_id: number;
             /** Site */
             site: string;
+        };
+        /** SteerCurve */
+        SteerCurve: {
+            /**
+             * Dense P A
+             * @description per strength: the dense model's mean P(completion_a), two-way
+             */
+            dense_p_a: number[];
+            /**
+             * Dense P A Vocab
+             * @description P(completion_a's first token) over the whole vocab
+             */
+            dense_p_a_vocab: number[];
+            /** Dense P B */
+            dense_p_b: number[];
+            /** Dense P B Vocab */
+            dense_p_b_vocab: number[];
+            /**
+             * Sparse P A
+             * @description the same for the edited sparse model
+             */
+            sparse_p_a: number[];
+            /** Sparse P A Vocab */
+            sparse_p_a_vocab: number[];
+            /** Sparse P B */
+            sparse_p_b: number[];
+            /** Sparse P B Vocab */
+            sparse_p_b_vocab: number[];
+        };
+        /** SteerCurves */
+        SteerCurves: {
+            /** @description a random node of the same site, the same strengths */
+            control: components["schemas"]["SteerCurve"];
+            node: components["schemas"]["SteerCurve"];
+        };
+        /** SteerRequest */
+        SteerRequest: {
+            /**
+             * Mode
+             * @description add the strength to the node, or set it to it
+             * @default add
+             * @enum {string}
+             */
+            mode: "add" | "set";
+            /**
+             * Node
+             * @description a node name `site[index]`, e.g. `0.mlp.post_act[12]` (brackets URL-encoded in paths)
+             */
+            node: string;
+            /**
+             * Pairs
+             * @description test pairs whose prompts of that class are used
+             * @default 64
+             */
+            pairs: number;
+            /**
+             * Position
+             * @description edit the node at the last position or all
+             * @default last
+             * @enum {string}
+             */
+            position: "last" | "all";
+            /**
+             * Prompt Class
+             * @description steer the prompts that expect completion_a / b
+             * @default a
+             * @enum {string}
+             */
+            prompt_class: "a" | "b";
+            /**
+             * Seed
+             * @description seed of the random control node
+             * @default 0
+             */
+            seed: number;
+            /**
+             * Strengths
+             * @description values to sweep (default: from the node's mean on the prompts' class towards and past its mean on the other class, 0 to 4 times the difference)
+             */
+            strengths?: number[] | null;
+            /**
+             * Task
+             * @description task whose test prompts are steered
+             */
+            task: string;
+        };
+        /** SteerResult */
+        SteerResult: {
+            /**
+             * Baseline
+             * @description unsteered dense_p_a, dense_p_b, sparse_p_a, sparse_p_b, ...
+             */
+            baseline: {
+                [key: string]: number;
+            };
+            /** Completion A */
+            completion_a: string;
+            /** Completion B */
+            completion_b: string;
+            /** Control Node */
+            control_node: string;
+            curves: components["schemas"]["SteerCurves"];
+            /**
+             * Dense Model Id
+             * @description the dense model steered (None: found by its path)
+             */
+            dense_model_id: number | null;
+            /**
+             * Location
+             * @description bridge location where the change is read off and decoded
+             */
+            location: string;
+            /**
+             * Mode
+             * @enum {string}
+             */
+            mode: "add" | "set";
+            /** Model Id */
+            model_id: number;
+            /** Node */
+            node: string;
+            /**
+             * Node Means
+             * @description the node at the last position: mean on A and B prompts
+             */
+            node_means: {
+                [key: string]: number;
+            };
+            /**
+             * Position
+             * @enum {string}
+             */
+            position: "last" | "all";
+            /**
+             * Prompt Class
+             * @enum {string}
+             */
+            prompt_class: "a" | "b";
+            /** Prompts */
+            prompts: number;
+            /** Seconds */
+            seconds: number;
+            /** Strengths */
+            strengths: number[];
+            /** Task */
+            task: string;
         };
         /** TaskList */
         TaskList: {
@@ -1407,7 +1644,7 @@ export interface operations {
         parameters: {
             query?: {
                 status?: ("queued" | "running" | "succeeded" | "failed" | "cancelled") | null;
-                kind?: ("train" | "profile" | "prune") | null;
+                kind?: ("train" | "profile" | "prune" | "bridge") | null;
                 limit?: number;
                 offset?: number;
             };
@@ -1446,7 +1683,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["TrainJob"] | components["schemas"]["ProfileJob"] | components["schemas"]["PruneJob"];
+                "application/json": components["schemas"]["TrainJob"] | components["schemas"]["ProfileJob"] | components["schemas"]["PruneJob"] | components["schemas"]["BridgeJob"];
             };
         };
         responses: {
@@ -1895,6 +2132,60 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    steer_sweep_api_v1_models__model_id__steer_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description model id */
+                model_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SteerRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SteerResult"];
+                };
+            };
+            /** @description no such model, circuit or node */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description the model is not trained yet */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description invalid input (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
