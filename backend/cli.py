@@ -442,9 +442,119 @@ def bridge_steer(
         )
 
 
+transcoder_app = typer.Typer(
+    help="Transcoders (and an SAE baseline) over a dense model's MLPs; attribution circuits of features.",
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+
+def parse_floats(text: str, option: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        fail(f"{option} takes comma-separated numbers, got {text!r}")
+    if not values:
+        fail(f"{option} names no value")
+    return values
+
+
+@transcoder_app.command("train")
+def transcoder_train(
+    dense: Annotated[Path, typer.Option(help="trained model folder whose MLPs get transcoders")],
+    out: Annotated[Path, typer.Option(help="folder for the transcoders (config, weights, sweep)")],
+    l1: Annotated[
+        str | None, typer.Option(help="comma-separated L1 coefficients (default 3 settings)")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="training steps (default: TranscoderConfig's)")] = None,
+    expansion: Annotated[int, typer.Option(help="latents per layer = expansion * d_mlp")] = 1,
+    sae: Annotated[bool, typer.Option("--sae/--no-sae", help="also train the SAE baseline")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="print the sweep as JSON")] = False,
+) -> None:
+    """Train a transcoder and an SAE per MLP layer at each L1 setting; print the sparsity-fidelity table."""
+    from worker.engine.checkpoints import load_model
+    from worker.engine.transcoders import TranscoderConfig, sweep_table, train_transcoders
+
+    given = {"l1": parse_floats(l1, "--l1") if l1 is not None else None, "steps": steps}
+    bar = None
+    try:
+        cfg = TranscoderConfig(
+            expansion=expansion, sae=sae, **{k: v for k, v in given.items() if v is not None}
+        )
+        if out.exists() and any(out.iterdir()):
+            fail(f"--out {out} exists and is not empty")
+        model, tok, run = load_model(dense)
+        bar = FractionBar(f"transcoders ({dense.name})")
+        tr = train_transcoders(model, tok, run, cfg, dense, out, bar)
+    except USER_ERRORS as e:
+        fail(describe(e))
+    finally:
+        if bar is not None:
+            bar.close()
+    if as_json:
+        typer.echo(json.dumps(tr.sweep, indent=2))
+    else:
+        typer.echo("\n".join(sweep_table(tr.sweep)))
+    typer.echo(f"transcoders written to {out} ({tr.sweep['seconds']:.0f} s)")
+
+
+@transcoder_app.command("report")
+def transcoder_report(
+    transcoders: Annotated[Path, typer.Option(help="transcoder folder")],
+) -> None:
+    """Print a transcoder folder's sweep table again."""
+    from worker.engine.transcoders import read_transcoders, sweep_table
+
+    try:
+        tr = read_transcoders(transcoders)
+    except USER_ERRORS as e:
+        fail(describe(e))
+    typer.echo("\n".join(sweep_table(tr.sweep)))
+
+
+@transcoder_app.command("circuit")
+def transcoder_circuit_cmd(
+    transcoders: Annotated[Path, typer.Option(help="transcoder folder")],
+    task: Annotated[str, typer.Option(help="task name (see eval-tasks) or a custom task's .json file")],
+    out: Annotated[Path, typer.Option(help="circuit JSON file to write")],
+    dense: Annotated[
+        Path | None, typer.Option(help="the dense model folder (default: where it was at training time)")
+    ] = None,
+    tolerance: Annotated[float, typer.Option(help="allowed rise of the task CE over all features")] = 0.05,
+) -> None:
+    """Attribution graph between the selected transcoders' features on a task, pruned greedily."""
+    from worker.engine.checkpoints import atomic_write_text
+    from worker.engine.tasks import load_task
+    from worker.engine.transcoders import CircuitConfig, load_transcoders, transcoder_circuit
+
+    bar = None
+    try:
+        cfg = CircuitConfig(tolerance=tolerance)
+        tr, model, tok, _ = load_transcoders(transcoders, dense)
+        data = load_task(task, tok)
+        bar = FractionBar(f"transcoder circuit {data.name}")
+        circuit = transcoder_circuit(tr, model, data, cfg, str(dense or tr.run.dense.path), bar)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, json.dumps(circuit.to_json(), indent=1))
+    except USER_ERRORS as e:
+        fail(describe(e))
+    finally:
+        if bar is not None:
+            bar.close()
+    losses = circuit.losses
+    typer.echo(
+        f"{circuit.task}: {len(circuit.nodes)} features, {len(circuit.edges)} edges; test CE clean "
+        f"{losses['full']:.3f}, replacement {losses['replacement']:.3f}, circuit {losses['circuit']:.3f}, "
+        f"no features {losses['ablated']:.3f}; logit diff clean {losses['logit_diff_full']:.2f}, circuit "
+        f"{losses['logit_diff_circuit']:.2f} -> {out}"
+    )
+
+
 app.command()(serve)
 app.command()(worker)
 app.add_typer(bridge_app, name="bridge")
+app.add_typer(transcoder_app, name="transcoder")
 app.add_typer(db_app, name="db")
 app.add_typer(apikey_app, name="apikey")
 

@@ -9,6 +9,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -21,11 +22,12 @@ from worker.jobs import (
     recover_stale,
     run_job,
     task_row,
+    transcoder_config,
 )
 
 from .db import Database
-from .models import TERMINAL, ApiKey, Job, JobStatus, Model, ModelStatus
-from .schemas import BridgeParams, JobRead, ProfileParams, PruneParams, TrainParams
+from .models import TERMINAL, ApiKey, Job, JobStatus, Model, ModelStatus, Transcoder
+from .schemas import BridgeParams, JobRead, ProfileParams, PruneParams, TrainParams, TranscoderParams
 from .settings import Settings
 
 log = logging.getLogger("circuits.jobs")
@@ -96,6 +98,29 @@ def check_params(session: Session, settings: Settings, params) -> None:
         _cap(cfg.runs, s.max_prune_runs, "params.runs", "max_prune_runs")
         task_row(session, params.task)  # TaskError (422) naming the known tasks
         _ready_model(session, params.model_id)
+    elif isinstance(params, TranscoderParams):
+        _check_transcoder(session, s, params)
+
+
+def _check_transcoder(session: Session, s: Settings, params: TranscoderParams) -> None:
+    try:
+        cfg = transcoder_config(params)  # TranscoderConfig's own validation and defaults
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ValueError(f"params.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    cfg.selected_index()  # a ValueError naming `selected`
+    _cap(cfg.steps, s.max_transcoder_steps, "params.steps", "max_transcoder_steps")
+    _cap(params.profile_tokens, s.max_profile_tokens, "params.profile_tokens", "max_profile_tokens")
+    model = _ready_model(session, params.model_id)
+    step_tokens = cfg.batch_size * model.config["model"]["n_ctx"]
+    _cap(step_tokens, s.max_batch_tokens, "batch_size * n_ctx", "max_batch_tokens")
+    for name in params.tasks:
+        task_row(session, name)  # TaskError (422) naming the known tasks
+    existing = session.scalar(select(Transcoder.id).where(Transcoder.model_id == model.id).limit(1))
+    if existing is not None and not params.replace:
+        raise Conflict(
+            f"model {model.id} already has transcoders ({existing}); set params.replace to replace them"
+        )
 
 
 class InProcessRunner:

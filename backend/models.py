@@ -136,7 +136,11 @@ class Circuit(Base):
     curve: Mapped[list]  # loss vs k: [{k, loss}]
     runs: Mapped[list]  # the hyper-parameter search
     validation: Mapped[dict] = mapped_column(default=dict)
-    params: Mapped[dict] = mapped_column(default=dict)  # the PruneConfig used
+    params: Mapped[dict] = mapped_column(default=dict)  # the PruneConfig (or transcoder CircuitConfig) used
+    # Transcoder circuits: the transcoders whose features are the nodes (deleted with them).
+    transcoder_id: Mapped[int | None] = mapped_column(
+        ForeignKey("transcoders.id", ondelete="CASCADE"), index=True
+    )
     job_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
@@ -175,7 +179,27 @@ class CircuitEdge(Base):
     src: Mapped[str] = mapped_column(String(64))
     dst: Mapped[str] = mapped_column(String(64))
     weight: Mapped[float] = mapped_column(Float)
-    kind: Mapped[str] = mapped_column(String(16))  # weight | residual | qk
+    kind: Mapped[str] = mapped_column(String(16))  # weight | residual | qk | attribution
+    # attribution edges (transcoder circuits): weight = activation x weight_product
+    activation: Mapped[float | None] = mapped_column(Float)
+    weight_product: Mapped[float | None] = mapped_column(Float)
+
+
+class Transcoder(Base):
+    """A transcoder (+ SAE) sweep over a model's MLPs (worker/engine/transcoders.py): the folder under
+    data_dir, its configuration and figures. The selected transcoders' features are nodes
+    `{l}.mlp.transcoder[j]` of the model (node stats and examples under the model's id)."""
+
+    __tablename__ = "transcoders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    config: Mapped[dict]  # the folder's config.json (TranscoderRun: sweep settings, dense fingerprint)
+    sweep: Mapped[dict]  # sweep.json: reference CEs, points (kind, l1, layer, L0, CE, FVU), matched L0
+    width: Mapped[int] = mapped_column(Integer)  # latents per layer
+    artifact_path: Mapped[str] = mapped_column(String(512))  # folder, relative to data_dir
+    job_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class NodeStat(Base):
@@ -245,7 +269,7 @@ class Job(Base):
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex
-    kind: Mapped[str] = mapped_column(String(16))  # train | profile | prune
+    kind: Mapped[str] = mapped_column(String(16))  # train | profile | prune | transcoder
     params: Mapped[dict]
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued)
     progress: Mapped[float] = mapped_column(Float, default=0.0)

@@ -113,6 +113,38 @@ class BridgeParams(Strict):
         return {f: getattr(self, f) for f in fields if getattr(self, f) is not None}
 
 
+class TranscoderParams(Strict):
+    """Train transcoders and an SAE baseline on every MLP of a model at several L1 coefficients, profile
+    the selected transcoders' features and build their circuits for `tasks`
+    (worker/engine/transcoders.py)."""
+
+    model_id: int = Field(ge=1, le=2**31 - 1)
+    l1: list[float] | None = Field(
+        None, min_length=1, max_length=8, description="the L1 sweep (default: TranscoderConfig's)"
+    )
+    steps: int | None = Field(None, ge=1, description="training steps (default: TranscoderConfig's)")
+    batch_size: int = Field(16, ge=1, le=1024, description="sequences of n_ctx tokens per step")
+    expansion: int = Field(1, ge=1, le=32, description="latents per layer = expansion * d_mlp")
+    sae: bool = Field(True, description="also train the SAE baseline")
+    selected: int | None = Field(
+        None,
+        ge=0,
+        description="index into l1 of the transcoders behind features and circuits (default middle)",
+    )
+    eval_batches: int | None = Field(
+        None, ge=1, le=64, description="validation batches (default: TranscoderConfig's)"
+    )
+    profile_tokens: int = Field(65_536, ge=0, description="feature profile sample; 0 = no feature pages")
+    tasks: list[str] = Field(
+        default_factory=lambda: ["single_double_quote"],
+        max_length=32,
+        description="tasks to build circuits for",
+    )
+    tolerance: float = Field(0.05, ge=0, le=10, description="allowed rise of a circuit's task CE")
+    replace: bool = Field(False, description="replace the model's existing transcoders (else 409)")
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+
+
 class TrainJob(Strict):
     kind: Literal["train"]
     params: TrainParams = Field(default_factory=TrainParams)
@@ -133,16 +165,24 @@ class BridgeJob(Strict):
     params: BridgeParams
 
 
-JobCreate = Annotated[TrainJob | ProfileJob | PruneJob | BridgeJob, Field(discriminator="kind")]
+class TranscoderJob(Strict):
+    kind: Literal["transcoder"]
+    params: TranscoderParams
+
+
+JobCreate = Annotated[
+    TrainJob | ProfileJob | PruneJob | BridgeJob | TranscoderJob, Field(discriminator="kind")
+]
 PARAMS_BY_KIND: dict[str, type[Strict]] = {
     "train": TrainParams,
     "profile": ProfileParams,
     "prune": PruneParams,
     "bridge": BridgeParams,
+    "transcoder": TranscoderParams,
 }
 
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKindName = Literal["train", "profile", "prune", "bridge"]
+JobKindName = Literal["train", "profile", "prune", "bridge", "transcoder"]
 
 
 class JobRead(BaseModel):
@@ -266,6 +306,9 @@ class CircuitSummary(BaseModel):
     n_nodes: int
     n_edges: int
     losses: dict[str, float | None]
+    transcoder_id: int | None = Field(
+        None, description="transcoder circuits: the transcoders behind its features"
+    )
     created_at: datetime
 
 
@@ -286,13 +329,25 @@ class CircuitNodeRead(BaseModel):
     tau: float = Field(description="the learnt mask logit (larger = more important)")
 
 
+EdgeKind = Literal["weight", "residual", "qk", "attribution"]
+ACTIVATION_DESCRIPTION = (
+    "attribution edges: the input-dependent factor, mean over the task's prompts of the source feature's "
+    "activation x the reader's frozen RMSNorm scale (where the target feature is active)"
+)
+WEIGHT_PRODUCT_DESCRIPTION = (
+    "attribution edges: the input-invariant factor W_dec[:, i] . (g * W_enc[j]); weight = activation x this"
+)
+
+
 class CircuitEdgeRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     src: str
     dst: str
     weight: float
-    kind: Literal["weight", "residual", "qk"]
+    kind: EdgeKind
+    activation: float | None = Field(None, description=ACTIVATION_DESCRIPTION)
+    weight_product: float | None = Field(None, description=WEIGHT_PRODUCT_DESCRIPTION)
 
 
 class CircuitRead(CircuitSummary):
@@ -330,7 +385,20 @@ class ExampleRead(BaseModel):
 class EdgeRef(BaseModel):
     node: str = Field(description="the node at the other end")
     weight: float
-    kind: Literal["weight", "residual", "qk"]
+    kind: EdgeKind
+    activation: float | None = Field(None, description=ACTIVATION_DESCRIPTION)
+    weight_product: float | None = Field(None, description=WEIGHT_PRODUCT_DESCRIPTION)
+
+
+class TokenScore(BaseModel):
+    id: int
+    text: str
+    score: float
+
+
+class DeEmbedding(BaseModel):
+    top: list[TokenScore] = Field(description="tokens whose embeddings drive the feature most")
+    bottom: list[TokenScore] = Field(description="tokens whose embeddings suppress it most")
 
 
 class NodeRead(BaseModel):
@@ -345,6 +413,10 @@ class NodeRead(BaseModel):
     circuit_id: int | None = Field(description="the circuit the edges below are taken from")
     incoming: list[EdgeRef]
     outgoing: list[EdgeRef]
+    de_embedding: DeEmbedding | None = Field(
+        None, description="transcoder features: top tokens of W_E . (g * W_enc[j]) (the direct path)"
+    )
+    transcoder_id: int | None = Field(None, description="transcoder features: the transcoders they belong to")
 
 
 class NodeStatRow(BaseModel):
@@ -429,6 +501,7 @@ class SteerRequest(Strict):
     pairs: int = Field(64, ge=1, le=512, description="test pairs whose prompts of that class are used")
     position: Literal["last", "all"] = Field("last", description="edit the node at the last position or all")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the random control node")
+    correct_only: bool = Field(False, description="only the prompts the unsteered dense model gets right")
 
 
 class SteerCurve(BaseModel):
@@ -461,7 +534,8 @@ class SteerResult(BaseModel):
     mode: Literal["add", "set"]
     position: Literal["last", "all"]
     prompt_class: Literal["a", "b"]
-    prompts: int
+    correct_only: bool
+    prompts: int = Field(description="prompts steered")
     node_means: dict[str, float] = Field(description="the node at the last position: mean on A and B prompts")
     strengths: list[float]
     baseline: dict[str, float] = Field(
@@ -469,3 +543,56 @@ class SteerResult(BaseModel):
     )
     curves: SteerCurves
     seconds: float
+
+
+# ---------------------------------------------------------------- transcoders
+
+
+class TranscoderSummary(BaseModel):
+    id: int
+    model_id: int
+    model_name: str
+    width: int = Field(description="latents per layer")
+    l1: list[float]
+    selected_l1: float = Field(
+        description="the L1 coefficient of the transcoders behind features and circuits"
+    )
+    clean_ce: float
+    transcoder_better_settings: int = Field(
+        description="settings where the transcoder's CE <= the SAE's at matched L0"
+    )
+    settings: int
+    job_id: str | None
+    created_at: datetime
+
+
+class TranscoderList(BaseModel):
+    items: list[TranscoderSummary]
+    total: int
+
+
+class SweepPoint(BaseModel):
+    kind: Literal["transcoder", "sae"]
+    l1: float
+    l1_index: int
+    layer: int
+    l0: float = Field(description="mean active latents per token (validation)")
+    ce: float = Field(description="the model's validation CE with this layer's MLP replaced")
+    fvu: float = Field(description="fraction of the MLP output's variance unexplained")
+    dead_fraction: float = Field(description="latents never active on the validation tokens")
+
+
+class TranscoderRead(TranscoderSummary):
+    config: dict = Field(description="sweep settings and the dense model's fingerprint")
+    reference: dict = Field(description="clean CE and per layer the CE with the MLP zero- / mean-ablated")
+    points: list[SweepPoint]
+    curves: dict[str, dict[str, list[dict[str, float]]]] = Field(
+        description="plot-ready: layer -> kind -> [{l0, ce, l1}] sorted by L0"
+    )
+    matched: dict = Field(
+        description="transcoder vs SAE at matched L0 (SAE CE interpolated linearly in log L0): rows, settings"
+    )
+    feature_sites: list[SiteInfo] = Field(
+        description="`{l}.mlp.transcoder`: the features as nodes of the model"
+    )
+    circuits: list[int] = Field(description="transcoder circuits built from these features")

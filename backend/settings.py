@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     max_prune_steps: int = Field(2_000, ge=1)
     max_prune_runs: int = Field(16, ge=1)
     max_profile_tokens: int = Field(2_000_000, ge=1)
+    max_transcoder_steps: int = Field(20_000, ge=1)  # training steps of a transcoder sweep
 
     # The API process's LRU cache of loaded models for interactive forward passes.
     model_cache_size: int = Field(4, ge=1)

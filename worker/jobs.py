@@ -42,8 +42,16 @@ from backend.models import (
     ModelStatus,
     NodeStat,
     Task,
+    Transcoder,
 )
-from backend.schemas import PARAMS_BY_KIND, BridgeParams, ProfileParams, PruneParams, TrainParams
+from backend.schemas import (
+    PARAMS_BY_KIND,
+    BridgeParams,
+    ProfileParams,
+    PruneParams,
+    TrainParams,
+    TranscoderParams,
+)
 from backend.settings import Settings
 
 log = logging.getLogger("circuits.jobs")
@@ -594,16 +602,19 @@ def bin_label(side: str, fraction: float) -> str:
 
 
 def write_profile(s: Session, model_id: int, profile, corpus: str, progress=lambda f: None) -> dict:
-    """Replace a model's node statistics and examples. Example windows are token ids (int32) and the
-    node's activations (float16) as bytes; the corpus text is stored once per document and referenced
-    by character offsets."""
+    """Replace a model's node statistics and examples at the profiled sites (other sites, e.g. the
+    transcoder features of a model profiled separately, keep theirs). Example windows are token ids
+    (int32) and the node's activations (float16) as bytes; the corpus text is stored once per document
+    and referenced by character offsets."""
     import numpy as np
 
     from worker.engine.activations import BIN_FRACTIONS, QUANTILE_LEVELS, SIDES
     from worker.engine.model import site_layer
 
-    s.execute(delete(ActivationExample).where(ActivationExample.model_id == model_id))
-    s.execute(delete(NodeStat).where(NodeStat.model_id == model_id))
+    sites = list(profile.sites)
+    of_sites = or_(*(ActivationExample.node.startswith(f"{site}[", autoescape=True) for site in sites))
+    s.execute(delete(ActivationExample).where(ActivationExample.model_id == model_id, of_sites))
+    s.execute(delete(NodeStat).where(NodeStat.model_id == model_id, NodeStat.site.in_(sites)))
     docs = profile.windows.docs
     doc_ids: dict[int, int] = {}
 
@@ -666,7 +677,9 @@ def write_profile(s: Session, model_id: int, profile, corpus: str, progress=lamb
     return {
         "nodes": total,
         "examples": s.scalar(
-            select(func.count()).select_from(ActivationExample).where(ActivationExample.model_id == model_id)
+            select(func.count())
+            .select_from(ActivationExample)
+            .where(ActivationExample.model_id == model_id, of_sites)
         ),
         "documents": len(doc_ids),
     }
@@ -747,8 +760,11 @@ def prune_body(ctx: JobContext, job: Job, params: PruneParams, attempt: Attempt)
         )
 
 
-def write_circuit(s: Session, model_id: int, task_id: int, circuit, cfg, job_id: str) -> int:
+def write_circuit(
+    s: Session, model_id: int, task_id: int, circuit, cfg, job_id: str, transcoder_id: int | None = None
+) -> int:
     row = Circuit(
+        transcoder_id=transcoder_id,
         model_id=model_id,
         task_id=task_id,
         target_loss=circuit.target_loss,
@@ -783,11 +799,136 @@ def write_circuit(s: Session, model_id: int, task_id: int, circuit, cfg, job_id:
         s.execute(
             insert(CircuitEdge),
             [
-                {"circuit_id": row.id, "src": e.src, "dst": e.dst, "weight": e.weight, "kind": e.kind}
+                {
+                    "circuit_id": row.id,
+                    "src": e.src,
+                    "dst": e.dst,
+                    "weight": e.weight,
+                    "kind": e.kind,
+                    "activation": e.activation,
+                    "weight_product": e.weight_product,
+                }
                 for e in circuit.edges
             ],
         )
     return row.id
 
 
-BODIES = {"train": train_body, "profile": profile_body, "prune": prune_body, "bridge": bridge_body}
+# ---------------------------------------------------------------- transcoder
+
+
+def transcoder_config(params: TranscoderParams):
+    from worker.engine.transcoders import TranscoderConfig
+
+    fields = params.model_dump(
+        include={"l1", "steps", "batch_size", "expansion", "sae", "selected", "eval_batches", "seed"},
+        exclude_none=True,
+    )
+    return TranscoderConfig(**fields)
+
+
+def transcoder_body(ctx: JobContext, job: Job, params: TranscoderParams, attempt: Attempt) -> None:
+    """Train the sweep into transcoders/{job id}, profile the selected transcoders' features (nodes
+    `{l}.mlp.transcoder[j]` of the model), build a circuit per task, then register it all in one
+    transaction. An attempt after a lost worker starts over (the sweep takes minutes)."""
+    from worker.engine.transcoders import remove_folder
+
+    model, dense_folder = ready_model(ctx, params.model_id)
+    relative = f"transcoders/{job.id}"
+    folder = ctx.settings.artifact(relative)
+    remove_folder(folder)
+    try:
+        _train_profile_and_prune(ctx, job, params, attempt, model.id, dense_folder, relative)
+    except BaseException:
+        remove_folder(folder)  # nothing refers to it yet
+        raise
+
+
+def _train_profile_and_prune(ctx, job, params, attempt, model_id: int, dense_folder: Path, relative: str):
+    from worker.engine.activations import ProfileConfig
+    from worker.engine.checkpoints import load_model
+    from worker.engine.transcoders import (
+        CircuitConfig,
+        profile_features,
+        train_transcoders,
+        transcoder_circuit,
+    )
+
+    attempt.progress(0.0, "load", "loading the model", force=True)
+    net, tok, run = load_model(dense_folder)
+    with_profile, n_tasks = params.profile_tokens > 0, len(params.tasks)
+    span = 0.7 if (with_profile or n_tasks) else 0.97
+    tr = train_transcoders(
+        net,
+        tok,
+        run,
+        transcoder_config(params),
+        dense_folder,
+        ctx.settings.artifact(relative),
+        lambda f, m: attempt.progress(0.01 + span * f, "train", m),
+    )
+    profile = None
+    if with_profile:
+        pcfg = ProfileConfig(tokens=params.profile_tokens, seed=params.seed)
+        profile = profile_features(
+            net, tok, run, tr.selected, pcfg, lambda f, m: attempt.progress(0.72 + 0.1 * f, "profile", m)
+        )
+    with ctx.db.session() as s:
+        tasks = [(name, *_task_fields(task_row(s, name))) for name in params.tasks]
+    ccfg = CircuitConfig(tolerance=params.tolerance)
+    circuits = []
+    for k, (name, task_id, builtin, spec) in enumerate(tasks):
+        data = task_data(name, spec, builtin, tok)
+
+        def report(f: float, m: str, k=k, name=name) -> None:
+            attempt.progress(0.83 + 0.15 * (k + f) / n_tasks, f"circuit {name}", m)
+
+        circuits.append((task_id, transcoder_circuit(tr, net, data, ccfg, str(model_id), report)))
+    attempt.progress(0.98, "store", "writing the sweep, features and circuits", force=True)
+    with ctx.db.session() as s:
+        if params.replace:
+            s.execute(delete(Transcoder).where(Transcoder.model_id == model_id))
+        row = Transcoder(
+            model_id=model_id,
+            config=tr.run.model_dump(mode="json"),
+            sweep=tr.sweep,
+            width=tr.run.width,
+            artifact_path=relative,
+            job_id=job.id,
+        )
+        s.add(row)
+        s.flush()
+        counts = {}
+        if profile is not None:
+            counts = write_profile(
+                s, model_id, profile, run.train.corpus or "stdlib", lambda f: attempt.check()
+            )
+        circuit_ids = [
+            write_circuit(s, model_id, task_id, c, ccfg, job.id, transcoder_id=row.id)
+            for task_id, c in circuits
+        ]
+        matched = tr.sweep["matched"]
+        attempt.finish(
+            s,
+            JobStatus.succeeded,
+            stage="done",
+            message=(
+                f"transcoders {row.id}: transcoder <= SAE at matched L0 in "
+                f"{matched['transcoder_better_settings']} of {len(matched['settings'])} settings; "
+                f"{len(circuit_ids)} circuits"
+            ),
+            result={"model_id": model_id, "transcoder_id": row.id, "circuit_ids": circuit_ids, **counts},
+        )
+
+
+def _task_fields(row: Task) -> tuple[int, bool, dict]:
+    return row.id, row.builtin, row.spec
+
+
+BODIES = {
+    "train": train_body,
+    "profile": profile_body,
+    "prune": prune_body,
+    "bridge": bridge_body,
+    "transcoder": transcoder_body,
+}

@@ -48,6 +48,7 @@ def circuit_summary(c: Circuit) -> CircuitSummary:
         n_nodes=c.n_nodes,
         n_edges=c.n_edges,
         losses=c.losses,
+        transcoder_id=c.transcoder_id,
         created_at=c.created_at,
     )
 

@@ -13,7 +13,7 @@ from worker.engine.model import site_dims, site_layer
 
 from ..db import SessionDep
 from ..model_cache import LoadedModel, get_model_cache
-from ..models import Circuit, Model, ModelStatus
+from ..models import Circuit, Model, ModelStatus, Transcoder
 from ..schemas import ErrorBody, ModelList, ModelMetrics, ModelRead, ModelSummary, SiteInfo
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -33,7 +33,31 @@ def model_config(model: Model) -> ModelConfig:
 
 
 def sites_of(model: Model) -> dict[str, int]:
+    """The sites of the model's own forward pass (what playground and live ablation can reach)."""
     return site_dims(model_config(model))
+
+
+def current_transcoder(session: Session, model_id: int) -> Transcoder | None:
+    """The model's newest transcoders: their features are the nodes `{l}.mlp.transcoder[j]`."""
+    return session.scalar(
+        select(Transcoder)
+        .where(Transcoder.model_id == model_id)
+        .order_by(Transcoder.created_at.desc(), Transcoder.id.desc())
+        .limit(1)
+    )
+
+
+def feature_sites(row: Transcoder, n_layer: int) -> dict[str, int]:
+    return {f"{layer}.mlp.transcoder": row.width for layer in range(n_layer)}
+
+
+def all_sites(session: Session, model: Model) -> dict[str, int]:
+    """The model's sites plus, once it has transcoders, their feature sites."""
+    sites = sites_of(model)
+    row = current_transcoder(session, model.id)
+    if row is not None:
+        sites |= feature_sites(row, model_config(model).n_layer)
+    return sites
 
 
 def loaded(request: Request, model: Model) -> LoadedModel:
@@ -69,10 +93,11 @@ def list_models(
 
 @router.get("/{model_id}", response_model=ModelRead, responses=NOT_FOUND)
 def get_model(model_id: ModelId, session: SessionDep) -> ModelRead:
-    """A model with its configuration, training summary and sites (where its nodes live)."""
+    """A model with its configuration, training summary and sites (where its nodes live; with
+    transcoders, also their feature sites `{l}.mlp.transcoder`)."""
     model = get_model_row(session, model_id)
     n_circuits = session.scalar(select(func.count()).where(Circuit.model_id == model_id))
-    sites = [SiteInfo(name=s, layer=site_layer(s), dim=d) for s, d in sites_of(model).items()]
+    sites = [SiteInfo(name=s, layer=site_layer(s), dim=d) for s, d in all_sites(session, model).items()]
     return ModelRead(
         **ModelSummary.model_validate(model).model_dump(),
         config=model.config,

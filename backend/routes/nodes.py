@@ -12,12 +12,14 @@ from sqlalchemy.orm import Session
 
 from worker.engine.activations import BIN_FRACTIONS, SIDES
 from worker.engine.model import parse_node, site_layer
+from worker.engine.transcoders import de_embedding
 
 from ..db import SessionDep
 from ..model_cache import get_model_cache
 from ..models import ActivationExample, Circuit, CircuitEdge, CircuitNode, CorpusDocument, Model, NodeStat
 from ..schemas import (
     NODE_DESCRIPTION,
+    DeEmbedding,
     EdgeRef,
     ErrorBody,
     ExampleRead,
@@ -25,8 +27,10 @@ from ..schemas import (
     NodeStatRow,
     NodeStats,
     SiteNodes,
+    TokenScore,
 )
-from .models import ModelId, get_model_row, sites_of
+from .models import ModelId, all_sites, current_transcoder, get_model_row, loaded, sites_of
+from .transcoders import loaded_transcoders
 
 router = APIRouter(prefix="/models", tags=["nodes"])
 NOT_FOUND = {404: {"model": ErrorBody, "description": "no such model, site, node or circuit"}}
@@ -35,13 +39,14 @@ SiteName = Annotated[str, Path(min_length=1, max_length=48, description="e.g. `0
 BIN_ORDER = [f"{side}_{f * 100:g}" for side in SIDES for f in BIN_FRACTIONS]
 
 
-def check_node(model: Model, node: str) -> tuple[str, int]:
-    """(site, index) of a node of this model; 422 for a malformed name, 404 for one the model lacks."""
+def check_node(model: Model, node: str, dims: dict[str, int] | None = None) -> tuple[str, int]:
+    """(site, index) of a node of this model; 422 for a malformed name, 404 for one the model lacks.
+    `dims`: the sites to accept (default: the model's own, see routes/models.all_sites)."""
     try:
         site, index = parse_node(node)
     except ValueError as e:
         raise HTTPException(422, str(e)) from None
-    dims = sites_of(model)
+    dims = sites_of(model) if dims is None else dims
     if site not in dims:
         raise HTTPException(404, f"model {model.id} has no site {site!r}; sites: {', '.join(dims)}")
     if index >= dims[site]:
@@ -96,9 +101,10 @@ def get_node(
     ] = None,
 ) -> NodeRead:
     """A node's statistics over the corpus sample (mean, firing frequency, quantiles), its activation
-    examples (top and bottom 0.1 %, 1 %, 10 %, 50 %), the circuits containing it and its edges in one."""
+    examples (top and bottom 0.1 %, 1 %, 10 %, 50 %), the circuits containing it and its edges in one.
+    A transcoder feature (`{l}.mlp.transcoder[j]`) also gets its de-embedding."""
     model = get_model_row(session, model_id)
-    site, index = check_node(model, node)
+    site, index = check_node(model, node, all_sites(session, model))
     stat = session.scalar(select(NodeStat).where(NodeStat.model_id == model_id, NodeStat.name == node))
     circuits = session.scalars(
         select(CircuitNode.circuit_id)
@@ -116,10 +122,11 @@ def get_node(
                 CircuitEdge.circuit_id == circuit_id, (CircuitEdge.dst == node) | (CircuitEdge.src == node)
             )
         ):
+            factors = {"activation": e.activation, "weight_product": e.weight_product}
             if e.dst == node:
-                incoming.append(EdgeRef(node=e.src, weight=e.weight, kind=e.kind))
+                incoming.append(EdgeRef(node=e.src, weight=e.weight, kind=e.kind, **factors))
             if e.src == node:
-                outgoing.append(EdgeRef(node=e.dst, weight=e.weight, kind=e.kind))
+                outgoing.append(EdgeRef(node=e.dst, weight=e.weight, kind=e.kind, **factors))
     stats = None
     if stat is not None:
         stats = NodeStats(
@@ -137,7 +144,26 @@ def get_node(
         circuit_id=circuit_id,
         incoming=incoming,
         outgoing=outgoing,
+        **feature_fields(request, session, model, node, site),
     )
+
+
+def feature_fields(request: Request, session: Session, model: Model, node: str, site: str) -> dict:
+    """A transcoder feature's de-embedding: the tokens whose embeddings drive it directly."""
+    if site not in sites_of(model):
+        row = current_transcoder(session, model.id)
+        tr = loaded_transcoders(request, row, model)
+        lm = loaded(request, model)
+        scores = de_embedding(lm.model, tr.selected, node)
+
+        def tokens(pairs):
+            return [TokenScore(id=i, text=lm.tok.decode([i]), score=v) for i, v in pairs]
+
+        return {
+            "de_embedding": DeEmbedding(top=tokens(scores["top"]), bottom=tokens(scores["bottom"])),
+            "transcoder_id": row.id,
+        }
+    return {}
 
 
 @router.get("/{model_id}/sites/{site}/nodes", response_model=SiteNodes, responses=NOT_FOUND)
@@ -150,7 +176,7 @@ def site_nodes(
 ) -> SiteNodes:
     """Statistics of every node of a site (empty until the model is profiled)."""
     model = get_model_row(session, model_id)
-    if site not in sites_of(model):
+    if site not in all_sites(session, model):
         raise HTTPException(404, f"model {model_id} has no site {site!r}")
     key = {"index": NodeStat.index, "frequency": NodeStat.frequency.desc(), "mean": NodeStat.mean.desc()}[
         order

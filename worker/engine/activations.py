@@ -491,14 +491,33 @@ def profile_windows(
     on_progress: Callable[[float, str], None] | None = None,
 ) -> Profile:
     """Profile every node of `sites` (default: all sites of the model) over the given windows."""
-    report = on_progress or (lambda f, m: None)
     model.eval()
     dims = model.site_dims()
     sites = list(dims) if sites is None else sites
     unknown = [s for s in sites if s not in dims]
     if unknown:
         raise ValueError(f"unknown sites {unknown}; the model has {', '.join(dims)}")
+
+    def activations(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return model(x, capture=sites)[1]
+
     device = next(model.parameters()).device
+    return profile_activations(activations, {s: dims[s] for s in sites}, windows, cfg, on_progress, device)
+
+
+@torch.inference_mode()
+def profile_activations(
+    activations: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    dims: dict[str, int],
+    windows: Windows,
+    cfg: ProfileConfig,
+    on_progress: Callable[[float, str], None] | None = None,
+    device: str | torch.device = "cpu",
+) -> Profile:
+    """Profile the nodes of any sites: `activations(tokens (B, T))` returns {site: (B, T, dims[site])}
+    for every site of `dims` (a model's own sites, or e.g. transcoder features computed from them)."""
+    report = on_progress or (lambda f, m: None)
+    sites = list(dims)
     W, T = windows.tokens.shape
     n_tokens = W * T
     k = max(cfg.exact, cfg.examples)
@@ -511,7 +530,7 @@ def profile_windows(
     per_batch = batch_windows(cfg, T)
     for first in range(0, W, per_batch):
         x = windows.tokens[first : first + per_batch].to(device)
-        _, acts = model(x, capture=sites)
+        acts = activations(x)
         batch = [(offsets[s], acts[s].float().cpu().contiguous()) for s in sites]
         for s, (_, a) in zip(sites, batch, strict=True):
             stats[s].update(a, first, cfg.eps)

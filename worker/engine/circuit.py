@@ -5,10 +5,15 @@ JSON schema (version 1), top-level keys:
   task, model     task name; model reference (folder or id)
   target_loss     the bisection target (per-prompt two-class CE)
   nodes           [{name, site, layer, index, tau}]  name = "site[index]", largest tau first
+                  (transcoder circuits: tau = the feature's attribution to the logit difference,
+                  largest |tau| first)
   edges           [{src, dst, weight, kind}]  kind: "weight" (a nonzero matrix entry), "residual"
                   (a write channel to the same-index read channel later on; weight = reader's norm
-                  gain) or "qk" (a key channel and the query channel it is dotted with; weight 1)
+                  gain), "qk" (a key channel and the query channel it is dotted with; weight 1) or
+                  "attribution" (transcoder circuits: feature -> later feature, with two more fields,
+                  weight = activation x weight_product, see worker/engine/transcoders.py)
   losses          {full, circuit, ablated, circuit_uncalibrated}: mean per-prompt CE on the test split
+                  (transcoder circuits add `replacement` and the mean logit differences `logit_diff_*`)
   calibration     {scale, shift} on the two-class logit difference
   curve           [{k, loss}]  calibrated test loss of the top-k nodes by tau
   runs            the hyper-parameter search, one record per run
@@ -42,6 +47,8 @@ class Edge:
     dst: str
     weight: float
     kind: str
+    activation: float | None = None  # attribution edges: the input-dependent factor
+    weight_product: float | None = None  # attribution edges: the input-invariant factor
 
 
 @dataclass
@@ -58,7 +65,9 @@ class Circuit:
     validation: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"schema_version": SCHEMA_VERSION, **asdict(self)}
+        out = {"schema_version": SCHEMA_VERSION, **asdict(self)}
+        out["edges"] = [{k: v for k, v in e.items() if v is not None} for e in out["edges"]]
+        return out
 
     @classmethod
     def from_json(cls, data: dict) -> Circuit:
