@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import pytest
 from live import CHROMIUM, CHROMIUM_ARGS, DIST, serve
 from seed import load_or_seed, sub_circuit
@@ -28,7 +29,18 @@ def live(tmp_path_factory):
     seeded = load_or_seed(data)
     small = sub_circuit(data, seeded["circuit_id"], SMALL_EDGES)
     with serve(data) as url:
+        warm_up(url, seeded["key"], seeded["circuit_id"])
         yield SimpleNamespace(url=url, small_circuit_id=small, **seeded)
+
+
+def warm_up(url: str, key: str, circuit_id: int) -> None:
+    """One live ablation before the browser tests: the server's first forward passes load the model, scan
+    the corpus for the task's prompts and compute the means, which on a busy machine can take longer than
+    a test waits for an answer in the page."""
+    body = {"off": [], "mode": "keep", "pairs": 64, "show": 4}
+    ablate = f"{url}/api/v1/circuits/{circuit_id}/ablate"
+    r = httpx.post(ablate, json=body, headers={"x-api-key": key}, timeout=900)
+    assert r.status_code == 200, r.text
 
 
 @pytest.fixture(scope="session")
