@@ -389,6 +389,9 @@ def bridge_steer(
         Path | None, typer.Option(help="the dense model folder (default: the saved path)")
     ] = None,
     seed: Annotated[int, typer.Option(help="seed of the random control node")] = 0,
+    correct_only: Annotated[
+        bool, typer.Option("--correct-only", help="only prompts the unsteered dense model gets right")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Steer the dense model through a sparse node: sweep strengths, print P(A), P(B) of the dense and the
@@ -411,7 +414,7 @@ def bridge_steer(
             ranked = node_class_means(b.sparse, data, nodes, pairs)
             node = max(ranked, key=lambda n: ranked[n]["effect"])
             typer.echo(f"auto: {node} (effect size {ranked[node]['effect']:.2f})", err=True)
-        result = steer(b, data, node, mode, values, prompts, pairs, position, seed)
+        result = steer(b, data, node, mode, values, prompts, pairs, position, seed, correct_only)
     except USER_ERRORS as e:
         fail(describe(e))
     if as_json:
@@ -420,7 +423,8 @@ def bridge_steer(
     m = result["node_means"]
     typer.echo(
         f"{result['task']}: {result['mode']} {result['node']} ({result['position']} position) on "
-        f"{result['prompts']} class-{result['prompt_class']} prompts, read at {result['location']}; "
+        f"{result['prompts']} class-{result['prompt_class']} prompts"
+        f"{' the dense model gets right' if result['correct_only'] else ''}, read at {result['location']}; "
         f"node mean on A {m['a']:.3f}, on B {m['b']:.3f}"
     )
     base = result["baseline"]

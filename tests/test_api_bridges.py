@@ -49,6 +49,12 @@ def test_steer_sweep_matches_the_engine_and_rejects_bad_input(bridged_api, bridg
         for key, values in engine["curves"][which].items():
             assert out["curves"][which][key] == pytest.approx(values, abs=1e-5), (which, key)
     assert out["baseline"] == pytest.approx(engine["baseline"], abs=1e-5)
+    r = c.post(url, json={**body, "correct_only": True})
+    if r.status_code == 200:  # only the prompts the dense model gets right (maybe none of class a)
+        assert r.json()["correct_only"] and r.json()["prompts"] <= 12
+        assert r.json()["baseline"]["dense_p_a"] > 0.5
+    else:
+        assert r.status_code == 422 and "gets none of the 12" in r.json()["detail"]
     assert c.get(f"{API}/models/{ids['bridged']}").json()["bridged"] is True
     assert c.get(f"{API}/models/{ids['dense']}").json()["bridged"] is False
 

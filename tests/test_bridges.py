@@ -148,6 +148,17 @@ def test_steering_sweep_is_well_formed(bridged_test_model):
         assert curve["sparse_p_b"][0] == pytest.approx(base["sparse_p_b"], abs=1e-6)
     assert out["curves"]["node"]["dense_p_b"][2] != pytest.approx(base["dense_p_b"], abs=1e-4)
 
+    solved = 0
+    for cls in "ab":  # every prompt is right for one of the two classes: at least one class has some
+        try:
+            right = steer(b, task, node, strengths=[0.0], prompt_class=cls, pairs=16, correct_only=True)
+        except BridgeError as e:
+            assert "gets none of the 16" in str(e)
+            continue
+        solved += right["prompts"]
+        assert right["correct_only"] and right["baseline"][f"dense_p_{cls}"] > 0.5
+    assert 0 < solved <= 32
+
     defaults = steer(b, task, "final_resid[3]", mode="set", pairs=8, prompt_class="b", position="all")
     m = defaults["node_means"]
     assert defaults["location"] == "final_resid" and len(defaults["strengths"]) == 7

@@ -177,17 +177,8 @@ def steer_sweep(model_id: ModelId, body: SteerRequest, request: Request, session
     bridges = lm.memo(("bridges",), lambda: load_bridges(lm.folder / BRIDGES, dense.model.cfg, lm.run))
     b = Bridged(lm.model, dense.model, bridges, lm.tok, lm.run)
     try:
-        out = steer(
-            b,
-            task,
-            body.node,
-            body.mode,
-            body.strengths,
-            body.prompt_class,
-            body.pairs,
-            body.position,
-            body.seed,
-        )
+        options = body.model_dump(exclude={"task", "node"})
+        out = steer(b, task, body.node, **options)
     except BridgeError as e:
         raise HTTPException(422, str(e)) from None
     return SteerResult(model_id=model_id, dense_model_id=dense_id, **out, seconds=time.perf_counter() - t0)

@@ -438,6 +438,7 @@ def _sweep_node(b: Bridged, prompts, task, node, mode, strengths, position, loca
 DEFAULT_STEPS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
 
 
+@torch.no_grad()
 def steer(
     b: Bridged,
     task: TaskData,
@@ -448,13 +449,15 @@ def steer(
     pairs: int = 128,
     position: str = "last",
     seed: int = 0,
+    correct_only: bool = False,
     on_progress: Callable[[float, str], None] | None = None,
 ) -> dict:
     """Perturb a sparse node (set it to / add each strength) on the task's test prompts of one class,
     read the change of the sparse residual at the next bridge location, map it through the decoder's
     linear map into the dense residual there and finish the dense pass. Per strength: mean probabilities
     of the two completions under the dense model and under the (edited) sparse model; the same for a
-    random node of the same site (the control, same strengths).
+    random node of the same site (the control, same strengths). `correct_only` keeps only the prompts
+    the unsteered dense model gets right (its two-way choice is the prompts' class).
     Default strengths move the node from its mean on the prompts' class towards (and past) its mean on
     the other class: add t * (other - own), or set own + t * (other - own), t in DEFAULT_STEPS."""
     if mode not in ("add", "set"):
@@ -481,10 +484,18 @@ def steer(
         strengths = [base + t * (other - own) for t in DEFAULT_STEPS]
     if not strengths or not all(math.isfinite(s) for s in strengths):
         raise BridgeError("strengths must be a non-empty list of finite numbers")
-    prompts = task.test[:pairs, 0 if prompt_class == "a" else 1]
+    cls = 0 if prompt_class == "a" else 1
+    prompts = task.test[:pairs, cls]
+    dense_logits, _ = b.dense(prompts, last_only=True)
+    if correct_only:
+        right = dense_logits[:, -1, [task.token_a, task.token_b]].argmax(-1) == cls
+        if not right.any():
+            raise BridgeError(
+                f"the dense model gets none of the {len(prompts)} class-{prompt_class} prompts right"
+            )
+        prompts, dense_logits = prompts[right], dense_logits[right]
     location = next_location(b.sparse.cfg, site)
     base_logits, base_acts = b.sparse(prompts, capture=[location], last_only=True)
-    dense_logits, _ = b.dense(prompts, last_only=True)
     control = random_control(site, dim, index, seed)
     curves = {}
     for i, (name, n) in enumerate((("node", node), ("control", control))):
@@ -503,6 +514,7 @@ def steer(
         "mode": mode,
         "position": position,
         "prompt_class": prompt_class,
+        "correct_only": correct_only,
         "prompts": len(prompts),
         "node_means": {"a": stats["mean_a"], "b": stats["mean_b"], "effect": stats["effect"]},
         "strengths": list(strengths),
