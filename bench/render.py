@@ -1,11 +1,12 @@
 """How fast a 2,000-edge circuit renders and becomes interactive in headless Chromium.
 
-    .venv/bin/python bench/render.py [--data DIR] [--edges 2000] [--reference 200] [--repeat 7]
+    .venv/bin/python bench/render.py [--data DIR] [--edges 2000] [--reference 200] [--repeat 7] [--cold]
 
 Serves a seeded data dir (tests/e2e/seed.py; seeded first if needed) with the built frontend. The measured
 circuits are sub-circuits of the seeded one (its `edges` strongest edges and their endpoints, written once
 as a new circuit row), so the whole circuit is drawn. Each run loads the circuit page afresh (browser and
-server caches warm) and, the moment Cytoscape reports its first frame, hovers the busiest node:
+server caches warm; --cold: an empty browser cache every time) and, the moment Cytoscape reports its first
+frame, hovers the busiest node:
   frame   navigation start -> the graph's first frame (ms), including fetching the circuit and model
   ready   navigation start -> the hover answered: its neighbourhood highlighted and drawn (target <= 1000 ms)
   fetch / build / draw: the page's own split of `frame` (data in, Cytoscape built, first frame drawn)
@@ -78,6 +79,7 @@ def main() -> None:
     ap.add_argument("--reference", type=int, default=200, help="edges of the reference circuit")
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--query", default="", help="extra query parameters for the circuit page")
+    ap.add_argument("--cold", action="store_true", help="a new browser context (empty cache) for every load")
     args = ap.parse_args()
     if not (DIST / "index.html").exists():
         raise SystemExit("frontend/dist is missing: run `cd frontend && npm ci && npm run build` first")
@@ -87,14 +89,22 @@ def main() -> None:
     rows: dict[int, list[dict]] = {n: [] for n in sizes}
     with serve(args.data) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 950})
-        page.add_init_script(PROBE)
+
+        def new_page():
+            page = browser.new_page(viewport={"width": 1400, "height": 950})
+            page.add_init_script(PROBE)
+            return page
+
+        page = new_page()
         extra = f"&{args.query}" if args.query else ""
         targets = {n: f"{url}/#/circuits/{ids[n]}?edges={n}{extra}" for n in sizes}
         for n in sizes:  # warm-up: the server's circuit cache, the browser's bundle cache and JIT
             measure(page, targets[n])
         for i in range(args.repeat):
             for n in sizes:
+                if args.cold:
+                    page.close()
+                    page = new_page()
                 m = measure(page, targets[n])
                 rows[n].append(m)
                 print(
