@@ -132,7 +132,7 @@ function sideGraph(
       { selector: "node", style: { width: 10, height: 10, "background-color": SHARED } },
       { selector: "node.own", style: { "background-color": colour } },
       { selector: "node:selected", style: { label: "data(label)", "font-size": 8, width: 16, height: 16, "border-width": 2, "border-color": "#000" } },
-      { selector: "edge", style: { "curve-style": "haystack", "haystack-radius": 0, "line-color": "#999", width: 0.6, opacity: 0.5 } },
+      { selector: "edge", style: { "curve-style": "haystack", "haystack-radius": 0, "line-color": "#777", width: 0.8, opacity: 0.6 } },
       { selector: "edge.own", style: { "line-color": colour, width: 1, opacity: 0.8 } },
     ],
   });
