@@ -199,7 +199,8 @@ export interface paths {
         };
         /**
          * Get Model
-         * @description A model with its configuration, training summary and sites (where its nodes live).
+         * @description A model with its configuration, training summary and sites (where its nodes live; with
+         *     transcoders, also their feature sites `{l}.mlp.transcoder`).
          */
         get: operations["get_model_api_v1_models__model_id__get"];
         put?: never;
@@ -241,6 +242,7 @@ export interface paths {
          * Get Node
          * @description A node's statistics over the corpus sample (mean, firing frequency, quantiles), its activation
          *     examples (top and bottom 0.1 %, 1 %, 10 %, 50 %), the circuits containing it and its edges in one.
+         *     A transcoder feature (`{l}.mlp.transcoder[j]`) also gets its de-embedding.
          */
         get: operations["get_node_api_v1_models__model_id__nodes__node__get"];
         put?: never;
@@ -370,6 +372,48 @@ export interface paths {
          *     evaluated on (built-in tasks are mined from the corpus on first use: seconds); without: the text.
          */
         get: operations["task_samples_api_v1_tasks__name__samples_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/transcoders": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Transcoders
+         * @description Transcoder sweeps, newest first, optionally of one model.
+         */
+        get: operations["list_transcoders_api_v1_transcoders_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/transcoders/{transcoder_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Transcoder
+         * @description A sweep: reference CEs (clean, each MLP zero- and mean-ablated), every point (kind, L1, layer,
+         *     L0, CE with the MLP replaced, FVU, dead latents), plot-ready curves, the matched-L0 comparison, the
+         *     feature sites and the circuits built from the features.
+         */
+        get: operations["get_transcoder_api_v1_transcoders__transcoder_id__get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -524,17 +568,27 @@ export interface components {
         };
         /** CircuitEdgeRead */
         CircuitEdgeRead: {
+            /**
+             * Activation
+             * @description attribution edges: the input-dependent factor, mean over the task's prompts of the source feature's activation x the reader's frozen RMSNorm scale (where the target feature is active)
+             */
+            activation?: number | null;
             /** Dst */
             dst: string;
             /**
              * Kind
              * @enum {string}
              */
-            kind: "weight" | "residual" | "qk";
+            kind: "weight" | "residual" | "qk" | "attribution";
             /** Src */
             src: string;
             /** Weight */
             weight: number;
+            /**
+             * Weight Product
+             * @description attribution edges: the input-invariant factor W_dec[:, i] . (g * W_enc[j]); weight = activation x this
+             */
+            weight_product?: number | null;
         };
         /** CircuitList */
         CircuitList: {
@@ -617,6 +671,11 @@ export interface components {
             target_loss: number;
             /** Task */
             task: string;
+            /**
+             * Transcoder Id
+             * @description transcoder circuits: the transcoders behind its features
+             */
+            transcoder_id?: number | null;
             /** Validation */
             validation: {
                 [key: string]: unknown;
@@ -647,6 +706,11 @@ export interface components {
             target_loss: number;
             /** Task */
             task: string;
+            /**
+             * Transcoder Id
+             * @description transcoder circuits: the transcoders behind its features
+             */
+            transcoder_id?: number | null;
         };
         /** CustomTask */
         CustomTask: {
@@ -664,13 +728,31 @@ export interface components {
             /** Pairs */
             pairs: components["schemas"]["PromptPair"][];
         };
+        /** DeEmbedding */
+        DeEmbedding: {
+            /**
+             * Bottom
+             * @description tokens whose embeddings suppress it most
+             */
+            bottom: components["schemas"]["TokenScore"][];
+            /**
+             * Top
+             * @description tokens whose embeddings drive the feature most
+             */
+            top: components["schemas"]["TokenScore"][];
+        };
         /** EdgeRef */
         EdgeRef: {
+            /**
+             * Activation
+             * @description attribution edges: the input-dependent factor, mean over the task's prompts of the source feature's activation x the reader's frozen RMSNorm scale (where the target feature is active)
+             */
+            activation?: number | null;
             /**
              * Kind
              * @enum {string}
              */
-            kind: "weight" | "residual" | "qk";
+            kind: "weight" | "residual" | "qk" | "attribution";
             /**
              * Node
              * @description the node at the other end
@@ -678,6 +760,11 @@ export interface components {
             node: string;
             /** Weight */
             weight: number;
+            /**
+             * Weight Product
+             * @description attribution edges: the input-invariant factor W_dec[:, i] . (g * W_enc[j]); weight = activation x this
+             */
+            weight_product?: number | null;
         };
         /** ErrorBody */
         ErrorBody: {
@@ -924,6 +1011,8 @@ export interface components {
              * @description circuits of this model that contain the node
              */
             circuits: number[];
+            /** @description transcoder features: top tokens of W_E . (g * W_enc[j]) (the direct path) */
+            de_embedding?: components["schemas"]["DeEmbedding"] | null;
             /** Examples */
             examples: components["schemas"]["ExampleRead"][];
             /** Incoming */
@@ -942,6 +1031,11 @@ export interface components {
             site: string;
             /** @description None until the model has been profiled */
             stats: components["schemas"]["NodeStats"] | null;
+            /**
+             * Transcoder Id
+             * @description transcoder features: the transcoders they belong to
+             */
+            transcoder_id?: number | null;
         };
         /** NodeStatRow */
         NodeStatRow: {
@@ -1206,6 +1300,12 @@ export interface components {
         /** SteerRequest */
         SteerRequest: {
             /**
+             * Correct Only
+             * @description only the prompts the unsteered dense model gets right
+             * @default false
+             */
+            correct_only: boolean;
+            /**
              * Mode
              * @description add the strength to the node, or set it to it
              * @default add
@@ -1269,6 +1369,8 @@ export interface components {
             completion_b: string;
             /** Control Node */
             control_node: string;
+            /** Correct Only */
+            correct_only: boolean;
             curves: components["schemas"]["SteerCurves"];
             /**
              * Dense Model Id
@@ -1306,7 +1408,10 @@ export interface components {
              * @enum {string}
              */
             prompt_class: "a" | "b";
-            /** Prompts */
+            /**
+             * Prompts
+             * @description prompts steered
+             */
             prompts: number;
             /** Seconds */
             seconds: number;
@@ -1314,6 +1419,40 @@ export interface components {
             strengths: number[];
             /** Task */
             task: string;
+        };
+        /** SweepPoint */
+        SweepPoint: {
+            /**
+             * Ce
+             * @description the model's validation CE with this layer's MLP replaced
+             */
+            ce: number;
+            /**
+             * Dead Fraction
+             * @description latents never active on the validation tokens
+             */
+            dead_fraction: number;
+            /**
+             * Fvu
+             * @description fraction of the MLP output's variance unexplained
+             */
+            fvu: number;
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "transcoder" | "sae";
+            /**
+             * L0
+             * @description mean active latents per token (validation)
+             */
+            l0: number;
+            /** L1 */
+            l1: number;
+            /** L1 Index */
+            l1_index: number;
+            /** Layer */
+            layer: number;
         };
         /** TaskList */
         TaskList: {
@@ -1413,6 +1552,15 @@ export interface components {
             /** Text */
             text: string;
         };
+        /** TokenScore */
+        TokenScore: {
+            /** Id */
+            id: number;
+            /** Score */
+            score: number;
+            /** Text */
+            text: string;
+        };
         /** TrainJob */
         TrainJob: {
             /**
@@ -1464,6 +1612,216 @@ export interface components {
             train?: {
                 [key: string]: unknown;
             };
+        };
+        /** TranscoderJob */
+        TranscoderJob: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "transcoder";
+            params: components["schemas"]["TranscoderParams"];
+        };
+        /** TranscoderList */
+        TranscoderList: {
+            /** Items */
+            items: components["schemas"]["TranscoderSummary"][];
+            /** Total */
+            total: number;
+        };
+        /**
+         * TranscoderParams
+         * @description Train transcoders and an SAE baseline on every MLP of a model at several L1 coefficients, profile
+         *     the selected transcoders' features and build their circuits for `tasks`
+         *     (worker/engine/transcoders.py).
+         */
+        TranscoderParams: {
+            /**
+             * Batch Size
+             * @description sequences of n_ctx tokens per step
+             * @default 16
+             */
+            batch_size: number;
+            /**
+             * Eval Batches
+             * @description validation batches (default: TranscoderConfig's)
+             */
+            eval_batches?: number | null;
+            /**
+             * Expansion
+             * @description latents per layer = expansion * d_mlp
+             * @default 1
+             */
+            expansion: number;
+            /**
+             * L1
+             * @description the L1 sweep (default: TranscoderConfig's)
+             */
+            l1?: number[] | null;
+            /** Model Id */
+            model_id: number;
+            /**
+             * Profile Tokens
+             * @description feature profile sample; 0 = no feature pages
+             * @default 65536
+             */
+            profile_tokens: number;
+            /**
+             * Replace
+             * @description replace the model's existing transcoders (else 409)
+             * @default false
+             */
+            replace: boolean;
+            /**
+             * Sae
+             * @description also train the SAE baseline
+             * @default true
+             */
+            sae: boolean;
+            /**
+             * Seed
+             * @default 0
+             */
+            seed: number;
+            /**
+             * Selected
+             * @description index into l1 of the transcoders behind features and circuits (default middle)
+             */
+            selected?: number | null;
+            /**
+             * Steps
+             * @description training steps (default: TranscoderConfig's)
+             */
+            steps?: number | null;
+            /**
+             * Tasks
+             * @description tasks to build circuits for
+             */
+            tasks?: string[];
+            /**
+             * Tolerance
+             * @description allowed rise of a circuit's task CE
+             * @default 0.05
+             */
+            tolerance: number;
+        };
+        /** TranscoderRead */
+        TranscoderRead: {
+            /**
+             * Circuits
+             * @description transcoder circuits built from these features
+             */
+            circuits: number[];
+            /** Clean Ce */
+            clean_ce: number;
+            /**
+             * Config
+             * @description sweep settings and the dense model's fingerprint
+             */
+            config: {
+                [key: string]: unknown;
+            };
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Curves
+             * @description plot-ready: layer -> kind -> [{l0, ce, l1}] sorted by L0
+             */
+            curves: {
+                [key: string]: {
+                    [key: string]: {
+                        [key: string]: number;
+                    }[];
+                };
+            };
+            /**
+             * Feature Sites
+             * @description `{l}.mlp.transcoder`: the features as nodes of the model
+             */
+            feature_sites: components["schemas"]["SiteInfo"][];
+            /** Id */
+            id: number;
+            /** Job Id */
+            job_id: string | null;
+            /** L1 */
+            l1: number[];
+            /**
+             * Matched
+             * @description transcoder vs SAE at matched L0 (SAE CE interpolated linearly in log L0): rows, settings
+             */
+            matched: {
+                [key: string]: unknown;
+            };
+            /** Model Id */
+            model_id: number;
+            /** Model Name */
+            model_name: string;
+            /** Points */
+            points: components["schemas"]["SweepPoint"][];
+            /**
+             * Reference
+             * @description clean CE and per layer the CE with the MLP zero- / mean-ablated
+             */
+            reference: {
+                [key: string]: unknown;
+            };
+            /**
+             * Selected L1
+             * @description the L1 coefficient of the transcoders behind features and circuits
+             */
+            selected_l1: number;
+            /** Settings */
+            settings: number;
+            /**
+             * Transcoder Better Settings
+             * @description settings where the transcoder's CE <= the SAE's at matched L0
+             */
+            transcoder_better_settings: number;
+            /**
+             * Width
+             * @description latents per layer
+             */
+            width: number;
+        };
+        /** TranscoderSummary */
+        TranscoderSummary: {
+            /** Clean Ce */
+            clean_ce: number;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Id */
+            id: number;
+            /** Job Id */
+            job_id: string | null;
+            /** L1 */
+            l1: number[];
+            /** Model Id */
+            model_id: number;
+            /** Model Name */
+            model_name: string;
+            /**
+             * Selected L1
+             * @description the L1 coefficient of the transcoders behind features and circuits
+             */
+            selected_l1: number;
+            /** Settings */
+            settings: number;
+            /**
+             * Transcoder Better Settings
+             * @description settings where the transcoder's CE <= the SAE's at matched L0
+             */
+            transcoder_better_settings: number;
+            /**
+             * Width
+             * @description latents per layer
+             */
+            width: number;
         };
         /** ValidationError */
         ValidationError: {
@@ -1644,7 +2002,7 @@ export interface operations {
         parameters: {
             query?: {
                 status?: ("queued" | "running" | "succeeded" | "failed" | "cancelled") | null;
-                kind?: ("train" | "profile" | "prune" | "bridge") | null;
+                kind?: ("train" | "profile" | "prune" | "bridge" | "transcoder") | null;
                 limit?: number;
                 offset?: number;
             };
@@ -1683,7 +2041,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["TrainJob"] | components["schemas"]["ProfileJob"] | components["schemas"]["PruneJob"] | components["schemas"]["BridgeJob"];
+                "application/json": components["schemas"]["TrainJob"] | components["schemas"]["ProfileJob"] | components["schemas"]["PruneJob"] | components["schemas"]["BridgeJob"] | components["schemas"]["TranscoderJob"];
             };
         };
         responses: {
@@ -2349,6 +2707,80 @@ export interface operations {
             };
             /** @description the model is not ready */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    list_transcoders_api_v1_transcoders_get: {
+        parameters: {
+            query?: {
+                model_id?: number | null;
+                limit?: number;
+                offset?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TranscoderList"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    get_transcoder_api_v1_transcoders__transcoder_id__get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description transcoders id */
+                transcoder_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TranscoderRead"];
+                };
+            };
+            /** @description no such transcoders */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
