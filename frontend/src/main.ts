@@ -5,6 +5,7 @@ import { circuitPage } from "./pages/circuit";
 import { comparePage } from "./pages/compare";
 import { jobsPage } from "./pages/jobs";
 import { modelPage, modelsPage } from "./pages/models";
+import { transcoderPage, transcodersBox } from "./pages/transcoders";
 import { currentRoute } from "./router";
 import { errorBox, h } from "./util";
 
@@ -21,6 +22,8 @@ async function render(): Promise<void> {
     else if (path[0] === "models") await modelPage(page, positiveId(path[1]));
     else if (path[0] === "circuits" && path.length === 2) await circuitPage(page, positiveId(path[1]));
     else if (path[0] === "jobs") await jobsPage(page);
+    else if (path[0] === "transcoders" && path.length === 2) await transcoderPage(page, positiveId(path[1]));
+    else if (path[0] === "transcoders") page.append(await transcodersBox());
     else if (path[0] === "compare") {
       const q = currentRoute().query;
       await comparePage(page, positiveId(q.get("a") ?? ""), positiveId(q.get("b") ?? ""));

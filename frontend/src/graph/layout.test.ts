@@ -37,6 +37,25 @@ describe("layout", () => {
     expect(unitX("0.mlp.act_in", 16, 64, 16) - unitX("0.mlp.act_in", 15, 64, 16)).toBeCloseTo(1 / 64);
   });
 
+  it("gives transcoder features their own sub-row below mlp.act_in of their layer", () => {
+    expect(siteRow("1.mlp.transcoder", 1, 2)).toBeGreaterThan(siteRow("1.mlp.act_in", 1, 2));
+    expect(siteRow("1.mlp.transcoder", 1, 2)).toBeLessThan(siteRow("1.mlp.post_act", 1, 2));
+    const nodes = [
+      { name: "0.mlp.transcoder[3]", site: "0.mlp.transcoder", layer: 0, index: 3 },
+      { name: "1.mlp.transcoder[3]", site: "1.mlp.transcoder", layer: 1, index: 3 },
+      { name: "1.mlp.act_in[3]", site: "1.mlp.act_in", layer: 1, index: 3 },
+      { name: "1.mlp.resid_delta[3]", site: "1.mlp.resid_delta", layer: 1, index: 3 },
+    ];
+    const dims = { "0.mlp.transcoder": 256, "1.mlp.transcoder": 256, "1.mlp.act_in": 64, "1.mlp.resid_delta": 64 };
+    const { positions, rows } = layoutCircuit(nodes, dims, 2);
+    const y = (n: string) => positions[n].y;
+    expect(y("1.mlp.transcoder[3]")).toBeGreaterThan(y("1.mlp.act_in[3]"));
+    expect(y("1.mlp.transcoder[3]")).toBeLessThan(y("1.mlp.resid_delta[3]"));
+    expect(y("1.mlp.transcoder[3]")).toBeGreaterThan(y("0.mlp.transcoder[3]"));
+    expect(rows.map((r) => r.label)).toEqual(["0.mlp.transcoder", "1.mlp.act_in", "1.mlp.transcoder", "1.mlp.resid_delta"]);
+    expect(positions["1.mlp.transcoder[3]"].x * 4).toBeCloseTo(positions["1.mlp.act_in[3]"].x);
+  });
+
   it("boxes positions with a margin, and nothing as null", () => {
     expect(positionsBox({ a: { x: 1, y: 5 }, b: { x: -3, y: 2 } }, 1)).toEqual({ x1: -4, y1: 1, x2: 2, y2: 6 });
     expect(positionsBox({})).toBeNull();

@@ -13,6 +13,10 @@ export const SITE_ORDER = [
   "mlp.resid_delta",
 ] as const;
 
+// Sites outside the 8 of every layer get a sub-row between two of them, so circuits without them keep
+// their layout: transcoder features read mlp.act_in and replace the MLP, so they sit right below it.
+export const EXTRA_ROWS: Record<string, number> = { "mlp.transcoder": 5.5 };
+
 export interface LayoutNode {
   name: string;
   site: string;
@@ -34,10 +38,13 @@ export function siteKind(site: string): string {
   return site.replace(/^\d+\./, "");
 }
 
-/** Row of a site: layer * 8 + position in SITE_ORDER; unknown sites (embed, final_resid) go first/last. */
+/** Row of a site: layer * 8 + position in SITE_ORDER (or its EXTRA_ROWS slot); unknown sites (embed,
+ * final_resid) go first/last. */
 export function siteRow(site: string, layer: number | null, nLayers: number): number {
   if (layer === null) return site === "embed" ? -1 : nLayers * SITE_ORDER.length;
-  const i = SITE_ORDER.indexOf(siteKind(site) as (typeof SITE_ORDER)[number]);
+  const kind = siteKind(site);
+  if (kind in EXTRA_ROWS) return layer * SITE_ORDER.length + EXTRA_ROWS[kind];
+  const i = SITE_ORDER.indexOf(kind as (typeof SITE_ORDER)[number]);
   return layer * SITE_ORDER.length + (i < 0 ? SITE_ORDER.length - 1 : i);
 }
 

@@ -160,7 +160,7 @@ class CircuitView {
     edges.forEach((e, i) => {
       elements.push({
         group: "edges",
-        data: { id: `e${i}`, source: e.src, target: e.dst, weight: e.weight, w: e.rel, kind: e.kind },
+        data: { id: `e${i}`, source: e.src, target: e.dst, weight: e.weight, w: e.rel, kind: e.kind, activation: e.activation, weight_product: e.weight_product },
         classes: e.weight >= 0 ? "pos" : "neg",
       });
     });
@@ -221,6 +221,9 @@ class CircuitView {
       hood?.removeClass("hl");
       hood = null;
     });
+    // Edge hover: the edge's weight in the container's tooltip (attribution edges: both factors).
+    this.cy.on("mouseover", "edge", (ev) => (container.title = edgeTip((ev.target as cytoscape.EdgeSingular).data())));
+    this.cy.on("mouseout", "edge", () => container.removeAttribute("title"));
     let labelled = false;
     this.cy.on("zoom", () => {
       const want = this.cy.zoom() >= 2.5;
@@ -249,7 +252,7 @@ class CircuitView {
       select: (n) => {
         if (this.cy.getElementById(n).nonempty()) this.select(n);
       },
-    }, this.circuit.task).catch((e) => this.panel.replaceChildren(errorBox(e)));
+    }, this.circuit.task, this.model.bridged).catch((e) => this.panel.replaceChildren(errorBox(e)));
   }
 
   toggle(name: string): void {
@@ -446,6 +449,12 @@ function compareForm(id: number): HTMLElement {
     if (other.value) location.hash = `#/compare?a=${id}&b=${encodeURIComponent(other.value)}`;
   });
   return form;
+}
+
+/** Tooltip text of an edge; attribution edges (transcoder circuits) show weight = activation × weight product. */
+export function edgeTip(d: { source: string; target: string; weight: number; kind: string; activation?: number | null; weight_product?: number | null }): string {
+  const factors = d.activation != null && d.weight_product != null ? ` = activation ${fmt(d.activation, 3)} × weight product ${fmt(d.weight_product, 3)}` : "";
+  return `${d.source} → ${d.target} (${d.kind}): weight ${fmt(d.weight, 4)}${factors}`;
 }
 
 function fact(label: string, value: Node | string): HTMLElement {

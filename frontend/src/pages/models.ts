@@ -2,6 +2,7 @@
 import { api, type Job, type Model, type Schemas } from "../api/client";
 import { errorBox, fmt, h } from "../util";
 import { newPlot } from "../plot";
+import { transcodersBox } from "./transcoders";
 
 export async function modelsPage(root: HTMLElement): Promise<void> {
   root.append(h("h1", {}, "Models"));
@@ -31,6 +32,7 @@ export async function modelsPage(root: HTMLElement): Promise<void> {
       h("tbody", {}, ...rows),
     ),
   );
+  root.append(await transcodersBox().catch((e) => errorBox(e)));
 }
 
 export async function modelPage(root: HTMLElement, id: number): Promise<void> {
@@ -40,14 +42,16 @@ export async function modelPage(root: HTMLElement, id: number): Promise<void> {
     h(
       "p",
       { class: "meta" },
-      `${model.kind} · ${model.status} · ${model.n_params.toLocaleString()} parameters · profiled: ${model.profiled ? "yes" : "no"} · `,
+      `${model.kind}${model.bridged ? " (bridged: can steer its dense model from a circuit's node panel)" : ""} · ${model.status} · ${model.n_params.toLocaleString()} parameters · profiled: ${model.profiled ? "yes" : "no"} · `,
       h("a", { href: `#/jobs?model_id=${model.id}` }, "profile or prune it"),
     ),
   );
   const plots = h("div", { class: "plots" });
   const circuitsBox = h("section", {}, h("h2", {}, "Circuits"));
   const jobsBox = h("section", {}, h("h2", {}, "Jobs"));
-  root.append(h("h2", {}, "Training"), plots, circuitsBox, jobsBox);
+  const transcoders = h("div", {});
+  root.append(h("h2", {}, "Training"), plots, circuitsBox, transcoders, jobsBox);
+  void transcodersBox(id).then((box) => transcoders.replaceWith(box), (e) => transcoders.replaceWith(errorBox(e)));
 
   const [metrics, circuits, jobs] = await Promise.allSettled([
     api<Schemas["ModelMetrics"]>(`/models/${id}/metrics`),
