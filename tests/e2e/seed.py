@@ -1,5 +1,7 @@
 """Fill a data dir with a `test`-preset model, its profile and one circuit, through the real job API
-(and, for comparisons and the render benchmark, sub-circuits of it: sub_circuit).
+(and, for comparisons and the render benchmark, sub-circuits of it: sub_circuit); then (seed_extras) a
+dense `test` model, a sparse model bridged to it with a circuit, and a tiny transcoder sweep of the first
+model with its feature circuit.
 
     .venv/bin/python tests/e2e/seed.py /tmp/circuits-dev     # prints the API key (also in api-key.txt)
 
@@ -19,9 +21,14 @@ from backend.app import create_app
 from backend.auth import create_api_key
 from backend.db import Database, upgrade
 from backend.models import Circuit as CircuitRow
+from backend.models import Model as ModelRow
+from backend.models import Transcoder as TranscoderRow
 from backend.settings import Settings
-from worker.engine.circuit import Circuit, Edge, Node
+from worker.engine.checkpoints import load_model
+from worker.engine.circuit import Circuit, Edge, Node, make_nodes
 from worker.engine.prune import PruneConfig
+from worker.engine.tasks import build_task, get_task
+from worker.engine.transcoders import CircuitConfig, attribute, attribution_edges, read_transcoders
 from worker.jobs import write_circuit
 
 TASK = "single_double_quote"
@@ -30,6 +37,18 @@ PROFILE = {"tokens": 2048, "examples_per_bin": 2, "context": 4}
 # Small enough to finish in about a minute on 2 shared cores.
 PRUNE = {"task": TASK, "runs": 1, "steps": 5, "batch_pairs": 16, "eval_pairs": 32, "curve_points": 4}
 PRUNE_CURVE_PAIRS = 32
+DENSE = {"preset": "test", "dense": True, "name": "test-dense", "steps": 40}
+BRIDGE = {"preset": "test", "steps": 30, "name": "test-bridged"}
+TRANSCODER = {
+    "l1": [0.03, 0.3, 3.0],
+    "steps": 30,
+    "batch_size": 4,
+    "eval_batches": 1,
+    "profile_tokens": 2048,
+    "tasks": [TASK],
+    "tolerance": 0.0,
+}
+EXTRAS = ("bridged_model_id", "bridged_circuit_id", "transcoder_id", "transcoder_circuit_id")
 
 
 def make_key(settings: Settings) -> str:
@@ -71,13 +90,74 @@ def seed(data_dir: Path) -> dict:
     return seeded
 
 
+def seed_extras(data_dir: Path, seeded: dict) -> dict:
+    """Bridges and transcoders for their pages: a dense model, a sparse model bridged to it and a circuit
+    of that, and a transcoder sweep of the seeded model (which builds one feature circuit)."""
+    settings = Settings(data_dir=data_dir, torch_threads=1, progress_min_interval=0.2)
+    key = seeded["key"]
+    with TestClient(create_app(settings)) as client:
+        dense_id = run_job(client, key, "train", DENSE)["result"]["model_id"]
+        bridge = {"dense_model_id": dense_id, **BRIDGE}
+        bridged_id = run_job(client, key, "bridge", bridge)["result"]["model_id"]
+        prune = {"model_id": bridged_id, **PRUNE, "curve_pairs": PRUNE_CURVE_PAIRS}
+        bridged_circuit = run_job(client, key, "prune", prune)["result"]["circuit_id"]
+        params = {"model_id": seeded["model_id"], **TRANSCODER}
+        result = run_job(client, key, "transcoder", params)["result"]
+    graph_id = feature_graph(settings, result["transcoder_id"], result["circuit_ids"][0])
+    seeded = seeded | {
+        "bridged_model_id": bridged_id,
+        "bridged_circuit_id": bridged_circuit,
+        "transcoder_id": result["transcoder_id"],
+        "transcoder_circuit_id": graph_id,
+    }
+    (data_dir / "seed.json").write_text(json.dumps(seeded))
+    return seeded
+
+
+def feature_graph(settings: Settings, transcoder_id: int, job_circuit_id: int, per_layer: int = 6) -> int:
+    """Id of a new transcoder circuit: the attribution graph between the top features of each layer on the
+    task. The tiny model's own transcoder circuit can be empty (no feature is needed for the task at its
+    loss), so the browser tests get this graph instead; its losses are those of the job's circuit."""
+    db = Database(settings)
+    with db.session() as s:
+        tr_row = s.get(TranscoderRow, transcoder_id)
+        job_circuit = s.get(CircuitRow, job_circuit_id)
+        tr = read_transcoders(settings.artifact(tr_row.artifact_path))
+        model_row = s.get(ModelRow, tr_row.model_id)
+        model, tok, _ = load_model(settings.artifact(model_row.artifact_path))
+        data = build_task(get_task(TASK), tok)
+        att = attribute(model, tr.selected, data, data.train[:8])
+        top = {
+            layer: [int(j) for j in att.total[layer].mean(0).abs().topk(per_layer).indices]
+            for layer in range(len(tr.selected))
+        }
+        names = [f"{layer}.mlp.transcoder[{j}]" for layer, js in top.items() for j in js]
+        graph = Circuit(
+            task=TASK,
+            model=str(tr_row.model_id),
+            target_loss=job_circuit.target_loss,
+            nodes=make_nodes(names, dict.fromkeys(names, 0.5)),
+            edges=attribution_edges(att, top),
+            losses=job_circuit.losses,
+            calibration=job_circuit.calibration,
+            curve=[],
+        )
+        graph_id = write_circuit(
+            s, tr_row.model_id, job_circuit.task_id, graph, CircuitConfig(), "e2e", transcoder_id=tr_row.id
+        )
+    db.dispose()
+    return graph_id
+
+
 def load_or_seed(data_dir: Path) -> dict:
     """The ids and key of a data dir seeded earlier (seed.json), else seed it now."""
     done = data_dir / "seed.json"
     if done.exists():
-        return json.loads(done.read_text())
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return seed(data_dir)
+        seeded = json.loads(done.read_text())
+    else:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        seeded = seed(data_dir)
+    return seeded if all(k in seeded for k in EXTRAS) else seed_extras(data_dir, seeded)
 
 
 def sub_circuit(data_dir: Path, circuit_id: int, n_edges: int) -> int:
@@ -111,4 +191,4 @@ def sub_circuit(data_dir: Path, circuit_id: int, n_edges: int) -> int:
 if __name__ == "__main__":
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/circuits-dev")
     out.mkdir(parents=True, exist_ok=True)
-    print(seed(out)["key"])
+    print(load_or_seed(out)["key"])

@@ -271,3 +271,89 @@ def test_compare_shows_both_circuits_side_by_side_with_overlap(page: Page, live)
     page.reload()
     expect(page.locator("#compare-selected")).to_contain_text(name, timeout=TIMEOUT)
     assert not page.page_errors
+
+
+def open_circuit_id(page: Page, live, circuit_id: int, query: str = "") -> None:
+    page.goto(f"{live.url}/#/circuits/{circuit_id}{query}")
+    expect(page.locator("#circuit-header h1")).to_contain_text(f"Circuit {circuit_id}", timeout=TIMEOUT)
+    page.wait_for_function("window.circuitRenderMs !== undefined", timeout=TIMEOUT)
+
+
+def plot_traces(page: Page, selector: str) -> list[dict]:
+    """name, x and y of every trace of a plotly chart (plotly keeps them on its div as .data)."""
+    page.wait_for_function(f"() => document.querySelector({selector!r})?.data?.length > 0", timeout=60_000)
+    return page.evaluate(
+        f"() => document.querySelector({selector!r}).data.map((t) => ({{name: t.name, x: t.x, y: t.y}}))"
+    )
+
+
+def test_bridged_node_steers_the_dense_model(page: Page, live):
+    open_circuit_id(page, live, live.bridged_circuit_id)
+    name = strongest_source(page)
+    click_node(page, name)
+    expect(page.locator("#node-title")).to_have_text(name, timeout=TIMEOUT)
+    page.locator("#steer summary").click()
+    page.locator("#steer-mode").select_option("add")
+    page.eval_on_selector("#steer-max", "(el) => { el.value = '4'; el.dispatchEvent(new Event('input')); }")
+    expect(page.locator("#steer-max-label")).to_have_text("0 … 4")
+    assert "steer_mode=add" in page.url and "steer_max=4" in page.url
+    # A 4xx answer is shown in the panel; the page stays.
+    page.route("**/steer", lambda r: r.fulfill(status=422, json={"detail": "strengths: bad"}))
+    page.locator("#steer-run").click()
+    expect(page.locator("#steer-out .error")).to_contain_text("422: strengths: bad", timeout=TIMEOUT)
+    expect(page.locator("#node-title")).to_have_text(name)
+    page.unroute("**/steer")
+    page.locator("#steer-run").click()
+    meta = page.locator("#steer-meta")
+    expect(meta).to_contain_text("control", timeout=120_000)
+    control = re.search(r"control (\S+)", meta.inner_text()).group(1)
+    traces = plot_traces(page, "#steer-plot")
+    assert len(traces) == 3
+    assert control in traces[2]["name"] and name in traces[0]["name"] and control != name
+    assert traces[0]["x"] == [0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4]
+    dense = traces[0]["y"]
+    assert all(0 <= p <= 1 for t in traces for p in t["y"])
+    assert max(dense) - min(dense) > 1e-4  # the dense model's P(A) moves with the strength
+    assert not page.page_errors
+
+
+def test_transcoder_plots_and_attribution_edges(page: Page, live):
+    page.goto(f"{live.url}/#/models")
+    link = page.locator(f"#transcoders-table a[href='#/transcoders/{live.transcoder_id}']")
+    expect(link).to_be_visible(timeout=TIMEOUT)
+    link.click()
+    expect(page.locator("h1")).to_contain_text(f"Transcoders {live.transcoder_id}")
+    for layer in ("0", "1"):
+        names = [t["name"] for t in plot_traces(page, f".plot[data-layer='{layer}']")]
+        assert {"transcoder", "SAE", "clean CE", "MLP mean-ablated", "MLP zero-ablated"} <= set(names)
+    line = plot_traces(page, ".plot[data-layer='1']")[0]
+    assert len(line["x"]) == 3 and line["x"] == sorted(line["x"])  # one point per L1, by L0
+    page.locator(f"a[href='#/circuits/{live.transcoder_circuit_id}']").click()
+    header = page.locator("#circuit-header h1")
+    expect(header).to_contain_text(f"Circuit {live.transcoder_circuit_id}", timeout=TIMEOUT)
+    page.wait_for_function("window.circuitRenderMs !== undefined", timeout=TIMEOUT)
+    rows = page.evaluate("() => window.circuitGraph.nodes('.rowlabel').map((n) => n.data('label'))")
+    assert any(r.endswith(".mlp.transcoder") for r in rows)
+    edge = page.evaluate(
+        """() => {
+            const e = window.circuitGraph.edges().filter((e) => e.data('kind') === 'attribution')
+                .sort((a, b) => Math.abs(b.data('weight')) - Math.abs(a.data('weight')))[0];
+            e.emit('mouseover');
+            return {target: e.target().id(), tip: window.circuitGraph.container().title};
+        }"""
+    )
+    assert "activation" in edge["tip"] and "weight product" in edge["tip"]
+    click_node(page, edge["target"])
+    expect(page.locator("#node-title")).to_have_text(edge["target"], timeout=TIMEOUT)
+    cells = page.locator("table[data-edges=incoming] td[data-factor=activation]")
+    expect(cells.first).to_be_visible()
+    act = float(cells.first.get_attribute("data-value"))
+    weight = float(cells.first.get_attribute("data-weight"))
+    product = page.locator("table[data-edges=incoming] td[data-factor=weight_product]").first
+    assert abs(act * float(product.get_attribute("data-value")) - weight) <= 1e-4 * max(1, abs(weight))
+    if ".mlp.transcoder[" in edge["target"]:  # a feature's page: its de-embedding
+        top = page.locator("#de-embedding table[data-side=top] td.num")
+        assert top.count() == 10
+        scores = [float(top.nth(i).inner_text()) for i in range(10)]
+        assert scores == sorted(scores, reverse=True)
+    assert not page.page_errors
