@@ -21,12 +21,13 @@ SMALL_EDGES = 200
 
 @pytest.fixture(scope="session")
 def live(tmp_path_factory):
-    """SimpleNamespace(url, key, model_id, circuit_id, small_circuit_id): the app serving frontend/dist over
-    HTTP; small_circuit_id is the seeded circuit's 200 strongest edges and their nodes (for comparisons)."""
+    """SimpleNamespace(url, key, model_id, circuit_id, small_circuit_id, bridged_model_id, bridged_circuit_id,
+    transcoder_id, transcoder_circuit_id): the app serving frontend/dist over HTTP; small_circuit_id is the
+    seeded circuit's 200 strongest edges and their nodes (for comparisons)."""
     if not (DIST / "index.html").exists():
         pytest.fail("frontend/dist is missing: run `cd frontend && npm ci && npm run build` first")
     data = Path(os.environ.get("CIRCUITS_E2E_DATA") or tmp_path_factory.mktemp("e2e-data"))
-    seeded = load_or_seed(data)
+    seeded = load_or_seed(data, extras=True)
     small = sub_circuit(data, seeded["circuit_id"], SMALL_EDGES)
     with serve(data) as url:
         warm_up(url, seeded["key"], seeded["circuit_id"])

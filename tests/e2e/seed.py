@@ -149,15 +149,18 @@ def feature_graph(settings: Settings, transcoder_id: int, job_circuit_id: int, p
     return graph_id
 
 
-def load_or_seed(data_dir: Path) -> dict:
-    """The ids and key of a data dir seeded earlier (seed.json), else seed it now."""
+def load_or_seed(data_dir: Path, extras: bool = False) -> dict:
+    """The ids and key of a data dir seeded earlier (seed.json), else seed it now; with `extras` also the
+    bridged model and the transcoders (seed_extras), added to an older seed when missing."""
     done = data_dir / "seed.json"
     if done.exists():
         seeded = json.loads(done.read_text())
     else:
         data_dir.mkdir(parents=True, exist_ok=True)
         seeded = seed(data_dir)
-    return seeded if all(k in seeded for k in EXTRAS) else seed_extras(data_dir, seeded)
+    if not extras or all(k in seeded for k in EXTRAS):
+        return seeded
+    return seed_extras(data_dir, seeded)
 
 
 def sub_circuit(data_dir: Path, circuit_id: int, n_edges: int) -> int:
@@ -191,4 +194,4 @@ def sub_circuit(data_dir: Path, circuit_id: int, n_edges: int) -> int:
 if __name__ == "__main__":
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/circuits-dev")
     out.mkdir(parents=True, exist_ok=True)
-    print(load_or_seed(out)["key"])
+    print(load_or_seed(out, extras=True)["key"])
