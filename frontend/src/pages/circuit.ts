@@ -453,8 +453,9 @@ function compareForm(id: number): HTMLElement {
 
 /** Tooltip text of an edge; attribution edges (transcoder circuits) show weight = activation × weight product. */
 export function edgeTip(d: { source: string; target: string; weight: number; kind: string; activation?: number | null; weight_product?: number | null }): string {
-  const factors = d.activation != null && d.weight_product != null ? ` = activation ${fmt(d.activation, 3)} × weight product ${fmt(d.weight_product, 3)}` : "";
-  return `${d.source} → ${d.target} (${d.kind}): weight ${fmt(d.weight, 4)}${factors}`;
+  const sig = (x: number) => Number(x).toPrecision(3);
+  const factors = d.activation != null && d.weight_product != null ? ` = activation ${sig(d.activation)} × weight product ${sig(d.weight_product)}` : "";
+  return `${d.source} → ${d.target} (${d.kind}): weight ${factors ? sig(d.weight) : fmt(d.weight, 4)}${factors}`;
 }
 
 function fact(label: string, value: Node | string): HTMLElement {

@@ -83,6 +83,9 @@ function statsTable(info: NodeInfo): HTMLElement {
   );
 }
 
+/** 3 significant digits (attribution weights span orders of magnitude). */
+const sig = (x: number | null | undefined) => (x === null || x === undefined ? "–" : Number(x).toPrecision(3));
+
 function edgeList(title: string, edges: NodeInfo["incoming"], actions: NodeActions): HTMLElement {
   const sorted = [...edges].sort((a, b) => Math.abs(b.weight) - Math.abs(a.weight));
   // Attribution edges (transcoder circuits): weight = activation x weight product, both shown.
@@ -94,16 +97,16 @@ function edgeList(title: string, edges: NodeInfo["incoming"], actions: NodeActio
     h(
       "table",
       { class: "grid", "data-edges": title.toLowerCase() },
-      hasFactors ? h("tr", {}, h("th", {}, "node"), h("th", {}, "weight"), h("th", {}, "kind"), h("th", {}, "activation"), h("th", {}, "× weight product")) : "",
+      hasFactors ? h("tr", {}, h("th", {}, "node"), h("th", {}, "weight"), h("th", {}, "kind"), h("th", { title: "activation" }, "act."), h("th", { title: "weight product" }, "× w. product")) : "",
       ...sorted.slice(0, EDGES_SHOWN).map((e) =>
         h(
           "tr",
           {},
           h("td", {}, h("a", { href: "javascript:void 0", onclick: () => actions.select(e.node) }, e.node)),
-          h("td", { class: `num ${e.weight >= 0 ? "pos" : "neg"}` }, fmt(e.weight, 3)),
+          h("td", { class: `num ${e.weight >= 0 ? "pos" : "neg"}` }, hasFactors ? sig(e.weight) : fmt(e.weight, 3)),
           h("td", {}, e.kind),
-          hasFactors ? h("td", { class: "num factor", "data-factor": "activation", "data-value": String(e.activation), "data-weight": String(e.weight) }, fmt(e.activation, 3)) : "",
-          hasFactors ? h("td", { class: "num factor", "data-factor": "weight_product", "data-value": String(e.weight_product) }, fmt(e.weight_product, 3)) : "",
+          hasFactors ? h("td", { class: "num factor", "data-factor": "activation", "data-value": String(e.activation), "data-weight": String(e.weight) }, sig(e.activation)) : "",
+          hasFactors ? h("td", { class: "num factor", "data-factor": "weight_product", "data-value": String(e.weight_product) }, sig(e.weight_product)) : "",
         ),
       ),
     ),
@@ -205,11 +208,11 @@ function plotSteer(plot: HTMLElement, r: SteerResult): void {
       { x, y: r.curves.control.dense_p_a, mode: "lines+markers", name: `control: dense P(${a}) via ${r.control_node}`, line: { color: "#999", dash: "dot" } },
     ],
     {
-      height: 260,
+      height: 300,
       margin: { t: 10, l: 50, r: 10, b: 40 },
       xaxis: { title: { text: `strength (${r.mode})` } },
       yaxis: { title: { text: `P(${a})` }, range: [0, 1] },
-      legend: { orientation: "h", y: -0.3 },
+      legend: { orientation: "h", y: -0.3, yanchor: "top" },
       hovermode: "x unified",
     },
     { displaylogo: false, responsive: true },

@@ -101,11 +101,11 @@ function plotLayer(div: HTMLElement, layer: number, curves: Transcoder["curves"]
     data,
     {
       title: { text: `layer ${layer} MLP` },
-      height: 320,
+      height: 360,
       margin: { t: 30, l: 55, r: 10, b: 40 },
       xaxis: { type: "log", title: { text: "L0 (active latents per token)" } },
       yaxis: { title: { text: "CE with the MLP replaced" } },
-      legend: { orientation: "h", y: -0.25 },
+      legend: { orientation: "h", y: -0.3, yanchor: "top" },
     },
     { displaylogo: false, responsive: true },
   );
