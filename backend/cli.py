@@ -506,14 +506,40 @@ def transcoder_train(
 @transcoder_app.command("report")
 def transcoder_report(
     transcoders: Annotated[Path, typer.Option(help="transcoder folder")],
+    evaluate: Annotated[
+        int | None,
+        typer.Option(help="evaluate again on this many validation batches first (rewrites sweep.json)"),
+    ] = None,
+    dense: Annotated[
+        Path | None, typer.Option(help="the dense model folder (default: where it was at training time)")
+    ] = None,
 ) -> None:
-    """Print a transcoder folder's sweep table again."""
-    from worker.engine.transcoders import read_transcoders, sweep_table
+    """Print a transcoder folder's sweep table (optionally evaluated again on more validation batches)."""
+    from worker.engine.checkpoints import atomic_write_text
+    from worker.engine.transcoders import (
+        SWEEP,
+        evaluate_transcoders,
+        load_transcoders,
+        read_transcoders,
+        sweep_table,
+    )
 
+    bar = None
     try:
-        tr = read_transcoders(transcoders)
+        if evaluate is not None and evaluate < 1:
+            fail(f"--evaluate must be a positive number of batches, got {evaluate}")
+        if evaluate is None:
+            tr = read_transcoders(transcoders)
+        else:
+            tr, model, tok, run = load_transcoders(transcoders, dense)
+            bar = FractionBar("evaluate")
+            evaluate_transcoders(tr, model, tok, run, evaluate, bar)
+            atomic_write_text(transcoders / SWEEP, json.dumps(tr.sweep, indent=1))
     except USER_ERRORS as e:
         fail(describe(e))
+    finally:
+        if bar is not None:
+            bar.close()
     typer.echo("\n".join(sweep_table(tr.sweep)))
 
 
@@ -525,7 +551,7 @@ def transcoder_circuit_cmd(
     dense: Annotated[
         Path | None, typer.Option(help="the dense model folder (default: where it was at training time)")
     ] = None,
-    tolerance: Annotated[float, typer.Option(help="allowed rise of the task CE over all features")] = 0.05,
+    tolerance: Annotated[float, typer.Option(help="allowed rise of the task CE over all features")] = 0.02,
 ) -> None:
     """Attribution graph between the selected transcoders' features on a task, pruned greedily."""
     from worker.engine.checkpoints import atomic_write_text

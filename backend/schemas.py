@@ -140,7 +140,7 @@ class TranscoderParams(Strict):
         max_length=32,
         description="tasks to build circuits for",
     )
-    tolerance: float = Field(0.05, ge=0, le=10, description="allowed rise of a circuit's task CE")
+    tolerance: float = Field(0.02, ge=0, le=10, description="allowed rise of a circuit's task CE")
     replace: bool = Field(False, description="replace the model's existing transcoders (else 409)")
     seed: int = Field(0, ge=0, le=2**32 - 1)
 

@@ -99,7 +99,7 @@ def test_transcoder_job_sweep_features_and_circuits(make_api, test_model):
     model, tok, _ = load_model(api.settings.artifact(f"models/{model_id}"))
     data = build_task(get_task(TASK), tok)
     att = attribute(model, tr.selected, data, data.train[:8])
-    top = {layer: [int(j) for j in att.total[layer].mean(0).abs().topk(6).indices] for layer in (0, 1)}
+    top = {layer: [int(j) for j in att.effects[layer].abs().topk(6).indices] for layer in (0, 1)}
     edges = attribution_edges(att, top)
     names = [f"{layer}.mlp.transcoder[{j}]" for layer, js in top.items() for j in js]
     graph = Circuit(

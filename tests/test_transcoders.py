@@ -27,10 +27,10 @@ from worker.engine.transcoders import (
     load_transcoders,
     matched_comparison,
     mlp_io,
-    norm_scale,
     profile_features,
     prune_features,
     read_transcoders,
+    task_loss_with,
     train_transcoders,
     transcoder_circuit,
 )
@@ -49,7 +49,7 @@ def trained(test_model, tmp_path_factory):
     return tr, model, tok, run, folder, progress
 
 
-def test_replacement_pass_rebuilds_the_residual_stream_exactly(test_model):
+def test_replacement_pass_is_exact(test_model):
     model, tok, run = load_model(test_model)
     x = torch.randint(0, model.cfg.vocab_size, (2, 16))
     clean, acts = model(x, capture=[f"{i}.mlp.act_in" for i in range(model.cfg.n_layer)])
@@ -167,12 +167,12 @@ def test_attribution_edges_are_activation_times_weight_product(trained):
     prompts = task.train[:6]
     coders = tr.selected
     att = attribute(model, coders, task, prompts)
-    # By hand, prompt by prompt: the replacement model's residual before layer 1's MLP at the last token.
+    # By hand: the replacement model's residual stream before layer 1's MLP, at every position.
     x = prompts.flatten(0, 1)
-    rep = Replacement(model, {i: (lambda inp, y, c=c: c(inp)) for i, c in enumerate(coders)}, record=True)
-    _, acts = rep(x, capture=["final_resid"])
-    r1 = rep.resid_in[1][:, -1]
-    z0, z1 = coders[0].encode(rep.inputs[0][:, -1]), coders[1].encode(rep.inputs[1][:, -1])
+    rep = Replacement(model, {i: (lambda inp, y, c=c: c(inp)) for i, c in enumerate(coders)})
+    rep(x)
+    r1 = rep.resid_in[1].flatten(0, 1)
+    z0, z1 = coders[0].encode(rep.inputs[0]).flatten(0, 1), coders[1].encode(rep.inputs[1]).flatten(0, 1)
     s1 = torch.rsqrt(r1.pow(2).mean(-1) + model.blocks[1].mlp.norm.eps)
     g1 = model.blocks[1].mlp.norm.weight
     src = [int(i) for i in (z0 > 0).any(0).nonzero().flatten()[:5]]
@@ -192,17 +192,35 @@ def test_attribution_edges_are_activation_times_weight_product(trained):
             assert e.weight_product == pytest.approx(w, rel=1e-4, abs=1e-7)
             assert e.activation == pytest.approx(act, rel=1e-4, abs=1e-7)
             assert e.weight == pytest.approx(e.activation * e.weight_product, rel=1e-6)
-            # The weight factor is the linear effect on j's pre-activation per unit of (a_i * s):
-            # feature i's decoder column through layer 1's norm weight into j's encoder row.
             checked += 1
     assert checked > 0
-    # Direct effect on the logit difference (correct minus wrong) through the frozen final norm.
-    sf = norm_scale(model.final_norm, acts["final_resid"][:, -1])[:, 0]
-    u = (model.lm_head.weight[task.token_a] - model.lm_head.weight[task.token_b]) * model.final_norm.weight
-    sign = torch.tensor([1.0, -1.0]).repeat(len(prompts))
-    direct = z1 * (sf * sign)[:, None] * (coders[1].W_dec.T @ u)
-    assert torch.allclose(att.direct[1], direct, atol=1e-6)
-    assert torch.allclose(att.total[1], att.direct[1], atol=1e-6)  # nothing after the last layer
+    # The weight factor is exact for the frozen-scale linearisation: feature i's contribution to j's
+    # pre-activation at a position where i is active is a_i * s1 * weight_product.
+    pos = int((z0[:, src[0]] > 0).nonzero()[0])
+    contribution = (z0[pos, src[0]] * coders[0].W_dec[:, src[0]] * s1[pos] * g1) @ coders[1].W_enc[dst[0]]
+    w = float(coders[0].W_dec[:, src[0]] @ (g1 * coders[1].W_enc[dst[0]]))
+    assert float(contribution) == pytest.approx(float(z0[pos, src[0]] * s1[pos]) * w, rel=1e-4, abs=1e-7)
+
+
+def test_feature_effects_predict_switching_a_feature_off(trained):
+    tr, model, tok, run, folder, _ = trained
+    task = build_task(get_task(TASK), tok)
+    prompts = task.train[:8]
+    coders = tr.selected
+    att = attribute(model, coders, task, prompts)
+    assert [e.shape for e in att.effects] == [(c.width,) for c in coders]
+    # The effect is d(-task CE)/d(scale of the feature): check it by finite differences.
+    layer = 0
+    j = int(att.effects[layer].abs().argmax())
+    eps = 1e-2
+    keep = [torch.ones(c.width) for c in coders]
+    base = task_loss_with(model, coders, task, prompts, keep)[0]
+    keep[layer][j] = 1 - eps
+    shifted = task_loss_with(model, coders, task, prompts, keep)[0]
+    assert (shifted - base) / eps == pytest.approx(float(att.effects[layer][j]), rel=0.05, abs=1e-4)
+    # Switching the feature fully off changes the task CE (it was picked for its large effect).
+    keep[layer][j] = 0
+    assert task_loss_with(model, coders, task, prompts, keep)[0] != pytest.approx(base, abs=1e-6)
 
 
 def test_pruning_keeps_exactly_the_needed_features():
@@ -237,7 +255,7 @@ def test_transcoder_circuit_and_its_json(trained):
     assert c.curve[0]["k"] == 0 and c.curve[-1]["k"] == run0["candidates"]
     # The JSON form carries both factors of every attribution edge (here: edges among the top features).
     att = attribute(model, tr.selected, task, task.train[:16])
-    top = {layer: [int(j) for j in att.total[layer].mean(0).abs().topk(8).indices] for layer in (0, 1)}
+    top = {layer: [int(j) for j in att.effects[layer].abs().topk(8).indices] for layer in (0, 1)}
     c.edges = attribution_edges(att, top)
     assert c.edges
     data = json.loads(json.dumps(c.to_json()))

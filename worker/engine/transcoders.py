@@ -14,30 +14,31 @@ AbsTopK included. With a frozen RMSNorm scale a feature's effect on a later feat
 edge factors into activation x weight; through the AbsTopK the "weight" would depend on the input. Its
 target is `{l}.mlp.resid_delta`, the sublayer's output.
 
-Replacement inside the forward pass. `Replacement` gives the model site edits (callables, run in forward
-order by model.Pass) that rebuild the residual stream from `embed` and every `resid_delta` as they pass
-(the model's own additions in the same order, so bit for bit) and replace `{l}.mlp.resid_delta` by a
-function of the MLP's live input: a transcoder's output, an SAE's reconstruction of the true output, zeros
-or the mean. One pass, exact for any set of layers.
+Replacement inside the forward pass. `Replacement` gives the model site edits (model.Pass runs them in
+forward order) that record the residual stream at `{l}.mlp.resid_in` and replace `{l}.mlp.resid_delta` by
+a function of the MLP's live input: a transcoder's output, an SAE's reconstruction of the true output,
+zeros or the mean. One pass, exact for any set of layers.
 
 Fidelity is the model's next-token CE on validation tokens with one layer's MLP replaced; L0 is the mean
 number of active latents per token. The sweep trains every lambda x layer x {transcoder, SAE} together
 on the same stream of training tokens (one batched matmul); `matched_comparison` compares the two at
 matched L0 by interpolating the SAE's CE linearly in log L0 at each transcoder's L0.
 
-Attribution (`transcoder_circuit`). At the last position of a task's prompts, in the replacement model
-(every MLP replaced by its transcoder), feature i of layer l writes a_i W_dec_l[:, i] into the residual
-stream; feature j of a later layer l' reads it through its RMSNorm, whose scale s_l' (input dependent) is
-frozen at its value on the prompt. The edge is
+Attribution (`transcoder_circuit`). In the replacement model (every MLP replaced by its transcoder), at
+any position feature i of layer l writes a_i W_dec_l[:, i] into the residual stream and feature j of a
+later layer l' reads it through its RMSNorm, whose scale s_l' (input dependent) is frozen at its value
+on the prompt. The edge is
     a_i * s_l' * [j active]  x  W_dec_l[:, i] . (g_l' * W_enc_l'[j, :])
     (activation factor)          (weight factor: input invariant; g = the norm's weight)
-averaged over prompts (`activation` is the mean of the first factor). A feature's direct effect on the
-logit difference (correct minus wrong completion) goes through the final norm the same way; its total
-effect adds its effects through later features (the gradient of the linearised model). Attention is
-frozen: paths through other positions are not attributed. Pruning switches features off (zero) at the
-last position only, keeping the features that carry the task: a bisection on the number kept (largest
-|total attribution| first), then a greedy pass, while the replacement model's task loss stays within
-`tolerance` of its loss with every feature.
+averaged over the task's prompts and their positions (`activation` is the mean of the first factor).
+Paths through attention to other positions are not edges. A feature's importance (a node's `tau`) is its
+effect on the task: on log sigmoid(logit difference), the logit difference being correct minus wrong
+completion at the last position (so minus the per-prompt two-class CE), mean over prompts; activation x
+gradient summed over positions, by autograd through the whole replacement model, i.e. the first-order
+effect of switching the feature off, paths through attention included. Positive: the feature helps.
+Pruning switches features off (zero at every position, like a pruned node), keeping those that carry the
+task: a bisection on the number kept (largest |effect| first), then a greedy pass, while the replacement
+model's task CE stays within `tolerance` of its CE with every feature.
 """
 
 from __future__ import annotations
@@ -237,6 +238,7 @@ class Transcoders:
     run: TranscoderRun
     coders: dict[str, list[list[SparseCoder]]]
     sweep: dict
+    mlp_means: list[torch.Tensor] | None = None  # per layer, the MLP output's mean over training tokens
 
     @property
     def selected(self) -> list[SparseCoder]:
@@ -250,20 +252,13 @@ class Transcoders:
 # ---------------------------------------------------------------- MLP inputs, outputs and replacement
 
 
-def resid_sites(n_layer: int) -> list[str]:
-    return ["embed"] + [f"{i}.{k}.resid_delta" for i in range(n_layer) for k in ("attn", "mlp")]
-
-
 def mlp_io(model: SparseGPT, idx: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer (the MLP's input as a transcoder reads it, the MLP's output), from one clean pass."""
-    _, acts = model(idx, capture=resid_sites(model.cfg.n_layer))
-    resid, out = acts["embed"], []
-    for i, block in enumerate(model.blocks):
-        resid = resid + acts[f"{i}.attn.resid_delta"]
-        y = acts[f"{i}.mlp.resid_delta"]
-        out.append((block.mlp.norm(resid), y))
-        resid = resid + y
-    return out
+    L = model.cfg.n_layer
+    _, acts = model(idx, capture=[f"{i}.mlp.{s}" for i in range(L) for s in ("resid_in", "resid_delta")])
+    return [
+        (model.blocks[i].mlp.norm(acts[f"{i}.mlp.resid_in"]), acts[f"{i}.mlp.resid_delta"]) for i in range(L)
+    ]
 
 
 def norm_scale(norm: nn.Module, resid: torch.Tensor) -> torch.Tensor:
@@ -275,39 +270,32 @@ ReplaceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (MLP input, 
 
 
 class Replacement:
-    """Site edits replacing the MLP output of some layers, see the module docstring. `record` keeps each
-    replaced layer's MLP input and the residual stream before it (for attribution)."""
+    """Site edits replacing the MLP output of some layers by a function of the MLP's live input (the
+    norm of the residual stream at `{l}.mlp.resid_in`, recorded as the pass goes by) and its true output.
+    Keeps each replaced layer's residual stream and MLP input of the last pass (for attribution)."""
 
-    def __init__(self, model: SparseGPT, replace: dict[int, ReplaceFn], record: bool = False):
-        self.model, self.replace, self.record = model, replace, record
-        self.resid: torch.Tensor | None = None
+    def __init__(self, model: SparseGPT, replace: dict[int, ReplaceFn]):
+        self.model, self.replace = model, replace
         self.inputs: dict[int, torch.Tensor] = {}
         self.resid_in: dict[int, torch.Tensor] = {}
 
     def edits(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-        last = max(self.replace)
-        out = {"embed": self._start}
-        for i in range(last + 1):
-            out[f"{i}.attn.resid_delta"] = self._add
-            out[f"{i}.mlp.resid_delta"] = self._mlp(i) if i in self.replace else self._add
+        out = {}
+        for i in self.replace:
+            out[f"{i}.mlp.resid_in"] = self._record(i)
+            out[f"{i}.mlp.resid_delta"] = self._mlp(i)
         return out
 
-    def _start(self, x):
-        self.resid = x
-        return x
-
-    def _add(self, x):
-        self.resid = self.resid + x
-        return x
-
-    def _mlp(self, layer: int):
-        def edit(y):
-            x = self.model.blocks[layer].mlp.norm(self.resid)
-            if self.record:
-                self.inputs[layer], self.resid_in[layer] = x, self.resid
-            return self._add(self.replace[layer](x, y))
+    def _record(self, layer: int):
+        def edit(resid):
+            self.resid_in[layer] = resid
+            self.inputs[layer] = self.model.blocks[layer].mlp.norm(resid)
+            return resid
 
         return edit
+
+    def _mlp(self, layer: int):
+        return lambda y: self.replace[layer](self.inputs[layer], y)
 
     def __call__(self, idx: torch.Tensor, **kwargs):
         return self.model(idx, edits=self.edits(), **kwargs)
@@ -354,7 +342,7 @@ def evaluate_coders(
         for i, per_layer in enumerate(per_l1):
             for layer, c in enumerate(per_layer):
                 variants[(kind, i, layer)] = coder_fn(kind, c)
-    ce = {key: 0.0 for key in variants} | {"clean": 0.0}
+    ce: dict = {key: [] for key in variants} | {"clean": []}  # per batch: mean CE over its tokens
     n_tok = 0
     stats = {k: {"active": 0.0, "sse": 0.0, "fired": None} for k in variants if k[0] in KINDS}
     y_sum = [0.0] * L
@@ -362,7 +350,7 @@ def evaluate_coders(
     y_mean_sum = [torch.zeros(model.cfg.d_model) for _ in range(L)]
     for b, (x, y) in enumerate(batches):
         logits, _ = model(x)
-        ce["clean"] += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
+        ce["clean"].append(F.cross_entropy(logits.flatten(0, 1), y.flatten()).item())
         io = mlp_io(model, x)
         for layer, (_, out) in enumerate(io):
             flat = out.flatten(0, 1)
@@ -372,7 +360,7 @@ def evaluate_coders(
         for key, fn in variants.items():
             layer = key[-1]
             logits, _ = Replacement(model, {layer: fn})(x)
-            ce[key] += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
+            ce[key].append(F.cross_entropy(logits.flatten(0, 1), y.flatten()).item())
             if key in stats:
                 kind, i, _ = key
                 c = coders[kind][i][layer]
@@ -387,13 +375,18 @@ def evaluate_coders(
         report((b + 1) / len(batches), f"evaluated {b + 1}/{len(batches)} validation batches")
     # Total variance of the MLP output about its mean: FVU = SSE / that.
     var = [y_sq[i] - float(y_mean_sum[i].pow(2).sum()) / y_sum[i] for i in range(L)]
+
+    def mean(values: list[float]) -> float:  # batches are equally long: the mean over all tokens
+        return sum(values) / len(values)
+
     reference = {
-        "clean_ce": ce["clean"] / n_tok,
+        "clean_ce": mean(ce["clean"]),
+        "clean_ce_batches": ce["clean"],
         "layers": [
             {
                 "layer": i,
-                "zero_ablated_ce": ce[("zero", i)] / n_tok,
-                "mean_ablated_ce": ce[("mean", i)] / n_tok,
+                "zero_ablated_ce": mean(ce[("zero", i)]),
+                "mean_ablated_ce": mean(ce[("mean", i)]),
             }
             for i in range(L)
         ],
@@ -408,7 +401,8 @@ def evaluate_coders(
                 "l1_index": i,
                 "layer": layer,
                 "l0": st["active"] / n_tok,
-                "ce": ce[key] / n_tok,
+                "ce": mean(ce[key]),
+                "ce_batches": ce[key],
                 "fvu": st["sse"] / max(var[layer], 1e-30),
                 "dead_fraction": float((~st["fired"]).float().mean()),
             }
@@ -416,46 +410,60 @@ def evaluate_coders(
     return {"reference": reference, "points": points, "tokens": n_tok}
 
 
-def _interp(xs: list[float], ys: list[float], x: float) -> tuple[float, bool]:
-    """Piecewise-linear y(x) through sorted points; outside their range, the nearest segment's line
-    (flagged as extrapolated). One point: its y."""
+def _segment(xs: list[float], x: float) -> tuple[int, float, bool]:
+    """Linear interpolation through sorted xs: y(x) = (1 - t) y_k + t y_(k+1) on the segment holding x,
+    outside their range the nearest segment's line. -> (k, t, extrapolated). One point: (0, 0, x != it)."""
     if len(xs) == 1:
-        return ys[0], x != xs[0]
+        return 0, 0.0, x != xs[0]
     k = 0
     while k < len(xs) - 2 and x > xs[k + 1]:
         k += 1
-    x0, x1, y0, y1 = xs[k], xs[k + 1], ys[k], ys[k + 1]
-    y = y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return y, not xs[0] <= x <= xs[-1]
+    t = 0.0 if xs[k + 1] == xs[k] else (x - xs[k]) / (xs[k + 1] - xs[k])
+    return k, t, not xs[0] <= x <= xs[-1]
+
+
+def _at(ys: list[float], k: int, t: float) -> float:
+    return ys[k] if len(ys) == 1 else (1 - t) * ys[k] + t * ys[k + 1]
+
+
+def _mean_se(values: list[float]) -> tuple[float, float | None]:
+    """Mean and its standard error (None from one value)."""
+    n = len(values)
+    m = sum(values) / n
+    if n < 2:
+        return m, None
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1) / n)
 
 
 def matched_comparison(points: list[dict]) -> dict:
     """Transcoder vs SAE at matched L0: for each transcoder (setting i, layer l), the SAE's CE of that
-    layer interpolated linearly in log L0 at the transcoder's L0. Per setting, the verdict is on the mean
-    over layers of (SAE CE - transcoder CE) >= 0; per layer it is listed too."""
+    layer interpolated linearly in log L0 at the transcoder's L0; delta = SAE CE - transcoder CE. Its
+    standard error comes from the per-batch deltas (same validation batches for every variant, the
+    interpolation weights fixed by the L0s over all batches). Per setting, the verdict is on the mean
+    over layers of delta >= 0; per layer it is listed too."""
     rows = []
-    layers = sorted({p["layer"] for p in points})
-    for layer in layers:
+    for layer in sorted({p["layer"] for p in points}):
         sae = sorted(
-            (math.log(p["l0"]), p["ce"])
-            for p in points
-            if p["kind"] == "sae" and p["layer"] == layer and p["l0"] > 0
+            (p for p in points if p["kind"] == "sae" and p["layer"] == layer and p["l0"] > 0),
+            key=lambda p: p["l0"],
         )
+        xs = [math.log(p["l0"]) for p in sae]
         for p in points:
             if p["kind"] != "transcoder" or p["layer"] != layer:
                 continue
-            row = {
-                "layer": layer,
-                "l1": p["l1"],
-                "l1_index": p["l1_index"],
-                "l0": p["l0"],
-                "transcoder_ce": p["ce"],
-            }
+            row = {"layer": layer, "l1": p["l1"], "l1_index": p["l1_index"], "l0": p["l0"]}
+            row |= {"transcoder_ce": p["ce"], "sae_ce": None, "extrapolated": None, "delta": None}
+            row |= {"delta_se": None, "delta_batches": None}
             if sae and p["l0"] > 0:
-                ce, extrapolated = _interp([s[0] for s in sae], [s[1] for s in sae], math.log(p["l0"]))
-                row |= {"sae_ce": ce, "extrapolated": extrapolated, "delta": ce - p["ce"]}
-            else:
-                row |= {"sae_ce": None, "extrapolated": None, "delta": None}
+                k, t, extrapolated = _segment(xs, math.log(p["l0"]))
+                sae_ce = _at([q["ce"] for q in sae], k, t)
+                row |= {"sae_ce": sae_ce, "extrapolated": extrapolated, "delta": sae_ce - p["ce"]}
+                if all("ce_batches" in q for q in [p, *sae]):
+                    per_batch = [
+                        _at([q["ce_batches"][b] for q in sae], k, t) - p["ce_batches"][b]
+                        for b in range(len(p["ce_batches"]))
+                    ]
+                    row |= {"delta_batches": per_batch, "delta_se": _mean_se(per_batch)[1]}
             rows.append(row)
     settings = []
     for i in sorted({r["l1_index"] for r in rows}):
@@ -463,12 +471,17 @@ def matched_comparison(points: list[dict]) -> dict:
         if not mine:
             continue
         mean_delta = sum(r["delta"] for r in mine) / len(mine)
+        se = None
+        if all(r["delta_batches"] for r in mine):
+            per_batch = [sum(b) / len(mine) for b in zip(*(r["delta_batches"] for r in mine), strict=True)]
+            se = _mean_se(per_batch)[1]
         settings.append(
             {
                 "l1_index": i,
                 "l1": mine[0]["l1"],
                 "mean_l0": sum(r["l0"] for r in mine) / len(mine),
                 "mean_delta": mean_delta,
+                "mean_delta_se": se,
                 "transcoder_better": mean_delta >= 0,
                 "layers_better": sum(r["delta"] >= 0 for r in mine),
                 "layers": len(mine),
@@ -577,10 +590,36 @@ def train_transcoders(
         TranscoderRun(config=cfg, dense=dense_ref(dense_folder, model), d_model=d, width=width),
         coders,
         figures,
+        means,
     )
     if out is not None:
         save_transcoders(out, tr)
     return tr
+
+
+@torch.no_grad()
+def evaluate_transcoders(
+    tr: Transcoders, model: SparseGPT, tok, run, eval_batches: int | None = None, on_progress=None
+) -> dict:
+    """The validation figures of a trained sweep again (e.g. on more batches): replaces tr.sweep's
+    reference, points and matched comparison and returns the sweep. MLP means (for the mean-ablation
+    reference) come from the folder, or from 16 training batches for folders saved without them."""
+    cfg = tr.run.config
+    n = eval_batches or cfg.eval_batches
+    train_stream, val_stream = _streams(run, tok)
+    batches = fixed_batches(val_stream, n, cfg.batch_size, model.cfg.n_ctx, seed=cfg.seed + 1)
+    means = tr.mlp_means
+    if means is None:
+        sums = [torch.zeros(model.cfg.d_model, dtype=torch.float64) for _ in range(model.cfg.n_layer)]
+        count = 0
+        for x, _ in fixed_batches(train_stream, 16, cfg.batch_size, model.cfg.n_ctx, seed=cfg.seed + 2):
+            for i, (_, y) in enumerate(mlp_io(model, x)):
+                sums[i] += y.double().sum((0, 1))
+            count += x.numel()
+        means = [(v / count).float() for v in sums]
+    figures = evaluate_coders(model, tr.coders, batches, means, cfg.l1, on_progress)
+    tr.sweep |= figures | {"matched": matched_comparison(figures["points"]), "eval_batches": n}
+    return tr.sweep
 
 
 def save_transcoders(folder: Path, tr: Transcoders) -> None:
@@ -591,6 +630,8 @@ def save_transcoders(folder: Path, tr: Transcoders) -> None:
         for i, per_layer in enumerate(per_l1):
             for layer, c in enumerate(per_layer):
                 tensors |= c.tensors(f"{kind}.{i}.{layer}")
+    for layer, m in enumerate(tr.mlp_means or []):
+        tensors[f"mlp_mean.{layer}"] = m
     _atomic_save_tensors(folder / CODERS, tensors, {"format": "sparse-circuits-transcoders/1"})
     atomic_write_text(folder / SWEEP, json.dumps(tr.sweep, indent=1))
     atomic_write_text(folder / CONFIG, tr.run.model_dump_json(indent=2))
@@ -628,7 +669,8 @@ def read_transcoders(folder: Path, device="cpu") -> Transcoders:
         raise CheckpointError(f"{folder / CODERS} lacks {e.args[0]}") from None
     sweep_path = folder / SWEEP
     sweep = json.loads(sweep_path.read_text()) if sweep_path.is_file() else {}
-    return Transcoders(run, coders, sweep)
+    means = [tensors[f"mlp_mean.{i}"] for i in range(run.dense.n_layer) if f"mlp_mean.{i}" in tensors]
+    return Transcoders(run, coders, sweep, means if len(means) == run.dense.n_layer else None)
 
 
 def load_transcoders(folder: Path, dense_folder: Path | None = None, device="cpu"):
@@ -663,22 +705,26 @@ def sweep_table(sweep: dict) -> list[str]:
     if not matched or not matched["rows"]:
         return lines
     lines.append(
-        "matched L0: SAE CE interpolated linearly in log L0 at the transcoder's L0 (* = extrapolated)"
+        "matched L0: SAE CE interpolated linearly in log L0 at the transcoder's L0 (* = extrapolated, "
+        "± = standard error over validation batches)"
     )
     lines.append(f"{'l1':>8s} {'layer':>5s} {'L0':>8s} {'transcoder':>10s} {'SAE':>8s} {'SAE-TC':>8s}")
     for r in matched["rows"]:
         if r["sae_ce"] is None:
             continue
         star = "*" if r["extrapolated"] else " "
+        se = f" ± {r['delta_se']:.4f}" if r.get("delta_se") is not None else ""
         lines.append(
             f"{r['l1']:8.2g} {r['layer']:5d} {r['l0']:8.2f} {r['transcoder_ce']:10.4f} "
-            f"{r['sae_ce']:8.4f}{star}{r['delta']:8.4f}"
+            f"{r['sae_ce']:8.4f}{star}{r['delta']:8.4f}{se}"
         )
     for st in matched["settings"]:
         winner = "transcoder" if st["transcoder_better"] else "SAE"
+        se = f" ± {st['mean_delta_se']:.4f}" if st.get("mean_delta_se") is not None else ""
         lines.append(
-            f"setting l1={st['l1']:.2g} (mean L0 {st['mean_l0']:.1f}): mean SAE-TC {st['mean_delta']:+.4f}, "
-            f"{winner} better; transcoder better on {st['layers_better']}/{st['layers']} layers"
+            f"setting l1={st['l1']:.2g} (mean L0 {st['mean_l0']:.1f}): mean SAE-TC "
+            f"{st['mean_delta']:+.4f}{se}, {winner} better; "
+            f"transcoder better on {st['layers_better']}/{st['layers']} layers"
         )
     n = len(matched["settings"])
     lines.append(
@@ -749,79 +795,86 @@ def parse_feature(node: str, widths: list[int]) -> tuple[int, int]:
 class CircuitConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    tolerance: float = Field(0.05, ge=0, le=10)  # allowed rise of the per-prompt task CE over all features
-    attribution_pairs: int = Field(64, ge=1, le=4096)  # train pairs the graph is averaged over
-    eval_pairs: int = Field(64, ge=1, le=4096)  # further train pairs the pruning is judged on
+    tolerance: float = Field(0.02, ge=0, le=10)  # allowed rise of the per-prompt task CE over all features
+    # Parts of the test split (see transcoder_circuit), each at most a quarter of it; the rest reports.
+    attribution_pairs: int = Field(64, ge=1, le=4096)  # pairs the graph and the effects are averaged over
+    eval_pairs: int = Field(128, ge=1, le=4096)  # pairs the pruning is judged on
+    seed: int = 0  # which pairs go where
     curve_points: int = Field(12, ge=2, le=64)
     min_edge: float = Field(0.0, ge=0)  # leave out edges with |weight| below this
 
 
 @dataclass
 class Attribution:
-    """Per prompt (last position) of a task, in the replacement model."""
+    """The linearised graph of the replacement model over a task's prompts (all positions), and each
+    feature's effect on the task's logit difference."""
 
-    acts: list[torch.Tensor]  # per layer (P, width): feature activations
-    scales: list[torch.Tensor]  # per layer (P,): the frozen RMSNorm scale of that layer's MLP input
-    final_scale: torch.Tensor  # (P,)
-    sign: torch.Tensor  # (P,) +1 where completion_a is correct, -1 where b is
-    direct: list[torch.Tensor]  # per layer (P, width): effect on the logit difference, directly
-    grad: list[torch.Tensor]  # per layer (P, width): d logit-difference / d activation (linearised)
+    acts: list[torch.Tensor]  # per layer (N, width): feature activations at every (prompt, position)
+    scales: list[torch.Tensor]  # per layer (N,): the frozen RMSNorm scale of that layer's MLP input
     weight_products: dict[tuple[int, int], torch.Tensor]  # (l, l') -> (width_l, width_l')
-
-    @property
-    def total(self) -> list[torch.Tensor]:
-        return [a * g for a, g in zip(self.acts, self.grad, strict=True)]
+    effects: list[torch.Tensor]  # per layer (width,): effect on the task (minus its CE), see feature_effects
 
 
-def _logit_direction(model: SparseGPT, task: TaskData) -> torch.Tensor:
-    """(W_U[a] - W_U[b]) * g_final: the logit difference as a direction of the final residual stream."""
-    W_U = model.lm_head.weight
-    return (W_U[task.token_a] - W_U[task.token_b]) * model.final_norm.weight
+def _coder_times(c: SparseCoder, mult: torch.Tensor) -> ReplaceFn:
+    """The transcoder with every feature scaled by `mult` (width,) at every position (1 = untouched,
+    0 = switched off)."""
+    return lambda x, y: c.decode(c.encode(x) * mult)
+
+
+def logit_difference(logits: torch.Tensor, task: TaskData) -> torch.Tensor:
+    """Per prompt (pairs interleaved a, b): logit of the correct completion minus the wrong one's."""
+    l2 = two_class_logits(logits, task)
+    d = l2[:, 0] - l2[:, 1]
+    return torch.where(pair_labels(len(d) // 2, d.device) == 0, d, -d)
+
+
+def feature_effects(model: SparseGPT, coders: list[SparseCoder], task: TaskData, prompts: torch.Tensor):
+    """Per layer (width,): d(mean log sigmoid(logit difference)) / d(feature scale), i.e. the sum over
+    positions of activation x gradient: the first-order effect of switching the feature off on the
+    correct completion's two-way log-probability (= minus the task CE), through every path of the
+    replacement model (later features, attention, norms). Positive: the feature helps the task."""
+    from .prune import frozen
+
+    mults = [torch.ones(c.width, requires_grad=True) for c in coders]
+    fns = {i: _coder_times(c, m) for i, (c, m) in enumerate(zip(coders, mults, strict=True))}
+    with frozen(model), torch.enable_grad():
+        logits, _ = Replacement(model, fns)(prompts.flatten(0, 1), last_only=True)
+        grads = torch.autograd.grad(F.logsigmoid(logit_difference(logits, task)).mean(), mults)
+    return [g.detach() for g in grads]
 
 
 @torch.no_grad()
 def attribute(
     model: SparseGPT, coders: list[SparseCoder], task: TaskData, prompts: torch.Tensor
 ) -> Attribution:
-    """The linearised attribution graph of the replacement model at the last position of `prompts`
-    (pairs, 2, T), see the module docstring."""
-    x = prompts.flatten(0, 1)
+    """Activations, frozen norm scales and weight products of the replacement model on `prompts`
+    (pairs, 2, T), and every feature's effect on the logit difference (module docstring)."""
     L = len(coders)
-    rep = Replacement(model, {i: coder_fn("transcoder", c) for i, c in enumerate(coders)}, record=True)
-    _, acts = rep(x, capture=["final_resid"])
-    zs = [coders[i].encode(rep.inputs[i][:, -1]) for i in range(L)]
-    scales = [norm_scale(model.blocks[i].mlp.norm, rep.resid_in[i][:, -1])[:, 0] for i in range(L)]
-    final_scale = norm_scale(model.final_norm, acts["final_resid"][:, -1])[:, 0]
-    sign = 1.0 - 2.0 * pair_labels(len(prompts)).float()  # prompt_a: a - b; prompt_b: b - a
-    u = _logit_direction(model, task)
+    rep = Replacement(model, {i: coder_fn("transcoder", c) for i, c in enumerate(coders)})
+    rep(prompts.flatten(0, 1), last_only=True)
+    acts = [coders[i].encode(rep.inputs[i]).flatten(0, 1) for i in range(L)]
+    scales = [norm_scale(model.blocks[i].mlp.norm, rep.resid_in[i]).flatten() for i in range(L)]
     wp = {}
     for l in range(L):
         for m in range(l + 1, L):
             g = model.blocks[m].mlp.norm.weight
             wp[(l, m)] = coders[l].W_dec.T @ (g[:, None] * coders[m].W_enc.T)
-    direct, grad = [None] * L, [None] * L
-    for l in reversed(range(L)):
-        to_logit = coders[l].W_dec.T @ u  # (width,)
-        direct[l] = zs[l] * (final_scale * sign)[:, None] * to_logit
-        gl = (final_scale * sign)[:, None] * to_logit
-        for m in range(l + 1, L):
-            gl = gl + scales[m][:, None] * ((grad[m] * (zs[m] > 0)) @ wp[(l, m)].T)
-        grad[l] = gl
-    return Attribution(zs, scales, final_scale, sign, direct, grad, wp)
+    return Attribution(acts, scales, wp, feature_effects(model, coders, task, prompts))
 
 
 def attribution_edges(att: Attribution, keep: dict[int, list[int]], min_edge: float = 0.0) -> list[Edge]:
-    """Edges between kept features of different layers, averaged over prompts: weight = activation x
-    weight_product, activation = mean over prompts of a_i * s_l' * [j active]."""
+    """Edges between kept features of different layers through the residual stream at the same
+    position, averaged over every (prompt, position): weight = activation x weight_product, activation
+    = mean of a_i * s_l' * [j active]."""
     edges = []
-    P = att.acts[0].shape[0]
+    N = att.acts[0].shape[0]
     for (l, m), wp in att.weight_products.items():
         src, dst = keep.get(l, []), keep.get(m, [])
         if not src or not dst:
             continue
-        a = att.acts[l][:, src] * att.scales[m][:, None]  # (P, |src|)
-        on = (att.acts[m][:, dst] > 0).float()  # (P, |dst|)
-        act = a.T @ on / P
+        a = att.acts[l][:, src] * att.scales[m][:, None]  # (N, |src|)
+        on = (att.acts[m][:, dst] > 0).float()  # (N, |dst|)
+        act = a.T @ on / N
         w = wp[src][:, dst]
         for i, j in (act != 0).nonzero().tolist():
             weight = float(act[i, j] * w[i, j])
@@ -841,8 +894,9 @@ def attribution_edges(att: Attribution, keep: dict[int, list[int]], min_edge: fl
 
 @torch.no_grad()
 def task_loss_with(model, coders, task: TaskData, prompts: torch.Tensor, keep=None, chunk: int = 64):
-    """Per-prompt two-class CE and mean signed logit difference of the replacement model; `keep`:
-    per layer a 0/1 vector of the features allowed at the last position (None: all), or "clean"."""
+    """Per-prompt two-class CE and mean logit difference (correct minus wrong) of the replacement model;
+    `keep`: per layer a 0/1 vector of the features left on at every position (None: all), or "clean"
+    for the original model."""
     losses, diffs, n = 0.0, 0.0, 0
     for i in range(0, len(prompts), chunk):
         part = prompts[i : i + chunk]
@@ -850,30 +904,15 @@ def task_loss_with(model, coders, task: TaskData, prompts: torch.Tensor, keep=No
         if keep == "clean":
             logits, _ = model(x, last_only=True)
         else:
-            fns = {}
-            for layer, c in enumerate(coders):
-                k = None if keep is None else keep[layer]
-                fns[layer] = _masked_fn(c, k)
-            logits, _ = Replacement(model, fns)(x, last_only=True)
+            mults = keep or [torch.ones(c.width) for c in coders]
+            logits, _ = Replacement(model, {i: _coder_times(c, mults[i]) for i, c in enumerate(coders)})(
+                x, last_only=True
+            )
         l2 = two_class_logits(logits, task)
-        labels = pair_labels(len(part))
-        losses += F.cross_entropy(l2, labels, reduction="sum").item()
-        d = l2[:, 0] - l2[:, 1]
-        diffs += float((torch.where(labels == 0, d, -d)).sum())
-        n += len(labels)
+        losses += F.cross_entropy(l2, pair_labels(len(part)), reduction="sum").item()
+        diffs += float(logit_difference(logits, task).sum())
+        n += 2 * len(part)
     return losses / n, diffs / n
-
-
-def _masked_fn(c: SparseCoder, keep: torch.Tensor | None) -> ReplaceFn:
-    if keep is None:
-        return lambda x, y: c(x)
-
-    def fn(x, y):
-        z = c.encode(x)
-        z = torch.cat([z[:, :-1], z[:, -1:] * keep], dim=1)
-        return c.decode(z)
-
-    return fn
 
 
 def prune_features(
@@ -916,14 +955,21 @@ def transcoder_circuit(
     report = on_progress or (lambda f, m: None)
     coders = tr.selected
     widths = [c.width for c in coders]
-    train = task.train
-    attr = train[: cfg.attribution_pairs]
-    held = train[cfg.attribution_pairs : cfg.attribution_pairs + cfg.eval_pairs]
-    if len(held) == 0:
-        held = attr
+    # The task's train pairs come from files the model was trained on and behave unlike held-out text
+    # (on the small dense model, switching every feature off *lowers* their CE): the graph, the pruning
+    # and the reported losses use three disjoint random parts of the test split (pairs are listed file
+    # by file, so random parts stand for the task rather than for a few files).
+    test = task.test[torch.randperm(len(task.test), generator=torch.Generator().manual_seed(cfg.seed))]
+    n_attr = min(cfg.attribution_pairs, len(test) // 4)
+    n_held = min(cfg.eval_pairs, len(test) // 4)
+    if n_attr == 0 or n_held == 0:
+        raise ValueError(
+            f"task {task.name} has {len(test)} test pairs; a transcoder circuit needs at least 4"
+        )
+    attr, held, test = test[:n_attr], test[n_attr : n_attr + n_held], test[n_attr + n_held :]
     report(0.0, f"attribution over {len(attr)} pairs")
     att = attribute(model, coders, task, attr)
-    total = torch.cat([t.mean(0) for t in att.total])  # (sum widths,) mean total effect per feature
+    total = torch.cat(att.effects)  # (sum widths,) each feature's effect on the task
     offsets = [sum(widths[:i]) for i in range(len(widths))]
     candidates = [int(i) for i in total.abs().argsort(descending=True) if total[i] != 0]
 
@@ -951,7 +997,6 @@ def transcoder_circuit(
         by_layer.setdefault(layer, []).append(j)
     by_layer = {k: sorted(v) for k, v in by_layer.items()}
     report(0.8, "test losses and curve")
-    test = task.test
     clean = task_loss_with(model, coders, task, test, "clean")
     replacement = task_loss_with(model, coders, task, test)
     circuit = task_loss_with(model, coders, task, test, keep_of(kept))
@@ -993,6 +1038,7 @@ def transcoder_circuit(
                 "l1": tr.run.config.l1[cfg_index],
                 "attribution_pairs": len(attr),
                 "eval_pairs": len(held),
+                "report_pairs": len(test),
                 "candidates": len(candidates),
                 "kept": len(kept),
                 "bisection_k": bisection_k,
