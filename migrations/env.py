@@ -29,6 +29,11 @@ def run_offline() -> None:
 def run_online() -> None:
     engine = make_engine(url) if url.startswith("sqlite") else create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # Batch mode rebuilds a table by copy, drop and rename; with foreign keys on, the drop would
+            # cascade to every child row. The pragma only takes effect outside a transaction.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
         # Batch mode lets later migrations alter tables on SQLite (copy-and-move).
         context.configure(
             connection=connection,
@@ -38,6 +43,10 @@ def run_online() -> None:
         )
         with context.begin_transaction():
             context.run_migrations()
+        if connection.dialect.name == "sqlite":
+            broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise RuntimeError(f"migration left rows whose foreign keys point nowhere: {broken[:5]}")
     engine.dispose()
 
 

@@ -90,3 +90,38 @@ def test_rows_constraints_and_cascades(settings):
     with db.session() as s:  # circuits, nodes, edges and stats go with their model
         assert s.scalars(select(CircuitNode)).all() == [] and s.scalars(select(NodeStat)).all() == []
     db.dispose()
+
+
+def test_migrations_keep_the_rows_of_rebuilt_tables(settings):
+    """SQLite batch migrations rebuild `circuits` (copy, drop, rename): its nodes and edges must survive
+    a downgrade past 0003 and the upgrade back, not be cascaded away with the dropped table."""
+    upgrade(settings)
+    db = Database(settings)
+    with db.session() as s:
+        model = Model(name="m", kind="sparse", status="ready", config={}, artifact_path="models/1")
+        task = Task(name="t", builtin=True, completion_a="'", completion_b='"')
+        s.add_all([model, task])
+        s.flush()
+        circuit = Circuit(model_id=model.id, task_id=task.id, target_loss=0.15, n_nodes=2, n_edges=1,
+                          losses={}, calibration={}, curve=[], runs=[])  # fmt: skip
+        circuit.nodes += [
+            CircuitNode(name="0.attn.v[3]", site="0.attn.v", layer=0, index=3, tau=0.5),
+            CircuitNode(name="0.attn.resid_delta[3]", site="0.attn.resid_delta", layer=0, index=3, tau=0.4),
+        ]
+        circuit.edges.append(
+            CircuitEdge(src="0.attn.v[3]", dst="0.attn.resid_delta[3]", weight=-0.25, kind="weight")
+        )
+        s.add(circuit)
+    db.dispose()
+
+    def counts() -> tuple[int, ...]:
+        with Database(settings).engine.connect() as conn:
+            return tuple(
+                conn.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar_one()
+                for t in ("circuits", "circuit_nodes", "circuit_edges")
+            )
+
+    command.downgrade(alembic_config(settings.db_url), "0002")
+    assert counts() == (1, 2, 1)
+    upgrade(settings)
+    assert counts() == (1, 2, 1)
