@@ -128,7 +128,7 @@ def feature_graph(settings: Settings, transcoder_id: int, job_circuit_id: int, p
         data = build_task(get_task(TASK), tok)
         att = attribute(model, tr.selected, data, data.train[:8])
         top = {
-            layer: [int(j) for j in att.total[layer].mean(0).abs().topk(per_layer).indices]
+            layer: [int(j) for j in att.effects[layer].abs().topk(per_layer).indices]
             for layer in range(len(tr.selected))
         }
         names = [f"{layer}.mlp.transcoder[{j}]" for layer, js in top.items() for j in js]
