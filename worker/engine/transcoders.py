@@ -245,9 +245,6 @@ class Transcoders:
         """One transcoder per layer: the ones behind feature pages and circuits."""
         return self.coders["transcoder"][self.run.config.selected_index()]
 
-    def feature_sites(self) -> dict[str, int]:
-        return {feature_site(layer): c.width for layer, c in enumerate(self.selected)}
-
 
 # ---------------------------------------------------------------- MLP inputs, outputs and replacement
 
