@@ -6,11 +6,20 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 # ---------------------------------------------------------------- jobs
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def _plain_name(v: str) -> str:
+    if not NAME_RE.match(v):
+        raise ValueError("use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
+    return v
+
+
+PlainName = Annotated[str, AfterValidator(_plain_name)]
 
 
 class Strict(BaseModel):
@@ -20,22 +29,15 @@ class Strict(BaseModel):
 class TrainParams(Strict):
     """Train a model from a preset; `model` and `train` override fields of its ModelConfig/TrainConfig."""
 
-    name: str | None = Field(None, description="unique model name (default: derived from the job id)")
+    name: PlainName | None = Field(None, description="unique model name (default: derived from the job id)")
     preset: Literal["test", "small"] = "small"
     dense: bool = False
     steps: int | None = Field(None, ge=1)
-    corpus: str | None = Field(
+    corpus: PlainName | None = Field(
         None, description="a folder name under CIRCUITS_DATA_DIR/corpora (default: the stdlib)"
     )
     model: dict[str, Any] = Field(default_factory=dict, description="ModelConfig overrides")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides")
-
-    @field_validator("name", "corpus")
-    @classmethod
-    def _plain_name(cls, v: str | None) -> str | None:
-        if v is not None and not NAME_RE.match(v):
-            raise ValueError("use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
-        return v
 
     @field_validator("train")
     @classmethod
@@ -78,7 +80,9 @@ class BridgeParams(Strict):
     sparse model's width and recipe, the dense model its vocabulary, context, layers and corpus."""
 
     dense_model_id: int = Field(ge=1, le=2**31 - 1, description="the trained dense model to bridge to")
-    name: str | None = Field(None, description="unique name of the new model (default: from the job id)")
+    name: PlainName | None = Field(
+        None, description="unique name of the new model (default: from the job id)"
+    )
     preset: Literal["test", "small"] = "small"
     steps: int | None = Field(None, ge=1)
     hybrid_sites_per_step: int | None = Field(
@@ -90,13 +94,6 @@ class BridgeParams(Strict):
     train: dict[str, Any] = Field(
         default_factory=dict, description="TrainConfig overrides (the data settings are the dense model's)"
     )
-
-    @field_validator("name")
-    @classmethod
-    def _plain_name(cls, v: str | None) -> str | None:
-        if v is not None and not NAME_RE.match(v):
-            raise ValueError("use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
-        return v
 
     @field_validator("train")
     @classmethod

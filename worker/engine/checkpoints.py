@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TypeVar
 
 import torch
+from pydantic import BaseModel
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
@@ -15,6 +17,7 @@ from torch import nn
 from .config import RunConfig
 from .model import SparseGPT
 
+B = TypeVar("B", bound=BaseModel)
 CONFIG, TOKENIZER, WEIGHTS, CHECKPOINT, METRICS = (
     "config.json",
     "tokenizer.json",
@@ -50,14 +53,19 @@ def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, meta
 
 
-def read_run_config(folder: Path) -> RunConfig:
+def read_config(folder: Path, schema: type[B], what: str = "model") -> B:
+    """The folder's config.json validated as `schema`; a clear CheckpointError if missing or invalid."""
     path = Path(folder) / CONFIG
     if not path.is_file():
-        raise CheckpointError(f"{folder} holds no {CONFIG}; is it a model folder?")
+        raise CheckpointError(f"{folder} holds no {CONFIG}; is it a {what} folder?")
     try:
-        return RunConfig.model_validate_json(path.read_text())
+        return schema.model_validate_json(path.read_text())
     except ValueError as e:
         raise CheckpointError(f"invalid {path}: {e}") from None
+
+
+def read_run_config(folder: Path) -> RunConfig:
+    return read_config(folder, RunConfig)
 
 
 def load_tokenizer(folder: Path) -> Tokenizer:

@@ -65,6 +65,7 @@ from .checkpoints import (
     _load_tensors,
     atomic_write_text,
     load_model,
+    read_config,
 )
 from .circuit import Circuit, Edge, Node
 from .data import encode_documents, fixed_batches, load_corpus, sample_batch, split_corpus
@@ -635,13 +636,7 @@ def save_transcoders(folder: Path, tr: Transcoders) -> None:
 
 
 def read_transcoder_run(folder: Path) -> TranscoderRun:
-    path = Path(folder) / CONFIG
-    if not path.is_file():
-        raise CheckpointError(f"{folder} holds no {CONFIG}; is it a transcoder folder?")
-    try:
-        return TranscoderRun.model_validate_json(path.read_text())
-    except ValueError as e:
-        raise CheckpointError(f"invalid {path}: {e}") from None
+    return read_config(folder, TranscoderRun, "transcoder")
 
 
 def read_transcoders(folder: Path, device="cpu") -> Transcoders:

@@ -1701,7 +1701,7 @@ export interface components {
             /**
              * Tolerance
              * @description allowed rise of a circuit's task CE
-             * @default 0.05
+             * @default 0.02
              */
             tolerance: number;
         };
