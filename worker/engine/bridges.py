@@ -23,7 +23,6 @@ config.json has a `bridge` section (the dense model's path and fingerprint) plus
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -52,14 +51,6 @@ class BridgeError(ValueError):
 # ---------------------------------------------------------------- the dense model's identity
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fingerprint(dense_folder: Path) -> DenseFingerprint:
     folder = Path(dense_folder)
     run = ck.read_run_config(folder)
@@ -71,8 +62,8 @@ def fingerprint(dense_folder: Path) -> DenseFingerprint:
         n_layer=m.n_layer,
         n_ctx=m.n_ctx,
         vocab_size=m.vocab_size,
-        tokenizer_sha256=_sha256(folder / ck.TOKENIZER),
-        weights_sha256=_sha256(folder / ck.WEIGHTS),
+        tokenizer_sha256=ck.file_sha256(folder / ck.TOKENIZER),
+        weights_sha256=ck.file_sha256(folder / ck.WEIGHTS),
     )
 
 

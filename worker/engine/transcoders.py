@@ -43,7 +43,6 @@ model's task CE stays within `tolerance` of its CE with every feature.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -64,6 +63,7 @@ from .checkpoints import (
     _atomic_save_tensors,
     _load_tensors,
     atomic_write_text,
+    file_sha256,
     load_model,
     read_config,
 )
@@ -139,20 +139,12 @@ class TranscoderRun(BaseModel):
     width: int
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def dense_ref(folder: Path, model: SparseGPT) -> DenseRef:
     folder = Path(folder)
     return DenseRef(
         path=str(folder.resolve()),
-        weights_sha256=_sha256(folder / WEIGHTS),
-        tokenizer_sha256=_sha256(folder / TOKENIZER),
+        weights_sha256=file_sha256(folder / WEIGHTS),
+        tokenizer_sha256=file_sha256(folder / TOKENIZER),
         d_model=model.cfg.d_model,
         n_layer=model.cfg.n_layer,
         vocab_size=model.cfg.vocab_size,
@@ -167,7 +159,7 @@ def check_dense(expected: DenseRef, folder: Path) -> None:
             raise CheckpointError(
                 f"{folder} holds no {name}; the transcoders need the model at {expected.path}"
             )
-        if _sha256(folder / name) != want:
+        if file_sha256(folder / name) != want:
             raise CheckpointError(
                 f"{folder}/{name} is not the one the transcoders were trained on "
                 f"(sha256 differs from {want[:12]}…, recorded from {expected.path})"
