@@ -126,16 +126,29 @@ def eval_tasks(
         results = {}
         for name in names:
             data = load_task(name, tok, docs)
-            results[data.name] = evaluate_task(net, data)
+            results[data.name] = {**evaluate_task(net, data), "files": split_files(data)}
     except USER_ERRORS as e:
         fail(describe(e))
     if as_json:
         typer.echo(json.dumps({"tasks": results}, indent=2))
     else:
         for name, r in results.items():
+            files = r["files"]
             typer.echo(
-                f"{name:24s} accuracy {r['accuracy']:.3f}  loss {r['loss']:.4f}  ({r['prompts']} prompts)"
+                f"{name:26s} accuracy {r['accuracy']:.3f}  loss {r['loss']:.4f}  ({r['prompts']} prompts; "
+                f"test {files['test']['files']} files, largest {files['test']['largest_share']:.0%}; "
+                f"train {files['train']['files']} files)"
             )
+
+
+def split_files(data) -> dict:
+    """Files per split and the largest file's share of the split's pairs."""
+    out = {}
+    for split in ("train", "test"):
+        counts = data.files(split)
+        total = max(1, sum(counts.values()))
+        out[split] = {"files": len(counts), "largest_share": max(counts.values(), default=0) / total}
+    return out
 
 
 class FractionBar:

@@ -51,6 +51,8 @@ def test_eval_tasks_json(test_model):
     assert set(tasks) == {"single_double_quote", "while_return_true"}
     for t in tasks.values():
         assert 0 <= t["accuracy"] <= 1 and t["loss"] > 0 and t["prompts"] >= 100
+        assert t["files"]["test"]["files"] >= 10 and t["files"]["test"]["largest_share"] <= 0.10
+        assert t["files"]["train"]["files"] > t["files"]["test"]["files"]
 
 
 def test_eval_tasks_errors(tmp_path, test_model):

@@ -5,7 +5,13 @@ import torch.nn.functional as F
 from worker.engine import checkpoints as ck
 from worker.engine.data import is_validation, load_corpus
 from worker.engine.tasks import REGISTRY, TaskError, build_task, evaluate_task, get_task
-from worker.engine.tasks.base import TaskSpec, first_tokens, two_class_logits
+from worker.engine.tasks.base import (
+    MAX_FILE_SHARE,
+    TaskSpec,
+    cap_file_share,
+    first_tokens,
+    two_class_logits,
+)
 
 CONFIRMED = ["single_double_quote", "bracket_counting", "while_return_true"]
 
@@ -37,6 +43,9 @@ def test_task_pairs(name, model_and_tok, corpus):
         assert (prompts[:, 0] != prompts[:, 1]).sum(-1).float().median() <= 40
     assert all(is_validation(s.rsplit(":", 1)[0], 10.0) for s in td.sources["test"])
     assert not any(is_validation(s.rsplit(":", 1)[0], 10.0) for s in td.sources["train"])
+    for split in ("train", "test"):
+        files = td.files(split)
+        assert len(files) >= 10 and max(files.values()) <= MAX_FILE_SHARE * len(td.sources[split])
     again = build_task(spec, tok, corpus)
     assert torch.equal(again.test, td.test) and torch.equal(again.train, td.train)
 
@@ -82,3 +91,13 @@ def test_all_twenty_tasks_yield_512_pairs_with_their_own_answers(model_and_tok, 
         assert len(td.train) + len(td.test) >= 512, name
         assert spec.description, name
         assert (td.train[:, 0] != td.train[:, 1]).any(-1).all(), name
+
+
+def test_cap_file_share_keeps_every_file_at_most_a_tenth():
+    pairs = [([0], [1], f"big.py:{i}") for i in range(60)] + [([0], [1], f"f{j}.py:1") for j in range(40)]
+    capped = cap_file_share(pairs)
+    big = sum(src.startswith("big.py") for *_, src in capped)
+    assert big <= 0.1 * len(capped) and len(capped) == 40 + big
+    assert [src for *_, src in capped][:3] == ["big.py:0", "big.py:1", "big.py:2"]  # the first ones stay
+    few = [([0], [1], f"a.py:{i}") for i in range(5)] + [([0], [1], "b.py:1"), ([0], [1], "b.py:2")]
+    assert sorted(src for *_, src in cap_file_share(few)) == ["a.py:0", "a.py:1", "b.py:1", "b.py:2"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -57,6 +58,10 @@ class TaskData:
     train: torch.Tensor  # (pairs, 2, prompt_len): [:, 0] expects token_a, [:, 1] expects token_b
     test: torch.Tensor
     sources: dict[str, list[str]] = field(default_factory=dict)
+
+    def files(self, split: str) -> dict[str, int]:
+        """Pairs per source file of a split, largest first."""
+        return dict(Counter(source_file(src) for src in self.sources.get(split, [])).most_common())
 
     def split(self, name: str) -> torch.Tensor:
         if name not in ("train", "test"):
@@ -146,6 +151,49 @@ def tokenise_pairs(
         yield a[-prompt_len:], b[-prompt_len:], e.source
 
 
+MAX_FILE_SHARE = 0.10  # no file may be more than this share of a split
+
+
+def source_file(source: str) -> str:
+    """The file of a "path:line" source."""
+    return source.rsplit(":", 1)[0]
+
+
+def round_robin_by_file(edits: list[Edit], rng: random.Random) -> list[Edit]:
+    """Edits reordered so that consecutive edits come from different files (files in random order,
+    each file's edits shuffled): any prefix spreads over as many files as it can."""
+    by_file: dict[str, list[Edit]] = {}
+    for e in edits:
+        by_file.setdefault(source_file(e.source), []).append(e)
+    queues = list(by_file.values())
+    rng.shuffle(queues)
+    for q in queues:
+        rng.shuffle(q)
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
+
+
+def cap_file_share(found: list, share: float = MAX_FILE_SHARE) -> list:
+    """Drop the last pairs of every file above `share` of the split (pairs are (a, b, "path:line")),
+    repeated because dropping pairs shrinks the split. With fewer than 1/share files, every file keeps
+    as many pairs as the smallest one."""
+    while found:
+        counts = Counter(source_file(src) for *_, src in found)
+        if len(counts) * share < 1:
+            cap = min(counts.values())
+        else:
+            cap = max(1, int(share * len(found)))
+        if max(counts.values()) <= cap:
+            break
+        seen: Counter = Counter()
+        kept = []
+        for item in found:
+            seen[source_file(item[2])] += 1
+            if seen[source_file(item[2])] <= cap:
+                kept.append(item)
+        found = kept
+    return found
+
+
 def build_task(
     spec: TaskSpec,
     tok: Tokenizer,
@@ -155,8 +203,9 @@ def build_task(
     seed: int = 0,
     val_percent: float = 10.0,
 ) -> TaskData:
-    """Tokenise a task for a model. Test pairs come from the corpus's validation files only.
-    Edits are shuffled by seed and tokenised in chunks until max_pairs per split are found."""
+    """Tokenise a task for a model. Test pairs come from the corpus's validation files only (files the
+    model never trained on). Edits are taken round-robin over files and tokenised in chunks until
+    max_pairs per split are found; no file is more than MAX_FILE_SHARE of a split."""
     token_a, token_b = first_tokens(tok, spec)
     docs = load_corpus(None) if docs is None else docs
     by_split: dict[str, list[Edit]] = {"train": [], "test": []}
@@ -164,15 +213,23 @@ def build_task(
         by_split["test" if is_validation(d.path, val_percent) else "train"] += spec.edits(d)
     out = {}
     for split, edits in by_split.items():
-        random.Random(f"{spec.name}/{seed}/{split}").shuffle(edits)
+        edits = round_robin_by_file(edits, random.Random(f"{spec.name}/{seed}/{split}"))
         found: list[tuple[list[int], list[int], str]] = []
+        per_file: dict[str, int] = {}
+        per_file_cap = max(1, int(MAX_FILE_SHARE * max_pairs))
         for i in range(0, len(edits), 512):
-            found += tokenise_pairs(edits[i : i + 512], spec, tok, token_a, token_b, prompt_len)
+            chunk = [e for e in edits[i : i + 512] if per_file.get(source_file(e.source), 0) < per_file_cap]
+            for pair in tokenise_pairs(chunk, spec, tok, token_a, token_b, prompt_len):
+                f = source_file(pair[2])
+                if per_file.get(f, 0) < per_file_cap:
+                    per_file[f] = per_file.get(f, 0) + 1
+                    found.append(pair)
             if len(found) >= max_pairs:
                 break
+        found = cap_file_share(found[:max_pairs])
         if not found:
             raise TaskError(f"task {spec.name}: the corpus yields no {split} pairs")
-        out[split] = found[:max_pairs]
+        out[split] = found
     return task_data(spec, token_a, token_b, out)
 
 
