@@ -69,9 +69,11 @@ def test_means_frequencies_and_quantiles_match_a_direct_computation(profiled):
         assert (sp.quantiles[:, 1:] >= sp.quantiles[:, :-1]).all()
         assert torch.equal(sp.quantiles[:, 0], a.min(0).values)
         assert torch.equal(sp.quantiles[:, -1], a.max(0).values)
-        # interior quantiles come from a sample of whole windows: the median is near the middle rank
+        # interior quantiles come from a sample of whole windows (correlated positions): the median is
+        # near the middle rank
         median = sp.quantiles[:, QUANTILE_LEVELS.index(0.5)]
-        assert ((a <= median).double().mean(0) >= 0.3).all() and ((a < median).double().mean(0) <= 0.7).all()
+        below, under = (a <= median).double().mean(0), (a < median).double().mean(0)
+        assert (below >= 0.25).all() and (under <= 0.75).all(), (site, below.min(), under.max())
     # AbsTopK keeps a quarter of every sparse site's nodes at each position
     assert abs(profile.sites["0.mlp.post_act"].frequency.mean() - 0.25) < 0.01
     fractions = [f for f, _ in progress]
@@ -129,8 +131,10 @@ def test_examples_have_the_stated_activation_in_their_bin(profiled):
 def test_node_records_rerun_through_the_model(profiled):
     model, tok, profile, _, _ = profiled
     docs = profile.windows.docs
-    rec = profile.node("1.mlp.post_act[7]")
-    assert rec.node == "1.mlp.post_act[7]"
+    freq = profile.sites["1.mlp.post_act"].frequency
+    index = int(torch.nonzero((freq > 0.05) & (freq < 0.95))[0])  # a neuron that fires, not always
+    rec = profile.node(f"1.mlp.post_act[{index}]")
+    assert rec.node == f"1.mlp.post_act[{index}]"
     assert len(rec.quantiles) == len(QUANTILE_LEVELS) and len(rec.top_thresholds) == len(BIN_FRACTIONS)
     assert 0 < rec.frequency < 1
     assert {(e.side, e.fraction) for e in rec.examples} <= {
@@ -145,7 +149,7 @@ def test_node_records_rerun_through_the_model(profiled):
         )
         with torch.no_grad():  # the window on its own, re-run: same activation
             _, acts = model(window[None], capture=["1.mlp.post_act"])
-        assert abs(float(acts["1.mlp.post_act"][0, e.position, 7]) - e.value) < 1e-4
+        assert abs(float(acts["1.mlp.post_act"][0, e.position, index]) - e.value) < 1e-4
         text = tok.decode(e.tokens)
         if "\ufffd" not in text:
             assert docs[e.doc].text[e.char_start : e.char_end] == text

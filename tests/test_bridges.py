@@ -18,6 +18,7 @@ from worker.engine.bridges import (
     final_report,
     load_bridged,
     next_location,
+    node_class_means,
     steer,
     train_bridged,
 )
@@ -159,7 +160,11 @@ def test_steering_sweep_is_well_formed(bridged_test_model):
         assert right["correct_only"] and right["baseline"][f"dense_p_{cls}"] > 0.5
     assert 0 < solved <= 32
 
-    defaults = steer(b, task, "final_resid[3]", mode="set", pairs=8, prompt_class="b", position="all")
+    # A residual channel that differs between the classes (sparse training leaves some constant).
+    channels = [f"final_resid[{i}]" for i in range(b.sparse.cfg.d_model)]
+    means = node_class_means(b.sparse, task, channels, pairs=8)
+    node = max(channels, key=lambda n: abs(means[n]["mean_a"] - means[n]["mean_b"]))
+    defaults = steer(b, task, node, mode="set", pairs=8, prompt_class="b", position="all")
     m = defaults["node_means"]
     assert defaults["location"] == "final_resid" and len(defaults["strengths"]) == 7
     assert defaults["strengths"][0] == pytest.approx(m["b"]) and defaults["strengths"][2] == pytest.approx(

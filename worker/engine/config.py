@@ -57,6 +57,9 @@ class TrainConfig(BaseModel):
     adam_eps: float = 0.1
     weight_decay: float = 0.1
     grad_rms_norm: bool = True
+    # The bigram table gets its own Adam group (plain eps, outside the gradient RMS normalisation);
+    # False = as the paper's code, one group for everything.
+    bigram_own_scale: bool = True
     bf16: bool = False
     seed: int = 0
     corpus: str | None = None  # None = the running interpreter's standard library

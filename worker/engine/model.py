@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .kernels import topk_threshold
 
 LAYER_SITES = (
     "attn.act_in",
@@ -65,12 +66,13 @@ def resid_locations(c: ModelConfig) -> list[str]:
 
 
 def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the k entries of largest |x| along the last axis, zero the rest."""
+    """Keep the k entries of largest |x| along the last axis, zero the rest. The threshold is found
+    outside autograd: the gradient flows to the kept entries only, as through a mask."""
     if k >= x.shape[-1]:
         return x
-    a = x.abs()
-    threshold = a.topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
-    return x * (a >= threshold)  # ties at the threshold (measure zero for floats) would keep a few more
+    with torch.no_grad():
+        keep = x.abs() >= topk_threshold(x, k)  # ties at the threshold (measure zero) keep a few more
+    return x * keep
 
 
 @dataclass
@@ -112,6 +114,22 @@ class Pass:
         return x
 
 
+def causal_attention(q, k, v, sink: torch.Tensor | None) -> torch.Tensor:
+    """Causal softmax attention over (batch, head, position, d_head). The sink is an extra key slot
+    with logit `sink[h]` and zero value, visible to every query. It is written as one more key (first)
+    and one more dimension: queries get a 1 there, real keys a 0, the sink key sink * sqrt(d_head), so
+    the fused causal kernel applies (a dummy first query keeps the causal mask aligned)."""
+    scale = 1 / math.sqrt(q.shape[-1])
+    if sink is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    B, H, T, D = q.shape
+    sink_key = torch.cat([q.new_zeros(H, D), (sink.to(q.dtype) / scale).view(H, 1)], -1)
+    q = F.pad(F.pad(q, (0, 1), value=1.0), (0, 0, 1, 0))
+    k = torch.cat([sink_key.view(1, H, 1, D + 1).expand(B, H, 1, D + 1), F.pad(k, (0, 1))], 2)
+    v = F.pad(v, (0, 1, 1, 0))
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)[:, :, 1:, :D]
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -144,15 +162,7 @@ class Attention(nn.Module):
         k = p.site(f"{s}.k", topk(self.k_proj(h)))
         v = p.site(f"{s}.v", topk(self.v_proj(h)))
         q, k, v = (t.view(B, T, H, Dh).transpose(1, 2) for t in (q, k, v))
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(Dh)
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-        att = att.masked_fill(~causal, float("-inf"))
-        if self.sink is not None:
-            sink = self.sink.to(att.dtype).view(1, H, 1, 1).expand(B, H, T, 1)
-            att = torch.cat([att, sink], dim=-1).softmax(-1)[..., :T]
-        else:
-            att = att.softmax(-1)
-        y = (att.to(v.dtype) @ v).transpose(1, 2).reshape(B, T, H * Dh)
+        y = causal_attention(q, k, v, self.sink).transpose(1, 2).reshape(B, T, H * Dh)
         return p.site(f"{s}.resid_delta", topk(self.o_proj(y)))
 
 

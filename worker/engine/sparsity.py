@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .kernels import topk_threshold
+
 # Matrices whose rows are a neuron's / channel's inputs, and whose columns are a channel's outputs.
 ROW_MIN = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "fc_in.weight")
 COL_MIN = ("o_proj.weight", "fc_out.weight")
@@ -46,17 +48,16 @@ def target_nonzeros(sp: SparseParam, density: float, min_per_neuron: int) -> int
 
 @torch.no_grad()
 def topk_project_(w: torch.Tensor, k: int, min_per: int = 0, min_dim: int | None = None) -> None:
-    """In place: keep the k largest |w|, but first the `min_per` largest of every slice along min_dim."""
+    """In place: keep the k largest |w|, but first the `min_per` largest of every slice along min_dim.
+    Ties with the k-th largest (zeros, when fewer than k entries are nonzero) may keep a few more."""
     if k >= w.numel():
         return
     score = w.abs()
     if min_per and min_dim is not None:
-        forced = score.topk(min(min_per, w.shape[min_dim]), dim=min_dim).indices
-        score = score.scatter(min_dim, forced, float("inf"))
-    keep = score.flatten().topk(k, sorted=False).indices
-    mask = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
-    mask[keep] = True
-    w.mul_(mask.view_as(w))
+        slices = score if min_dim == 1 else score.T
+        forced = slices >= topk_threshold(slices, min(min_per, slices.shape[1]))
+        slices.masked_fill_(forced, float("inf"))
+    w.masked_fill_(score < topk_threshold(score.view(1, -1), k).view(()), 0.0)
 
 
 def density_at(step: int, total: int, target: float, start: float = 0.01, end: float = 0.5) -> float:

@@ -121,6 +121,28 @@ def _truncate_metrics(path: Path, step: int) -> None:
     ck.atomic_write_text(path, "".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= step))
 
 
+BIGRAM, BIGRAM_ADAM_EPS = "bigram.weight", 1e-8
+
+
+def make_optimizer(model: SparseGPT, extra: nn.Module | None, tc: TrainConfig) -> torch.optim.Adam:
+    """Adam over the model (and any extra modules). With `bigram_own_scale` the bigram table is a
+    param group of its own with a plain Adam epsilon: its gradient is left out of the RMS
+    normalisation, where its 4 M mostly-zero entries would make every update vanish under eps 0.1.
+    The fused kernel (CPU and CUDA) makes the dense update of the table cheap."""
+    named = [
+        *model.named_parameters(),
+        *(extra.named_parameters(prefix="extra") if extra is not None else ()),
+    ]
+    own = tc.bigram_own_scale and model.bigram is not None
+    groups = [{"params": [p for n, p in named if not (own and n == BIGRAM)]}]
+    if own:
+        groups.append({"params": [model.bigram.weight], "eps": BIGRAM_ADAM_EPS, "normalised": False})
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for _, p in named)
+    return torch.optim.Adam(
+        groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.adam_eps, weight_decay=0.0, fused=fused
+    )
+
+
 def _grad_rms_normalise_(params) -> None:
     """Scale the whole gradient (all parameters together) to RMS 1."""
     grads = [p.grad for p in params if p.grad is not None]
@@ -146,7 +168,7 @@ def optimizer_step(
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if tc.grad_rms_norm:
-        _grad_rms_normalise_([p for group in opt.param_groups for p in group["params"]])
+        _grad_rms_normalise_([p for g in opt.param_groups if g.get("normalised", True) for p in g["params"]])
     opt.step()
     with torch.no_grad():
         if sparse:
@@ -168,7 +190,7 @@ def _densities(tc: TrainConfig, done: int) -> tuple[float, float]:
 
 def _decays(name: str) -> bool:
     """Weight decay on matrices and embeddings; not on biases, norm gains, sinks or the bigram table."""
-    return name.endswith(".weight") and "norm" not in name and name != "bigram.weight"
+    return name.endswith(".weight") and "norm" not in name and name != BIGRAM
 
 
 def _train(
@@ -179,8 +201,7 @@ def _train(
     torch.manual_seed(tc.seed)
     model = SparseGPT(mc).to(device)
     extra = objective.modules.to(device) if objective.modules is not None else None
-    params = [*model.parameters(), *(extra.parameters() if extra is not None else ())]
-    opt = torch.optim.Adam(params, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.adam_eps, weight_decay=0.0)
+    opt = make_optimizer(model, extra, tc)
     sparse = [] if tc.dense else sparse_params(model)
     start = ck.load_checkpoint(out, model, opt, extra) if resume else 0
 
