@@ -1,7 +1,8 @@
 """Pruning cost and quality: seconds per task and runs used with the default budget, and the circuit
-size it reaches against a wider search (ratio), measured in one run.
+size it reaches against a wider search (ratio), measured in one run. Losses are the circuit's
+calibrated loss on the held-out train pairs that chose its size, and on the test split.
 
-    python bench/prune.py --model data/models/small [--tasks a,b] [--wide-runs 64]"""
+    python bench/prune.py --model data/models/small [--tasks a,b] [--wide-runs 32]"""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
     ap.add_argument("--tasks", default="single_double_quote")
-    ap.add_argument("--wide-runs", type=int, default=64)
+    ap.add_argument("--wide-runs", type=int, default=32)
     args = ap.parse_args()
     model, tok, run = load_model(args.model)
     means = load_or_compute_means(args.model, model, tok, run)
@@ -28,16 +29,13 @@ def main():
         for label, cfg in (("default", PruneConfig()), ("wide", PruneConfig(runs=args.wide_runs))):
             t0 = time.perf_counter()
             c = find_circuit(model, task, means, cfg, args.model)
-            rows[label] = (
-                time.perf_counter() - t0,
-                cfg.runs,
-                len(c.nodes),
-                len(c.edges),
-                c.losses["circuit"],
-            )
-            s, r, n, e, loss = rows[label]
+            rows[label] = (time.perf_counter() - t0, cfg.runs, len(c.nodes), len(c.edges))
+            s, r, n, e = rows[label]
+            held, test, ablated = (c.losses[k] for k in ("circuit_train_heldout", "circuit", "ablated"))
             print(
-                f"{name:22s} {label:8s} {s:7.1f} s  {r:3d} runs  {n:5d} nodes  {e:6d} edges  loss {loss:.3f}"
+                f"{name:22s} {label:8s} {s:7.1f} s  {r:3d} runs  {n:5d} nodes  {e:6d} edges  "
+                f"loss held-out train {held:.3f}  test {test:.3f}  ablated {ablated:.3f}",
+                flush=True,
             )
         ratio = rows["default"][2] / max(1, rows["wide"][2])
         print(f"{name:22s} default/wide node ratio {ratio:.2f} (goal <= 1.25)")

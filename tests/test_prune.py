@@ -18,8 +18,10 @@ from worker.engine.prune import (
     drop_unneeded,
     find_circuit,
     keep_top,
+    split_train,
 )
 from worker.engine.tasks import build_task, get_task
+from worker.engine.tasks.base import source_file
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +166,15 @@ def test_size_comparison_geometric_mean():
     assert [r["edge_ratio"] for r in table["tasks"]] == [16.0, 1.0]
     assert table["geomean_edge_ratio"] == pytest.approx(4.0)
     assert table["geomean_node_ratio"] == pytest.approx(2.0)
+
+
+def test_held_out_pairs_come_from_files_the_masks_never_see(loaded):
+    *_, task = loaded
+    held, rest = split_train(task, eval_pairs=16)
+    assert 0 < len(held) <= 16 + max(task.files("train").values()) and len(held) + len(rest) == len(task.train)
+    rows = {tuple(p.flatten().tolist()): source_file(s) for p, s in zip(task.train, task.sources["train"])}
+    held_files = {rows[tuple(p.flatten().tolist())] for p in held}
+    rest_files = {rows[tuple(p.flatten().tolist())] for p in rest}
+    assert held_files and rest_files and not held_files & rest_files
+    again, _ = split_train(task, eval_pairs=16)
+    assert torch.equal(held, again)  # fixed by the seed

@@ -12,7 +12,8 @@ JSON schema (version 1), top-level keys:
                   gain), "qk" (a key channel and the query channel it is dotted with; weight 1) or
                   "attribution" (transcoder circuits: feature -> later feature, with two more fields,
                   weight = activation x weight_product, see worker/engine/transcoders.py)
-  losses          {full, circuit, ablated, circuit_uncalibrated}: mean per-prompt CE on the test split
+  losses          {full, circuit, ablated, circuit_uncalibrated}: mean per-prompt CE on the test split;
+                  circuit_train_heldout: the circuit's calibrated CE on the held-out train pairs
                   (transcoder circuits add `replacement` and the mean logit differences `logit_diff_*`)
   calibration     {scale, shift} on the two-class logit difference
   curve           [{k, loss}]  calibrated test loss of the top-k nodes by tau

@@ -135,12 +135,17 @@ PRESETS: dict[str, RunConfig] = {
         model=ModelConfig(vocab_size=2048, n_ctx=128, d_model=128, n_layer=2),
         train=TrainConfig(steps=2400, batch_size=32, lr=1e-2, weight_density=1 / 8, eval_every=200),
     ),
+    # The longer default run: the `small` recipe for twice the steps (README, "Presets").
+    "small-long": RunConfig(
+        model=ModelConfig(vocab_size=2048, n_ctx=128, d_model=128, n_layer=2),
+        train=TrainConfig(steps=4800, batch_size=32, lr=1e-2, weight_density=1 / 8, eval_every=400),
+    ),
 }
 
 
 # Dense baselines of a preset: the same run without weight sparsity, at a dense model's learning rate
 # (sparse models need a larger one, PAPERS.md section 2).
-DENSE_OVERRIDES: dict[str, dict] = {"small": {"lr": 4e-3}}
+DENSE_OVERRIDES: dict[str, dict] = {"small": {"lr": 4e-3}, "small-long": {"lr": 4e-3}}
 
 
 def preset(name: str, *, dense: bool = False, steps: int | None = None) -> RunConfig:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -21,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .ablation import ablation_edits, prunable_sites, shuffled_labels
 from .circuit import Circuit, edges_from_weights, make_nodes
 from .model import SparseGPT, node_name
-from .tasks.base import TaskData, pair_labels, two_class_logits
+from .tasks.base import TaskData, pair_labels, source_file, two_class_logits
 
 
 class PruneConfig(BaseModel):
@@ -139,6 +141,7 @@ class PruneResult:
     scale: float
     shift: float
     masks: NodeMasks
+    selection_loss: float = math.nan  # calibrated loss on the held-out train pairs that chose k
     runs: list[SearchRun] = field(default_factory=list)
 
 
@@ -190,11 +193,28 @@ def bisect_nodes(model, task, means, masks: NodeMasks, order: list[int], hi: int
     return (hi, *evaluate(hi))
 
 
-def split_train(train: torch.Tensor, eval_pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(held-out pairs for bisection and calibration, pairs the masks are trained on): choosing the
-    circuit size on pairs the masks never saw keeps it from fitting their quirks."""
-    n = min(eval_pairs, len(train) // 4) if len(train) >= 8 else len(train)
-    return train[:n], (train[n:] if n < len(train) else train)
+def split_train(task: TaskData, eval_pairs: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(held-out pairs for bisection and calibration, pairs the masks are trained on), from disjoint
+    files: the circuit's size and calibration are chosen on code the masks never saw, so that its loss
+    there predicts its loss on the test split (pairs from same-file neighbours share the file's quirks).
+    The held-out part takes whole files, in an order fixed by seed, until it has eval_pairs pairs
+    (at most a quarter of the split)."""
+    train = task.train
+    if len(train) < 8:
+        return train, train
+    want = min(eval_pairs, len(train) // 4)
+    sources = task.sources.get("train") or [f"pair{i}" for i in range(len(train))]
+    files = list(dict.fromkeys(source_file(s) for s in sources))
+    random.Random(f"{task.name}/{seed}").shuffle(files)
+    held_files, count, per_file = set(), 0, Counter(source_file(s) for s in sources)
+    for f in files:
+        if count >= want:
+            break
+        if count + per_file[f] <= want or not held_files:
+            held_files.add(f)
+            count += per_file[f]
+    held = torch.tensor([source_file(s) in held_files for s in sources])
+    return train[held], train[~held]
 
 
 @contextlib.contextmanager
@@ -254,7 +274,7 @@ def prune(
 ) -> PruneResult:
     """Search over `cfg.runs` hyper-parameter settings; keep the smallest circuit that meets the target."""
     report = on_progress or (lambda f, m: None)
-    held_out, mask_train = split_train(task.train, cfg.eval_pairs)
+    held_out, mask_train = split_train(task, cfg.eval_pairs, cfg.seed)
     best: PruneResult | None = None
     best_key = None
     runs: list[SearchRun] = []
@@ -274,13 +294,15 @@ def prune(
         runs.append(SearchRun(k_coef, lr, active, k, loss, loss <= target))
         key = (runs[-1].reached_target, -k, -loss)  # meets the target, then fewest nodes, then lowest loss
         if best is None or key > best_key:
-            best, best_key, best_run = PruneResult(order, tau, k, scale, shift, masks), key, runs[-1]
+            best, best_key, best_run = PruneResult(order, tau, k, scale, shift, masks, loss), key, runs[-1]
     if best_key[0] and cfg.refine_nodes:  # the greedy pass, once, on the best run's circuit
         report(0.95, f"dropping unneeded nodes of {best.k}")
-        best.order, best.k, loss, best.scale, best.shift = drop_unneeded(
+        best.order, best.k, best.selection_loss, best.scale, best.shift = drop_unneeded(
             model, task, means, best.masks, best.order, best.k, cfg.target_loss, held_out, cfg.refine_nodes
         )
-        greedy = SearchRun(best_run.k_coef, best_run.lr, best_run.nodes_active, best.k, loss, True, "greedy")
+        greedy = SearchRun(
+            best_run.k_coef, best_run.lr, best_run.nodes_active, best.k, best.selection_loss, True, "greedy"
+        )
         runs.append(greedy)
     best.runs = runs
     report(1.0, "done")
@@ -348,7 +370,10 @@ def find_circuit(model, task: TaskData, means, cfg: PruneConfig, model_ref: str,
         target_loss=cfg.target_loss,
         nodes=make_nodes(names, tau),
         edges=edges_from_weights(model, names),
-        losses=circuit_losses(model, task, means, masks, keep, result.scale, result.shift),
+        losses={
+            **circuit_losses(model, task, means, masks, keep, result.scale, result.shift),
+            "circuit_train_heldout": result.selection_loss,
+        },
         calibration={"scale": result.scale, "shift": result.shift},
         curve=loss_curve(
             model,
