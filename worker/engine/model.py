@@ -80,7 +80,8 @@ class SiteEdit:
     """x -> keep * x + (1 - keep) * replace + add, broadcast over (batch, position, channel).
 
     Mean ablation: keep = node mask, replace = node means. Setting a node to v: keep 0, replace v.
-    A differentiable `keep` (e.g. a pruning mask) passes gradients through."""
+    A differentiable `keep` (e.g. a pruning mask) passes gradients through. The tensors follow x's
+    device and dtype, so masks and means may live on the CPU beside a model on a GPU."""
 
     keep: torch.Tensor | None = None
     replace: torch.Tensor | None = None
@@ -88,13 +89,13 @@ class SiteEdit:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.keep is not None:
-            keep = self.keep.to(x.dtype)
-            replaced = 0.0 if self.replace is None else (1 - keep) * self.replace.to(x.dtype)
+            keep = self.keep.to(x)
+            replaced = 0.0 if self.replace is None else (1 - keep) * self.replace.to(x)
             x = keep * x + replaced
         elif self.replace is not None:
-            x = self.replace.to(x.dtype).expand_as(x)
+            x = self.replace.to(x).expand_as(x)
         if self.add is not None:
-            x = x + self.add.to(x.dtype)
+            x = x + self.add.to(x)
         return x
 
 

@@ -115,10 +115,10 @@ def calibrated_loss(logits2: torch.Tensor, labels: torch.Tensor, scale: float, s
 def task_logits(model: SparseGPT, task: TaskData, prompts: torch.Tensor, keep_flat, masks, means, chunk=128):
     """Two-class logits of every prompt (pairs flattened) with nodes outside keep mean-ablated."""
     edits = None if keep_flat is None else ablation_edits(masks.by_site(keep_flat), means)
-    out = []
+    device, out = next(model.parameters()).device, []
     for i in range(0, len(prompts), chunk):
-        logits, _ = model(prompts[i : i + chunk].flatten(0, 1), edits=edits, last_only=True)
-        out.append(two_class_logits(logits, task))
+        logits, _ = model(prompts[i : i + chunk].flatten(0, 1).to(device), edits=edits, last_only=True)
+        out.append(two_class_logits(logits, task).cpu())
     return torch.cat(out)
 
 
@@ -154,12 +154,14 @@ def learn_masks(
     dims = model.site_dims()
     masks = NodeMasks({s: dims[s] for s in sites}, cfg.init_mean, cfg.init_std, g)
     opt = torch.optim.AdamW(masks.parameters(), lr=lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay)
+    device = next(model.parameters()).device  # masks stay on the CPU; SiteEdit moves them
     for step in range(cfg.steps):
         idx = torch.randint(0, len(prompts), (min(cfg.batch_pairs, len(prompts)),), generator=g)
         keep = masks.keep(cfg.temperature)
         edits = ablation_edits(masks.by_site(keep), means)
-        logits, _ = model(prompts[idx].flatten(0, 1), edits=edits, last_only=True)
-        loss = F.cross_entropy(two_class_logits(logits, task), pair_labels(len(idx))) + k_coef * keep.sum()
+        logits, _ = model(prompts[idx].flatten(0, 1).to(device), edits=edits, last_only=True)
+        task_ce = F.cross_entropy(two_class_logits(logits, task), pair_labels(len(idx), device))
+        loss = task_ce.cpu() + k_coef * keep.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
