@@ -24,6 +24,7 @@ import httpx
 import torch
 
 from backend.db import Database, upgrade
+from backend.jobs.store import task_row, write_circuit
 from backend.models import Model, ModelKind, ModelStatus
 from backend.settings import Settings
 from worker.engine.ablation import prunable_sites
@@ -33,7 +34,6 @@ from worker.engine.config import preset
 from worker.engine.data import load_corpus, train_tokenizer
 from worker.engine.model import SparseGPT
 from worker.engine.prune import PruneConfig
-from worker.jobs import task_row, write_circuit
 
 
 def untrained_model(folder: Path, name: str) -> None:

@@ -146,11 +146,11 @@ def api_backend(request, api_world, tmp_path_factory):
     from sqlalchemy import update
 
     from backend.db import Database
+    from backend.jobs.store import task_row, write_circuit, write_profile
     from backend.models import Model
     from backend.settings import Settings
     from worker.engine.ablation import MEANS
     from worker.engine.prune import PruneConfig
-    from worker.jobs import task_row, write_circuit, write_profile
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

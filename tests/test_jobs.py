@@ -263,8 +263,8 @@ def test_redelivered_or_duplicate_messages_are_no_ops(make_api):
     does nothing (Redis redelivers unacked messages; the stale-job sweep may send another)."""
     from backend_support import FAST
 
+    from backend.jobs.lifecycle import JobContext, run_job
     from backend.settings import Settings
-    from worker.jobs import JobContext, run_job
 
     api = make_api()
     job_id = api.submit("train", TINY)
@@ -338,8 +338,8 @@ def test_reads_can_require_a_key(make_api):
 def test_sweep_without_a_reachable_queue_leaves_the_job_visibly_stalled(make_api):
     from backend_support import FAST
 
+    from backend.jobs.lifecycle import JobContext, recover_stale
     from backend.settings import Settings
-    from worker.jobs import JobContext, recover_stale
 
     api = make_api(sweep_seconds=3600)  # only this test's sweep runs
 

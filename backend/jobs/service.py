@@ -1,5 +1,5 @@
-"""The one way to submit and inspect jobs. With CIRCUITS_BROKER_URL set, jobs go to Celery workers;
-without it, a thread pool in this process runs the same job functions (worker/jobs.py)."""
+"""The one way to submit and inspect jobs. With CIRCUITS_BROKER_URL set, jobs go to Celery workers
+(backend/jobs/queue.py); without it, a thread pool in this process runs the same job functions."""
 
 from __future__ import annotations
 
@@ -9,118 +9,22 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
-from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from worker.jobs import (
-    JobContext,
-    bridge_run_config,
-    build_run_config,
-    count_params,
-    prune_config,
-    recover_stale,
-    run_job,
-    task_row,
-    transcoder_config,
-)
-
-from .db import Database
-from .models import TERMINAL, ApiKey, Job, JobStatus, Model, ModelStatus, Transcoder
-from .schemas import BridgeParams, JobRead, ProfileParams, PruneParams, TrainParams, TranscoderParams
-from .settings import Settings
+from ..db import Database
+from ..models import TERMINAL, ApiKey, Job, JobStatus
+from ..schemas import JobRead
+from ..settings import Settings
+from . import registry
+from .checks import Conflict
+from .lifecycle import JobContext, recover_stale, run_job
 
 log = logging.getLogger("circuits.jobs")
 
 
 class BrokerUnavailable(RuntimeError):
     pass
-
-
-class LimitExceeded(ValueError):
-    """A job parameter above its cap (422 naming the limit)."""
-
-
-class Conflict(ValueError):
-    """The request contradicts the current state, e.g. cancelling a finished job (409)."""
-
-
-def _cap(value: int | float, limit: int, what: str, setting: str) -> None:
-    if value > limit:
-        where = f"CIRCUITS_{setting.upper()}" if setting[0] != "(" else setting[1:-1]
-        raise LimitExceeded(f"{what} {value:,} exceeds the limit {limit:,} ({where})")
-
-
-def _ready_model(session: Session, model_id: int, field: str = "model_id") -> Model:
-    model = session.get(Model, model_id)
-    if model is None:
-        raise ValueError(f"params.{field}: model {model_id} does not exist")
-    if model.status != ModelStatus.ready:
-        raise ValueError(f"params.{field}: model {model_id} is {model.status}, not ready")
-    return model
-
-
-def _check_train_caps(settings: Settings, run) -> None:
-    s = settings
-    _cap(run.train.steps, s.max_train_steps, "params.steps", "max_train_steps")
-    _cap(count_params(run.model), s.max_model_params, "model parameters", "max_model_params")
-    corpus_bytes = run.train.max_corpus_bytes
-    if corpus_bytes is not None:
-        _cap(corpus_bytes, s.max_corpus_bytes, "params.train.max_corpus_bytes", "max_corpus_bytes")
-    step_tokens = run.train.batch_size * run.model.n_ctx
-    _cap(step_tokens, s.max_batch_tokens, "batch_size * n_ctx", "max_batch_tokens")
-    _cap(run.train.eval_batches, 64, "params.train.eval_batches", "(fixed limit)")
-
-
-def _check_name_free(session: Session, name: str | None) -> None:
-    if name is not None and session.scalar(select(Model.id).where(Model.name == name)):
-        raise Conflict(f"params.name: a model named {name!r} already exists")
-
-
-def check_params(session: Session, settings: Settings, params) -> None:
-    """Caps and references of job parameters, checked before a job is queued."""
-    s = settings
-    if isinstance(params, TrainParams):
-        _check_train_caps(s, build_run_config(params, s))
-        if params.corpus is not None and not (s.data_dir / "corpora" / params.corpus).is_dir():
-            raise ValueError(f"params.corpus: no folder {params.corpus!r} under {s.data_dir / 'corpora'}")
-        _check_name_free(session, params.name)
-    elif isinstance(params, BridgeParams):
-        dense = _ready_model(session, params.dense_model_id, "dense_model_id")
-        _check_train_caps(s, bridge_run_config(params, dense.config))
-        _check_name_free(session, params.name)
-    elif isinstance(params, ProfileParams):
-        _cap(params.tokens, s.max_profile_tokens, "params.tokens", "max_profile_tokens")
-        _ready_model(session, params.model_id)
-    elif isinstance(params, PruneParams):
-        cfg = prune_config(params)  # PruneConfig's own validation and defaults
-        _cap(cfg.steps, s.max_prune_steps, "params.steps", "max_prune_steps")
-        _cap(cfg.runs, s.max_prune_runs, "params.runs", "max_prune_runs")
-        task_row(session, params.task)  # TaskError (422) naming the known tasks
-        _ready_model(session, params.model_id)
-    elif isinstance(params, TranscoderParams):
-        _check_transcoder(session, s, params)
-
-
-def _check_transcoder(session: Session, s: Settings, params: TranscoderParams) -> None:
-    try:
-        cfg = transcoder_config(params)  # TranscoderConfig's own validation and defaults
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise ValueError(f"params.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-    cfg.selected_index()  # a ValueError naming `selected`
-    _cap(cfg.steps, s.max_transcoder_steps, "params.steps", "max_transcoder_steps")
-    _cap(params.profile_tokens, s.max_profile_tokens, "params.profile_tokens", "max_profile_tokens")
-    model = _ready_model(session, params.model_id)
-    step_tokens = cfg.batch_size * model.config["model"]["n_ctx"]
-    _cap(step_tokens, s.max_batch_tokens, "batch_size * n_ctx", "max_batch_tokens")
-    for name in params.tasks:
-        task_row(session, name)  # TaskError (422) naming the known tasks
-    existing = session.scalar(select(Transcoder.id).where(Transcoder.model_id == model.id).limit(1))
-    if existing is not None and not params.replace:
-        raise Conflict(
-            f"model {model.id} already has transcoders ({existing}); set params.replace to replace them"
-        )
 
 
 class InProcessRunner:
@@ -172,37 +76,15 @@ class InProcessRunner:
             self.pool = None
 
 
-class CeleryDispatcher:
-    """Sends job ids to the Celery workers; a broker that cannot be reached is a BrokerUnavailable."""
-
-    def __init__(self, settings: Settings):
-        from worker.celery_app import make_celery
-
-        self.settings = settings
-        self.app = make_celery(settings)
-
-    def dispatch(self, job_id: str) -> None:
-        from worker.celery_app import RUN_JOB
-
-        try:
-            self.app.send_task(RUN_JOB, args=[job_id], retry=True, retry_policy={"max_retries": 1})
-        except Exception as e:  # kombu OperationalError, redis ConnectionError, socket errors...
-            raise BrokerUnavailable(
-                f"job queue unavailable: cannot reach the broker at {self.settings.broker_url} ({e}); "
-                "reads still work, retry the submission later"
-            ) from e
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        self.app.close()
-
-
 class JobService:
     def __init__(self, settings: Settings, db: Database):
         self.settings, self.db = settings, db
-        self.runner = CeleryDispatcher(settings) if settings.broker_url else InProcessRunner(settings, db)
+        if settings.broker_url:
+            from .queue import CeleryDispatcher
+
+            self.runner = CeleryDispatcher(settings)
+        else:
+            self.runner = InProcessRunner(settings, db)
 
     def start(self) -> None:
         self.runner.start()
@@ -211,7 +93,7 @@ class JobService:
         self.runner.stop()
 
     def submit(self, session: Session, kind: str, params, key: ApiKey | None) -> Job:
-        check_params(session, self.settings, params)
+        registry.kind(kind).check(session, self.settings, params)  # caps and references
         job = Job(
             id=uuid.uuid4().hex,
             kind=kind,
