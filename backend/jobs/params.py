@@ -22,8 +22,9 @@ def _plain_name(v: str) -> str:
 
 
 PlainName = Annotated[str, AfterValidator(_plain_name)]
-# `x-options` names what the browser's form offers to choose from: the ready models, or the tasks.
+# `x-options` names what the browser's form offers to choose from: ready models (of a kind), or tasks.
 ModelId = Annotated[int, Field(ge=1, le=2**31 - 1, json_schema_extra={"x-options": "models"})]
+DenseModelId = Annotated[int, Field(ge=1, le=2**31 - 1, json_schema_extra={"x-options": "dense models"})]
 TaskName = Annotated[str, Field(min_length=1, max_length=128, json_schema_extra={"x-options": "tasks"})]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 

@@ -15,7 +15,7 @@ from ...models import Model, ModelKind
 from ...schemas import Strict
 from ...settings import Settings
 from ..checks import name_free, ready_model, train_caps
-from ..params import ModelId, PlainName, device_field, from_engine, overrides_of, set_fields
+from ..params import DenseModelId, PlainName, device_field, from_engine, overrides_of, set_fields
 from ..registry import JobKind
 from ..store import model_folder
 from ..training import count_params, model_failed, train_model, with_train_overrides
@@ -29,7 +29,7 @@ class BridgeParams(Strict):
     """Train a sparse model jointly with bridges to a trained (frozen) dense model: the preset gives the
     sparse model's width and recipe, the dense model its vocabulary, context, layers and corpus."""
 
-    dense_model_id: ModelId = Field(description="the trained dense model to bridge to")
+    dense_model_id: DenseModelId = Field(description="the trained dense model to bridge to")
     name: PlainName | None = Field(
         None, description="unique name of the new model (default: from the job id)"
     )
