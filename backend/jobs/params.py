@@ -41,7 +41,10 @@ def device_field() -> Any:
 def from_engine(config: type[BaseModel], name: str, **tighter: Any) -> Any:
     """An engine config field as a job parameter: its default and bounds, plus `tighter` (e.g. a cap
     the API adds, or a description)."""
-    return FieldInfo.merge_field_infos(config.model_fields[name], Field(**tighter))
+    engine = config.model_fields[name]
+    if engine.default_factory is not None:  # a value, so that the schema (and the browser's form) shows it
+        engine = FieldInfo.merge_field_infos(engine, default=engine.default_factory(), default_factory=None)
+    return FieldInfo.merge_field_infos(engine, Field(**tighter))
 
 
 def overrides_of(config: type[BaseModel], name: str, exclude: tuple[str, ...] = ()) -> type[Strict]:

@@ -52,7 +52,7 @@ class TranscoderParams(Strict):
         description="feature profile sample; 0 = no feature pages",
     )
     tasks: list[str] = Field(
-        default_factory=lambda: ["single_double_quote"],
+        ["single_double_quote"],
         max_length=32,
         description="tasks to build circuits for",
     )

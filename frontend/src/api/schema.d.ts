@@ -1824,8 +1824,13 @@ export interface components {
             /**
              * L1
              * @description the L1 sweep
+             * @default [
+             *       0.1,
+             *       0.3,
+             *       1
+             *     ]
              */
-            l1?: number[];
+            l1: number[];
             /** Model Id */
             model_id: number;
             /**
@@ -1865,8 +1870,11 @@ export interface components {
             /**
              * Tasks
              * @description tasks to build circuits for
+             * @default [
+             *       "single_double_quote"
+             *     ]
              */
-            tasks?: string[];
+            tasks: string[];
             /**
              * Tolerance
              * @description allowed rise of a circuit's task CE
