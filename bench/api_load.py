@@ -56,7 +56,7 @@ def seed_database(settings: Settings, folder: Path, n_nodes: int) -> int:
     circuit = Circuit(
         task="single_double_quote",
         model=str(folder),
-        target_loss=0.15,
+        target_loss=PruneConfig().target_loss,
         nodes=make_nodes(names, {n: 1.0 - i / len(names) for i, n in enumerate(names)}),
         edges=edges_from_weights(model, names),
         losses={"full": 0.1, "circuit": 0.15, "circuit_uncalibrated": 0.2, "ablated": 0.7},

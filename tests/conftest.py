@@ -94,7 +94,7 @@ def api_world(test_model):
     from worker.engine.checkpoints import load_model
     from worker.engine.circuit import Circuit, edges_from_weights, make_nodes
     from worker.engine.data import load_corpus, split_corpus
-    from worker.engine.prune import NodeMasks, calibrate, circuit_losses, task_logits
+    from worker.engine.prune import NodeMasks, PruneConfig, calibrate, circuit_losses, task_logits
     from worker.engine.tasks import build_task, get_task
     from worker.engine.tasks.base import pair_labels
 
@@ -129,7 +129,7 @@ def api_world(test_model):
     circuit = Circuit(
         task=API_TASK,
         model="test",
-        target_loss=0.15,
+        target_loss=PruneConfig().target_loss,
         nodes=make_nodes(names, {n: 1.0 - 0.01 * i for i, n in enumerate(names)}),
         edges=edges_from_weights(model, names),
         losses=circuit_losses(model, task, means, masks, keep, scale, shift),
