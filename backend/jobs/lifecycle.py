@@ -206,13 +206,13 @@ def run_job(job_id: str, ctx: JobContext) -> str | None:
             kind.cleanup(ctx, s, job_id)
         return JobStatus.failed
     limit_torch_threads(ctx.settings)
-    params = kind.params.model_validate(job.params)
-    if job.attempts > 1 and not kind.resumes:
-        with ctx.db.session() as s:  # starts over: first remove what the lost attempt left behind
-            kind.cleanup(ctx, s, job_id)
     with Attempt(ctx, job_id, token) as attempt:
         try:
             try:
+                params = kind.params.model_validate(job.params)  # (stored by an older version: may fail)
+                if job.attempts > 1 and not kind.resumes:
+                    with ctx.db.session() as s:  # starts over: first remove what the lost attempt left
+                        kind.cleanup(ctx, s, job_id)
                 kind.run(ctx, job, params, attempt)
                 return JobStatus.succeeded
             except JobCancelled:
