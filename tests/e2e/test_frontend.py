@@ -223,7 +223,7 @@ def test_bridge_and_transcoder_jobs_from_their_forms(page: Page, live):
     bridge = submit_form(
         page,
         "bridge",
-        {"steps": 3, "name": "e2e-bridge-form"},
+        {"steps": 3},
         {"dense_model_id": dense, "preset": "test"},
         {},
     )

@@ -3,7 +3,7 @@ loss, calibration), optionally with its controls, stored as a Circuit with nodes
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import replace as with_tensors
 
 from pydantic import Field
 
@@ -13,6 +13,7 @@ from ...models import JobStatus
 from ...schemas import Strict
 from ...settings import Settings
 from ..checks import cap, ready_model
+from ..lifecycle import job_device
 from ..params import ModelId, Seed, TaskName, from_engine
 from ..registry import JobKind
 from ..store import model_folder, task_data, task_row, write_circuit
@@ -61,8 +62,6 @@ def run(ctx, job, params: PruneParams, attempt) -> None:
     from worker.engine.checkpoints import load_model
     from worker.engine.prune import find_circuit, validate
 
-    from ..lifecycle import job_device
-
     model, folder = model_folder(ctx, params.model_id)
     cfg = prune_config(params)
     with ctx.db.session() as s:
@@ -72,7 +71,7 @@ def run(ctx, job, params: PruneParams, attempt) -> None:
     device = job_device(ctx.settings, params.device or "cpu")
     net, tok, run = load_model(folder, device)
     data = task_data(params.task, spec, builtin, tok)
-    data = replace(data, train=data.train.to(device), test=data.test.to(device))
+    data = with_tensors(data, train=data.train.to(device), test=data.test.to(device))
     attempt.progress(0.02, "means", "mean activations", force=True)
     means = {site: m.to(device) for site, m in load_or_compute_means(folder, net, tok, run).items()}
     span = 0.75 if params.validate_circuit else 0.95
