@@ -15,19 +15,17 @@ from sqlalchemy import inspect
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from worker.engine.errors import UserError
+
 from .auth import read_access
 from .db import Database
-from .jobs import JobService
+from .jobs.service import JobService
 from .routes import discover
 from .settings import Settings, get_settings
 
 log = logging.getLogger("circuits.api")
 API = "/api/v1"
 FRONTEND = Path(__file__).resolve().parent.parent / "frontend" / "dist"
-
-
-class UserError(ValueError):
-    """Raise from a route for bad input that is not a schema violation: 422 with the message."""
 
 
 def describe_errors(errors) -> str:
@@ -37,15 +35,6 @@ def describe_errors(errors) -> str:
         loc = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body",) or len(e["loc"]) == 1)
         parts.append(f"{loc}: {e.get('msg', 'invalid')}" if loc else e.get("msg", "invalid"))
     return "; ".join(parts)
-
-
-def _user_error_types() -> tuple[type[Exception], ...]:
-    """Engine errors that mean bad input (unknown task, unreadable checkpoint, ...)."""
-    from worker.engine.checkpoints import CheckpointError
-    from worker.engine.tasks import TaskError
-    from worker.engine.train import TrainError
-
-    return (UserError, CheckpointError, TaskError, TrainError)
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -83,8 +72,7 @@ def add_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(ValidationError, pydantic_error)
-    for t in _user_error_types():
-        app.add_exception_handler(t, user_error)
+    app.add_exception_handler(UserError, user_error)  # the engine's bad input (unknown task, ...)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(DBAPIError, database_error)
     app.add_exception_handler(Exception, unexpected)

@@ -11,6 +11,7 @@ import typer
 from pydantic import ValidationError
 
 from backend.service_cli import apikey_app, db_app, serve, worker
+from worker.engine.errors import UserError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None
@@ -22,7 +23,8 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-USER_ERRORS = (ValueError, ValidationError, OSError)  # bad input: one line, exit 2
+# Bad input: one line, exit 2 (UserError: the engine's base class of such errors).
+USER_ERRORS = (UserError, ValueError, ValidationError, OSError)
 
 
 def describe(e: Exception) -> str:
@@ -34,12 +36,12 @@ def describe(e: Exception) -> str:
 
 
 def train_progress_bar(desc: str):
-    """(progress callback for train-style records, close) with a tqdm bar over steps."""
+    """(progress callback, close) with a tqdm bar over training steps (from the records' figures)."""
     from tqdm import tqdm
 
     bar = None
 
-    def progress(rec: dict) -> None:
+    def progress(fraction: float, message: str, **rec) -> None:
         nonlocal bar
         if rec["stage"] != "train":
             if bar is None:
@@ -161,7 +163,7 @@ class FractionBar:
             total=1000, desc=desc, dynamic_ncols=True, bar_format="{l_bar}{bar}| {elapsed} {postfix}"
         )
 
-    def __call__(self, fraction: float, message: str) -> None:
+    def __call__(self, fraction: float, message: str, **figures) -> None:
         self.bar.update(int(fraction * 1000) - self.bar.n)
         self.bar.set_postfix_str(message)
 
@@ -169,16 +171,18 @@ class FractionBar:
         self.bar.close()
 
 
-TargetLoss = Annotated[float, typer.Option(help="per-prompt two-class CE the circuit must reach")]
+TargetLoss = Annotated[
+    float | None, typer.Option(help="per-prompt two-class CE the circuit must reach (default: PruneConfig's)")
+]
 Runs = Annotated[int | None, typer.Option(help="hyper-parameter search runs (default: PruneConfig's)")]
 Steps = Annotated[int | None, typer.Option(help="mask optimisation steps per run (default: PruneConfig's)")]
 
 
-def prune_config(target_loss: float, runs: int | None, steps: int | None):
+def prune_config(target_loss: float | None, runs: int | None, steps: int | None):
     from worker.engine.prune import PruneConfig
 
-    given = {"runs": runs, "steps": steps}
-    return PruneConfig(target_loss=target_loss, **{k: v for k, v in given.items() if v is not None})
+    given = {"target_loss": target_loss, "runs": runs, "steps": steps}
+    return PruneConfig(**{k: v for k, v in given.items() if v is not None})
 
 
 def prune_one(model: Path, task: str, cfg, validate: bool = False):
@@ -208,7 +212,7 @@ def prune(
     model: Annotated[Path, typer.Option(help="trained model folder")],
     task: Annotated[str, typer.Option(help="task name (see eval-tasks) or a custom task's .json file")],
     out: Annotated[Path, typer.Option(help="circuit JSON file to write")],
-    target_loss: TargetLoss = 0.15,
+    target_loss: TargetLoss = None,
     runs: Runs = None,
     steps: Steps = None,
     validate: Annotated[bool, typer.Option("--validate", help="also run the controls")] = False,
@@ -240,7 +244,7 @@ def compare(
     sparse: Annotated[Path, typer.Option(help="weight-sparse model folder")],
     dense: Annotated[Path, typer.Option(help="dense baseline model folder")],
     tasks: Annotated[str, typer.Option(help="comma-separated task names or custom .json files")],
-    target_loss: TargetLoss = 0.15,
+    target_loss: TargetLoss = None,
     runs: Runs = None,
     steps: Steps = None,
     out: Annotated[Path | None, typer.Option(help="folder for the circuits and the table (JSON)")] = None,

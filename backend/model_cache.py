@@ -1,6 +1,7 @@
-"""The API process's LRU cache of loaded models, for interactive forward passes (playground, live
-ablation). An entry also keeps the model's mean activations and the tasks tokenised for it, so that a
-warm request is one or two forward passes."""
+"""The API process's one LRU cache of loaded models (and of other artifacts used with them, such as
+transcoders), for interactive forward passes (playground, live ablation, steering, feature pages). A
+model's entry also keeps its mean activations and the tasks tokenised for it, so that a warm request is
+one or two forward passes."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from fastapi import Request
@@ -21,6 +23,7 @@ from worker.engine.model import SparseGPT
 from worker.engine.tasks import TaskData
 
 TASKS_PER_MODEL = 8
+T = TypeVar("T")
 
 
 class Lru(OrderedDict):
@@ -86,34 +89,45 @@ class LoadedModel:
 
 
 class ModelCache:
-    """Thread-safe LRU of LoadedModel by (model id, folder); a model loads once even if requested
-    concurrently."""
+    """Thread-safe LRU of LoadedModel by (model id, folder), and beside it of other artifacts loaded
+    from disk for interactive requests (a transcoder folder's coders, ...); each loads once even if
+    requested concurrently."""
 
     def __init__(self, size: int):
         self.size = size
         self._entries = Lru(size)
+        self._artifacts = Lru(2 * size)
         self._tokenizers = Lru(4 * size)
-        self._loading: dict[tuple[int, str], threading.Lock] = {}
+        self._loading: dict[object, threading.Lock] = {}
         self._lock = threading.Lock()
 
-    def get(self, model_id: int, folder: Path) -> LoadedModel:
-        key = (model_id, str(folder))
+    def _once(self, entries: Lru, key, load: Callable[[], T]) -> T:
         with self._lock:
-            entry = self._entries.hit(key)
+            entry = entries.hit(key)
             if entry is not None:
                 return entry
             loading = self._loading.setdefault(key, threading.Lock())
         with loading:
             with self._lock:
-                entry = self._entries.hit(key)
+                entry = entries.hit(key)
             if entry is None:
-                model, tok, run = load_model(folder)
-                model.requires_grad_(False)
-                entry = LoadedModel(model_id, Path(folder), model, tok, run)
+                entry = load()
                 with self._lock:
-                    self._entries.put(key, entry)
+                    entries.put(key, entry)
                     self._loading.pop(key, None)
         return entry
+
+    def get(self, model_id: int, folder: Path) -> LoadedModel:
+        def load() -> LoadedModel:
+            model, tok, run = load_model(folder)
+            model.requires_grad_(False)
+            return LoadedModel(model_id, Path(folder), model, tok, run)
+
+        return self._once(self._entries, (model_id, str(folder)), load)
+
+    def artifact(self, key: tuple, load: Callable[[], T]) -> T:
+        """Another artifact by key, e.g. ("transcoders", row id); `load` may raise (nothing is kept)."""
+        return self._once(self._artifacts, ("artifact", *key), load)
 
     def tokenizer(self, model_id: int, folder: Path) -> Tokenizer:
         """A model's tokenizer alone (decoding examples does not need the weights)."""

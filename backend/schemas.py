@@ -2,184 +2,21 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 # ---------------------------------------------------------------- jobs
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def _plain_name(v: str) -> str:
-    if not NAME_RE.match(v):
-        raise ValueError("use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")
-    return v
-
-
-PlainName = Annotated[str, AfterValidator(_plain_name)]
-
 
 class Strict(BaseModel):
+    """A request body: unknown fields are named, not ignored."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class TrainParams(Strict):
-    """Train a model from a preset; `model` and `train` override fields of its ModelConfig/TrainConfig."""
-
-    name: PlainName | None = Field(None, description="unique model name (default: derived from the job id)")
-    preset: Literal["test", "small"] = "small"
-    dense: bool = False
-    steps: int | None = Field(None, ge=1)
-    corpus: PlainName | None = Field(
-        None, description="a folder name under CIRCUITS_DATA_DIR/corpora (default: the stdlib)"
-    )
-    model: dict[str, Any] = Field(default_factory=dict, description="ModelConfig overrides")
-    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides")
-
-    @field_validator("train")
-    @classmethod
-    def _no_corpus_path(cls, v: dict) -> dict:
-        if "corpus" in v:
-            raise ValueError("set the corpus with the top-level `corpus` field (a folder under data_dir)")
-        return v
-
-
-class ProfileParams(Strict):
-    """Per-node statistics and activation examples of a trained model over a corpus sample."""
-
-    model_id: int = Field(ge=1, le=2**31 - 1)
-    tokens: int = Field(65_536, ge=1024, description="corpus tokens to run through the model")
-    examples_per_bin: int = Field(5, ge=1, le=20)
-    context: int = Field(12, ge=0, le=64, description="tokens of context on each side of an example")
-    seed: int = Field(0, ge=0, le=2**32 - 1)
-
-
-class PruneParams(Strict):
-    """Prune a model to the smallest circuit that does a task (PruneConfig fields, bounded)."""
-
-    model_id: int = Field(ge=1, le=2**31 - 1)
-    task: str = Field(min_length=1, max_length=128)
-    target_loss: float = Field(0.15, gt=0, le=10)
-    runs: int | None = Field(None, ge=1, description="search runs (default: PruneConfig's)")
-    steps: int | None = Field(None, ge=1, description="mask steps per run (default: PruneConfig's)")
-    k_coef: float | None = Field(None, gt=0)
-    lr: float | None = Field(None, gt=0)
-    batch_pairs: int | None = Field(None, ge=1, le=4096)
-    eval_pairs: int | None = Field(None, ge=1, le=4096)
-    curve_points: int | None = Field(None, ge=2, le=64)
-    curve_pairs: int | None = Field(None, ge=1, le=4096)
-    seed: int = Field(0, ge=0, le=2**32 - 1)
-    validate_circuit: bool = Field(False, description="also run the controls (random, shuffled labels)")
-
-
-class BridgeParams(Strict):
-    """Train a sparse model jointly with bridges to a trained (frozen) dense model: the preset gives the
-    sparse model's width and recipe, the dense model its vocabulary, context, layers and corpus."""
-
-    dense_model_id: int = Field(ge=1, le=2**31 - 1, description="the trained dense model to bridge to")
-    name: PlainName | None = Field(
-        None, description="unique name of the new model (default: from the job id)"
-    )
-    preset: Literal["test", "small"] = "small"
-    steps: int | None = Field(None, ge=1)
-    hybrid_sites_per_step: int | None = Field(
-        None, ge=0, le=64, description="locations per step and direction for the hybrid KL (0 = all)"
-    )
-    hybrid_batch_frac: float | None = Field(None, gt=0, le=1, description="share of the batch in hybrids")
-    kl_coef: float | None = Field(None, ge=0, le=100)
-    nmse_coef: float | None = Field(None, ge=0, le=100)
-    train: dict[str, Any] = Field(
-        default_factory=dict, description="TrainConfig overrides (the data settings are the dense model's)"
-    )
-
-    @field_validator("train")
-    @classmethod
-    def _same_data(cls, v: dict) -> dict:
-        fixed = sorted({"corpus", "max_corpus_bytes", "val_percent", "steps"} & set(v))
-        if fixed:
-            raise ValueError(
-                f"{', '.join(fixed)}: the data settings come from the dense model; steps is top-level"
-            )
-        return v
-
-    def bridge_options(self) -> dict:
-        fields = ("hybrid_sites_per_step", "hybrid_batch_frac", "kl_coef", "nmse_coef")
-        return {f: getattr(self, f) for f in fields if getattr(self, f) is not None}
-
-
-class TranscoderParams(Strict):
-    """Train transcoders and an SAE baseline on every MLP of a model at several L1 coefficients, profile
-    the selected transcoders' features and build their circuits for `tasks`
-    (worker/engine/transcoders.py)."""
-
-    model_id: int = Field(ge=1, le=2**31 - 1)
-    l1: list[float] | None = Field(
-        None, min_length=1, max_length=8, description="the L1 sweep (default: TranscoderConfig's)"
-    )
-    steps: int | None = Field(None, ge=1, description="training steps (default: TranscoderConfig's)")
-    batch_size: int = Field(16, ge=1, le=1024, description="sequences of n_ctx tokens per step")
-    expansion: int = Field(1, ge=1, le=32, description="latents per layer = expansion * d_mlp")
-    sae: bool = Field(True, description="also train the SAE baseline")
-    selected: int | None = Field(
-        None,
-        ge=0,
-        description="index into l1 of the transcoders behind features and circuits (default middle)",
-    )
-    eval_batches: int | None = Field(
-        None, ge=1, le=64, description="validation batches (default: TranscoderConfig's)"
-    )
-    profile_tokens: int = Field(65_536, ge=0, description="feature profile sample; 0 = no feature pages")
-    tasks: list[str] = Field(
-        default_factory=lambda: ["single_double_quote"],
-        max_length=32,
-        description="tasks to build circuits for",
-    )
-    tolerance: float = Field(0.02, ge=0, le=10, description="allowed rise of a circuit's task CE")
-    replace: bool = Field(False, description="replace the model's existing transcoders (else 409)")
-    seed: int = Field(0, ge=0, le=2**32 - 1)
-
-
-class TrainJob(Strict):
-    kind: Literal["train"]
-    params: TrainParams = Field(default_factory=TrainParams)
-
-
-class ProfileJob(Strict):
-    kind: Literal["profile"]
-    params: ProfileParams
-
-
-class PruneJob(Strict):
-    kind: Literal["prune"]
-    params: PruneParams
-
-
-class BridgeJob(Strict):
-    kind: Literal["bridge"]
-    params: BridgeParams
-
-
-class TranscoderJob(Strict):
-    kind: Literal["transcoder"]
-    params: TranscoderParams
-
-
-JobCreate = Annotated[
-    TrainJob | ProfileJob | PruneJob | BridgeJob | TranscoderJob, Field(discriminator="kind")
-]
-PARAMS_BY_KIND: dict[str, type[Strict]] = {
-    "train": TrainParams,
-    "profile": ProfileParams,
-    "prune": PruneParams,
-    "bridge": BridgeParams,
-    "transcoder": TranscoderParams,
-}
-
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKindName = Literal["train", "profile", "prune", "bridge", "transcoder"]
 
 
 class JobRead(BaseModel):

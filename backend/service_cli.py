@@ -47,7 +47,7 @@ def serve(
     import uvicorn
 
     from backend.app import create_app
-    from worker.jobs import limit_torch_threads
+    from backend.jobs.lifecycle import limit_torch_threads
 
     settings = _settings()
     _upgrade(settings)
@@ -68,13 +68,13 @@ def worker(
         _fail("CIRCUITS_BROKER_URL is not set (e.g. redis://localhost:6379/0); without it `serve` runs jobs")
     if pool not in ("solo", "threads", "prefork"):
         _fail(f"--pool must be solo, threads or prefork, not {pool!r}")
-    from worker.celery_app import app
-    from worker.jobs import limit_torch_threads
+    from backend.jobs.lifecycle import limit_torch_threads
+    from backend.jobs.queue import worker_app
 
     limit_torch_threads(settings)
     args = ["worker", f"--pool={pool}", f"--loglevel={loglevel}", "--queues=circuits", "--without-gossip"]
     args += ["--without-mingle", f"--concurrency={1 if pool == 'solo' else concurrency}"]
-    app.worker_main(args)
+    worker_app(settings).worker_main(args)
 
 
 db_app = typer.Typer(help="Database schema (Alembic migrations).", **HELP)

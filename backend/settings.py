@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: int = Field(3600, ge=1)  # Redis redelivers unacked messages after this
     broker_timeout_seconds: float = Field(3.0, gt=0)  # give up reaching the broker after this (-> 503)
     progress_min_interval: float = Field(0.5, ge=0)  # seconds between progress writes to the database
-    device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$")  # where train/profile jobs run
+    device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$")  # jobs' default; their `device` overrides
     torch_threads: int | None = Field(None, ge=1)  # CPU threads a job's torch may use; None = torch default
 
     # Access: writes always need an x-api-key; reads only when this is set.

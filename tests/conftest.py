@@ -37,15 +37,21 @@ def bridged_test_model(tmp_path_factory, dense_test_model):
 # ---------------------------------------------------------------- backend (see tests/backend_support.py)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def postgres_url():
-    """A fresh PostgreSQL database for this test session, dropped at the end (CIRCUITS_TEST_POSTGRES
-    names the server's admin database; the tests fail, not skip, when it is unreachable)."""
+    """A fresh PostgreSQL database of this test alone, dropped afterwards (CIRCUITS_TEST_POSTGRES names
+    the server's admin database; the tests fail, not skip, when it is unreachable)."""
     from backend_support import create_postgres_database, drop_postgres_database
 
     url, name = create_postgres_database()
     yield url
     drop_postgres_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request):
+    """None (SQLite in the test's data dir) or a fresh PostgreSQL database."""
+    yield request.getfixturevalue("postgres_url") if request.param == "postgres" else None
 
 
 @pytest.fixture
@@ -88,7 +94,7 @@ def api_world(test_model):
     from worker.engine.checkpoints import load_model
     from worker.engine.circuit import Circuit, edges_from_weights, make_nodes
     from worker.engine.data import load_corpus, split_corpus
-    from worker.engine.prune import NodeMasks, calibrate, circuit_losses, task_logits
+    from worker.engine.prune import NodeMasks, PruneConfig, calibrate, circuit_losses, task_logits
     from worker.engine.tasks import build_task, get_task
     from worker.engine.tasks.base import pair_labels
 
@@ -123,7 +129,7 @@ def api_world(test_model):
     circuit = Circuit(
         task=API_TASK,
         model="test",
-        target_loss=0.15,
+        target_loss=PruneConfig().target_loss,
         nodes=make_nodes(names, {n: 1.0 - 0.01 * i for i, n in enumerate(names)}),
         edges=edges_from_weights(model, names),
         losses=circuit_losses(model, task, means, masks, keep, scale, shift),
@@ -146,15 +152,17 @@ def api_backend(request, api_world, tmp_path_factory):
     from sqlalchemy import update
 
     from backend.db import Database
+    from backend.jobs.store import task_row, write_circuit, write_profile
     from backend.models import Model
     from backend.settings import Settings
     from worker.engine.ablation import MEANS
     from worker.engine.prune import PruneConfig
-    from worker.jobs import task_row, write_circuit, write_profile
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    from backend_support import create_postgres_database, drop_postgres_database
+
+    url, name = create_postgres_database() if request.param == "postgres" else (None, None)  # its own
     settings = Settings(data_dir=tmp_path_factory.mktemp(f"api-{request.param}"), database_url=url, **FAST)
     api = Api(settings)
     model_id = register_model(settings, api_world["folder"], "test-sparse")
@@ -178,4 +186,6 @@ def api_backend(request, api_world, tmp_path_factory):
         backend=request.param,
     )
     api.close()
+    if name is not None:
+        drop_postgres_database(name)
     torch.set_num_threads(threads)

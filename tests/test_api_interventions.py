@@ -1,8 +1,6 @@
 """Playground and live ablation: interactive forward passes on the cached model, checked against the
 engine, on SQLite and PostgreSQL."""
 
-import time
-
 import pytest
 import torch
 
@@ -67,10 +65,8 @@ def test_live_ablation_reproduces_the_circuits_losses(api_backend):
 
     # Switching nodes changes the result; switching them back restores it.
     names = [n.name for n in engine.nodes]
-    c.post(url, json={"pairs": 64})  # warm
-    t0 = time.perf_counter()
-    base = c.post(url, json={"pairs": 64}).json()
-    assert time.perf_counter() - t0 < 1.0 and base["seconds"] < 1.0
+    base = c.post(url, json={"pairs": 64}).json()  # (its latency: bench/api_load.py)
+    assert base["n_nodes"] == len(names) and base["pairs"] == 64 and base["seconds"] > 0
     none = c.post(url, json={"pairs": 64, "off": names}).json()
     assert none["n_nodes"] == 0 and none["loss"] != pytest.approx(base["loss"], abs=1e-6)
     restored = c.post(url, json={"pairs": 64, "off": names, "on": names}).json()

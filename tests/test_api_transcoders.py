@@ -5,6 +5,7 @@ import torch
 from backend_support import register_model
 
 from backend.db import Database
+from backend.jobs.store import task_row, write_circuit, write_profile
 from backend.models import NodeStat
 from worker.engine.activations import ProfileConfig, corpus_windows, profile_windows
 from worker.engine.checkpoints import load_model
@@ -12,7 +13,6 @@ from worker.engine.circuit import Circuit, make_nodes
 from worker.engine.data import load_corpus, split_corpus
 from worker.engine.tasks import build_task, get_task
 from worker.engine.transcoders import CircuitConfig, attribute, attribution_edges, read_transcoders
-from worker.jobs import task_row, write_circuit, write_profile
 
 TASK = "single_double_quote"
 TINY = {

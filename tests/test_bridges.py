@@ -98,7 +98,7 @@ def test_bridge_training_resumes_bit_for_bit(tmp_path, dense_test_model):
     class Killed(Exception):
         pass
 
-    def kill_at_10(rec):
+    def kill_at_10(fraction, message, **rec):  # the engine's progress protocol (figures: the record)
         if rec.get("step") == 10 and "loss" in rec:
             raise Killed
 

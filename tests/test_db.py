@@ -19,13 +19,10 @@ TABLES = {
 }  # fmt: skip
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def settings(request, tmp_path):
-    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
-    s = Settings(data_dir=tmp_path / "data", database_url=url)
-    if url:  # the session database is shared: start from an empty schema
-        command.downgrade(alembic_config(s.db_url), "base")
-    return s
+@pytest.fixture
+def settings(database_url, tmp_path):
+    """SQLite, or a fresh PostgreSQL database of this test alone (conftest.database_url)."""
+    return Settings(data_dir=tmp_path / "data", database_url=database_url)
 
 
 def test_migrations_build_the_orm_schema(settings):

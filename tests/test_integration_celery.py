@@ -22,9 +22,10 @@ from backend.settings import Settings
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("celery")
+@pytest.fixture
+def stack(tmp_path):
+    """Each test's own Redis, PostgreSQL database and API (a test may stop its Redis)."""
+    tmp = tmp_path
     redis = RedisServer()
     url, name = create_postgres_database()
     # Redis would redeliver the killed worker's unacked message only after the visibility timeout (an
@@ -112,7 +113,9 @@ def test_train_profile_prune_with_a_worker_killed_mid_training(stack):
 
 def test_redis_down_reads_work_and_submission_is_503(stack):
     api, redis, _, _ = stack
+    api.submit("train", {"preset": "test", "steps": 5})  # queued (no worker runs): something to read
     jobs = api.client.get("/api/v1/jobs").json()
+    assert jobs["total"] == 1
     redis.stop()
     assert api.client.get("/api/v1/health").status_code == 200
     r = api.client.get("/api/v1/jobs")

@@ -4,8 +4,7 @@ SSE), cancel, resume after a restart, recovery of a job whose worker died, rate 
 import json
 from datetime import UTC, datetime, timedelta
 
-import pytest
-from backend_support import create_postgres_database, drop_postgres_database, train_step
+from backend_support import train_step
 from sqlalchemy import update
 from typer.testing import CliRunner
 
@@ -24,17 +23,6 @@ TINY = {
 
 def long_train(steps=2000):
     return {**TINY, "steps": steps}
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request):
-    """None (SQLite in the data dir) or a fresh PostgreSQL database, dropped afterwards."""
-    if request.param == "sqlite":
-        yield None
-        return
-    url, name = create_postgres_database()
-    yield url
-    drop_postgres_database(name)
 
 
 def test_auth_validation_and_caps(make_api, database_url):
@@ -154,10 +142,16 @@ def test_interrupted_job_resumes_from_checkpoint_after_restart(make_api):
     assert job["result"]["resumed_from_step"] >= 3
 
 
-def test_job_of_a_dead_worker_is_requeued_and_finishes(make_api):
+def test_job_of_a_dead_worker_is_requeued_and_finishes(make_api, monkeypatch):
     """A running job whose worker stopped heartbeating (it died) is reported as stalled, then requeued
     by the sweep and run again; a job whose worker died too often fails with a clear error."""
-    api = make_api(inprocess_workers=1, sweep_seconds=3)
+    import threading
+
+    from backend.jobs import service
+
+    sweep_allowed, sweep = threading.Event(), service.recover_stale
+    monkeypatch.setattr(service, "recover_stale", lambda ctx: sweep_allowed.wait() and sweep(ctx))
+    api = make_api(inprocess_workers=1, sweep_seconds=0.5)  # its sweeps wait until the job was seen
     db = Database(api.settings)
     stale = datetime.now(UTC) - timedelta(minutes=5)
     with db.session() as s:
@@ -166,8 +160,11 @@ def test_job_of_a_dead_worker_is_requeued_and_finishes(make_api):
                 Job(id=job_id, kind="train", params={**TINY, "name": None, "dense": False, "corpus": None,
                     "model": {}}, status="running", attempts=attempts, heartbeat_at=stale, worker="gone:1")
             )  # fmt: skip
-    first = api.job("d" * 32)  # before the next sweep: running, but flagged as stalled
-    assert first["status"] == "running" and first["stalled"] and first["attempts"] == 1
+    try:
+        first = api.job("d" * 32)  # before the sweep: running, but flagged as stalled
+        assert first["status"] == "running" and first["stalled"] and first["attempts"] == 1
+    finally:
+        sweep_allowed.set()
     job = api.wait("d" * 32)
     assert job["status"] == "succeeded" and job["attempts"] == 2 and not job["stalled"]
     failed = api.wait("e" * 32)
@@ -263,8 +260,8 @@ def test_redelivered_or_duplicate_messages_are_no_ops(make_api):
     does nothing (Redis redelivers unacked messages; the stale-job sweep may send another)."""
     from backend_support import FAST
 
+    from backend.jobs.lifecycle import JobContext, run_job
     from backend.settings import Settings
-    from worker.jobs import JobContext, run_job
 
     api = make_api()
     job_id = api.submit("train", TINY)
@@ -338,8 +335,8 @@ def test_reads_can_require_a_key(make_api):
 def test_sweep_without_a_reachable_queue_leaves_the_job_visibly_stalled(make_api):
     from backend_support import FAST
 
+    from backend.jobs.lifecycle import JobContext, recover_stale
     from backend.settings import Settings
-    from worker.jobs import JobContext, recover_stale
 
     api = make_api(sweep_seconds=3600)  # only this test's sweep runs
 

@@ -5,7 +5,6 @@ are ordinary circuits with `transcoder_id` set."""
 
 from __future__ import annotations
 
-import threading
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
@@ -16,7 +15,7 @@ from worker.engine.checkpoints import CheckpointError
 from worker.engine.transcoders import Transcoders, check_dense, read_transcoders
 
 from ..db import SessionDep
-from ..model_cache import Lru
+from ..model_cache import get_model_cache
 from ..models import Circuit, Model, Transcoder
 from ..schemas import ErrorBody, SiteInfo, TranscoderList, TranscoderRead, TranscoderSummary
 from .models import feature_sites, model_config
@@ -24,8 +23,6 @@ from .models import feature_sites, model_config
 router = APIRouter(prefix="/transcoders", tags=["transcoders"])
 NOT_FOUND = {404: {"model": ErrorBody, "description": "no such transcoders"}}
 TranscoderId = Annotated[int, Path(ge=1, le=2**31 - 1, description="transcoders id")]
-LOADED = 8  # transcoder folders kept in memory per process
-_create = threading.Lock()
 
 
 def get_transcoder_row(session: Session, transcoder_id: int) -> Transcoder:
@@ -36,25 +33,19 @@ def get_transcoder_row(session: Session, transcoder_id: int) -> Transcoder:
 
 
 def loaded_transcoders(request: Request, row: Transcoder, model: Model) -> Transcoders:
-    """The coders of a transcoder row, read once per process and checked against the model's weights
-    (a model folder that changed since is a 409 naming the mismatch)."""
-    state = request.app.state
-    with _create:
-        if getattr(state, "loaded_transcoders", None) is None:
-            state.loaded_transcoders = (Lru(LOADED), threading.Lock())
-    cache, lock = state.loaded_transcoders
-    with lock:
-        tr = cache.hit(row.id)
-    if tr is None:
-        settings = state.settings
+    """The coders of a transcoder row from the model cache, read once and checked against the model's
+    weights (a model folder that changed since is a 409 naming the mismatch)."""
+    settings = request.app.state.settings
+
+    def load() -> Transcoders:
         try:
             tr = read_transcoders(settings.artifact(row.artifact_path))
             check_dense(tr.run.dense, settings.artifact(model.artifact_path))
         except (CheckpointError, OSError) as e:
             raise HTTPException(409, f"transcoders {row.id}: {e}") from None
-        with lock:
-            cache.put(row.id, tr)
-    return tr
+        return tr
+
+    return get_model_cache(request).artifact(("transcoders", row.id), load)
 
 
 def summary(row: Transcoder, model: Model) -> TranscoderSummary:

@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from backend.app import create_app
 from backend.auth import create_api_key
 from backend.db import Database, upgrade
+from backend.jobs.store import write_circuit
 from backend.models import Circuit as CircuitRow
 from backend.models import Model as ModelRow
 from backend.models import Transcoder as TranscoderRow
@@ -29,7 +30,6 @@ from worker.engine.circuit import Circuit, Edge, Node, make_nodes
 from worker.engine.prune import PruneConfig
 from worker.engine.tasks import build_task, get_task
 from worker.engine.transcoders import CircuitConfig, attribute, attribution_edges, read_transcoders
-from worker.jobs import write_circuit
 
 TASK = "single_double_quote"
 TRAIN = {"preset": "test", "name": "test-sparse", "steps": 40}

@@ -1,5 +1,6 @@
 """The acceptance path in a real browser: models, a circuit, a node's examples, live ablation, export,
-a prune job submitted through the form and followed to completion, form errors, API errors."""
+a prune, a bridge and a transcoder job submitted through their forms and followed to completion, form
+errors, API errors."""
 
 from __future__ import annotations
 
@@ -190,6 +191,59 @@ def test_prune_job_through_the_form_finishes(page: Page, live):
     link = row.locator("a", has_text="circuit")
     link.click()
     expect(page.locator("#circuit-header")).to_contain_text("single_double_quote", timeout=TIMEOUT)
+
+
+def submit_form(page: Page, kind: str, values: dict, selects: dict, checks: dict) -> str:
+    """Fill a job form generated from the schema, submit it and return the accepted job's id."""
+    form = page.locator(f"#form-{kind}")
+    expect(form).to_be_visible(timeout=TIMEOUT)
+    for field, value in selects.items():
+        form.locator(f"select[name={field}]").select_option(str(value))
+    for field, value in values.items():
+        form.locator(f"input[name={field}]").fill(str(value))
+    for field, on in checks.items():
+        form.locator(f"input[name={field}]").set_checked(on)
+    with page.expect_response(
+        lambda r: r.url.endswith("/api/v1/jobs") and r.request.method == "POST"
+    ) as resp:
+        form.locator("button[type=submit]").click()
+    assert resp.value.status == 202, resp.value.text()
+    job = resp.value.json()
+    assert job["kind"] == kind
+    return job["id"]
+
+
+def test_bridge_and_transcoder_jobs_from_their_forms(page: Page, live):
+    """Every kind has a form built from the OpenAPI schema: a bridge and a transcoder job (tiny) are
+    accepted and followed to the end in the job list."""
+    import httpx
+
+    dense = httpx.get(f"{live.url}/api/v1/models", params={"kind": "dense"}).json()["items"][0]["id"]
+    page.goto(f"{live.url}/#/jobs")
+    bridge = submit_form(
+        page,
+        "bridge",
+        {"steps": 3},
+        {"dense_model_id": dense, "preset": "test"},
+        {},
+    )
+    transcoder = submit_form(
+        page,
+        "transcoder",
+        {"l1": "0.3", "steps": 3, "batch_size": 2, "eval_batches": 1, "profile_tokens": 0, "tolerance": 0.5},
+        {"model_id": dense},
+        {"sae": False, "replace": True},
+    )
+    for job_id, kind in ((bridge, "bridge"), (transcoder, "transcoder")):
+        row = page.locator(f"#jobs-body tr[data-job='{job_id}']")
+        expect(row).to_contain_text(kind, timeout=TIMEOUT)
+        expect(row).to_have_attribute("data-status", "succeeded", timeout=600_000)
+    done = httpx.get(f"{live.url}/api/v1/jobs/{transcoder}").json()
+    assert (
+        done["params"]["l1"] == [0.3] and done["params"]["sae"] is False and done["result"]["transcoder_id"]
+    )
+    assert httpx.get(f"{live.url}/api/v1/jobs/{bridge}").json()["params"]["steps"] == 3
+    assert not page.page_errors
 
 
 def test_api_errors_are_shown_not_blank(page: Page, live):

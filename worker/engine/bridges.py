@@ -36,6 +36,7 @@ from torch import nn
 
 from . import checkpoints as ck
 from .config import BridgeConfig, DenseFingerprint, RunConfig, TrainConfig, preset
+from .errors import UserError
 from .model import SiteEdit, SparseGPT, abs_topk, parse_node, resid_locations, site_dims
 from .tasks.base import TaskData
 from .train import Objective, ProgressFn, autocast, train
@@ -44,7 +45,7 @@ BRIDGES = "bridges.safetensors"
 EVAL_BATCHES = 4  # validation batches of the per-location evaluation (every location, both directions)
 
 
-class BridgeError(ValueError):
+class BridgeError(UserError):
     pass
 
 

@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from .config import RunConfig
+from .errors import UserError
 from .model import SparseGPT
 
 B = TypeVar("B", bound=BaseModel)
@@ -28,7 +29,7 @@ CONFIG, TOKENIZER, WEIGHTS, CHECKPOINT, METRICS = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     pass
 
 

@@ -12,13 +12,15 @@ from pathlib import Path
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from .errors import UserError
+
 EOT = "<|endoftext|>"
 # Always whole tokens, so task completions such as "]\n" vs "]]\n" differ in their first token.
 FORCED_TOKENS = ("]]",)
 SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "__pycache__", "lib2to3"}
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError):
     pass
 
 

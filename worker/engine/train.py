@@ -6,7 +6,6 @@ import contextlib
 import json
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -17,13 +16,14 @@ from torch import nn
 from . import checkpoints as ck
 from .config import RunConfig, TrainConfig
 from .data import encode_documents, fixed_batches, load_corpus, sample_batch, split_corpus, train_tokenizer
+from .errors import UserError
 from .model import SparseGPT
+from .progress import Progress as ProgressFn
+from .progress import training_reporter
 from .sparsity import SparseParam, density_at, l0_fraction, lr_at, project_model_, sparse_params
 
-ProgressFn = Callable[[dict], None]
 
-
-class TrainError(ValueError):
+class TrainError(UserError):
     pass
 
 
@@ -197,7 +197,7 @@ def _train(
     run: RunConfig, out: Path, resume: bool, on_progress, stop_after, device, objective: Objective, tokenizer
 ) -> Path:
     mc, tc = run.model, run.train
-    report = on_progress or (lambda _: None)
+    report = training_reporter(on_progress)
     torch.manual_seed(tc.seed)
     model = SparseGPT(mc).to(device)
     extra = objective.modules.to(device) if objective.modules is not None else None

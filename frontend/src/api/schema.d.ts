@@ -103,7 +103,7 @@ export interface paths {
         put?: never;
         /**
          * Submit Job
-         * @description Queue a train, profile or prune job. Poll GET /jobs/{id} or stream GET /jobs/{id}/events.
+         * @description Queue a job of any kind below. Poll GET /jobs/{id} or stream GET /jobs/{id}/events.
          */
         post: operations["submit_job_api_v1_jobs_post"];
         delete?: never;
@@ -140,7 +140,7 @@ export interface paths {
         put?: never;
         /**
          * Cancel Job
-         * @description Cancel a queued job at once, or ask a running one to stop (it stops at its next progress report).
+         * @description Cancel a queued job at once, or ask a running one to stop (at its next progress report).
          */
         post: operations["cancel_job_api_v1_jobs__job_id__cancel_post"];
         delete?: never;
@@ -532,39 +532,94 @@ export interface components {
              */
             dense_model_id: number;
             /**
+             * Device
+             * @description where the job computes: cpu, cuda, cuda:N or auto (a GPU if there is one); default CIRCUITS_DEVICE
+             */
+            device?: string | null;
+            /**
              * Hybrid Batch Frac
              * @description share of the batch in hybrids
+             * @default 0.5
              */
-            hybrid_batch_frac?: number | null;
+            hybrid_batch_frac: number;
             /**
              * Hybrid Sites Per Step
-             * @description locations per step and direction for the hybrid KL (0 = all)
+             * @description locations per step and direction (0 = all)
+             * @default 1
              */
-            hybrid_sites_per_step?: number | null;
-            /** Kl Coef */
-            kl_coef?: number | null;
+            hybrid_sites_per_step: number;
+            /**
+             * Kl Coef
+             * @default 1
+             */
+            kl_coef: number;
             /**
              * Name
              * @description unique name of the new model (default: from the job id)
              */
             name?: string | null;
-            /** Nmse Coef */
-            nmse_coef?: number | null;
+            /**
+             * Nmse Coef
+             * @default 1
+             */
+            nmse_coef: number;
             /**
              * Preset
              * @default small
              * @enum {string}
              */
             preset: "test" | "small";
-            /** Steps */
-            steps?: number | null;
             /**
-             * Train
-             * @description TrainConfig overrides (the data settings are the dense model's)
+             * Steps
+             * @description optimizer steps (default: the preset's)
              */
-            train?: {
-                [key: string]: unknown;
-            };
+            steps?: number | null;
+            /** @description TrainConfig overrides (the data settings are the dense model's) */
+            train?: components["schemas"]["BridgeTrainOverrides"];
+        };
+        /**
+         * BridgeTrainOverrides
+         * @description TrainConfig fields to override; unset ones keep the preset's value.
+         */
+        BridgeTrainOverrides: {
+            /** Adam Eps */
+            adam_eps?: number | null;
+            /** Anneal End */
+            anneal_end?: number | null;
+            /** Anneal Start */
+            anneal_start?: number | null;
+            /** Batch Size */
+            batch_size?: number | null;
+            /** Beta1 */
+            beta1?: number | null;
+            /** Beta2 */
+            beta2?: number | null;
+            /** Bf16 */
+            bf16?: boolean | null;
+            /** Checkpoint Every */
+            checkpoint_every?: number | null;
+            /** Dense */
+            dense?: boolean | null;
+            /** Embed Density */
+            embed_density?: number | null;
+            /** Eval Batches */
+            eval_batches?: number | null;
+            /** Eval Every */
+            eval_every?: number | null;
+            /** Grad Rms Norm */
+            grad_rms_norm?: boolean | null;
+            /** Lr */
+            lr?: number | null;
+            /** Min Per Neuron */
+            min_per_neuron?: number | null;
+            /** Seed */
+            seed?: number | null;
+            /** Warmup Frac */
+            warmup_frac?: number | null;
+            /** Weight Decay */
+            weight_decay?: number | null;
+            /** Weight Density */
+            weight_density?: number | null;
         };
         /** CircuitEdgeRead */
         CircuitEdgeRead: {
@@ -909,6 +964,34 @@ export interface components {
                 [key: string]: number | string | null;
             }[];
         };
+        /**
+         * ModelOverrides
+         * @description ModelConfig fields to override; unset ones keep the preset's value.
+         */
+        ModelOverrides: {
+            /** Act Frac */
+            act_frac?: number | null;
+            /** Attn Sink */
+            attn_sink?: boolean | null;
+            /** Bias */
+            bias?: boolean | null;
+            /** Bigram Table */
+            bigram_table?: boolean | null;
+            /** D Head */
+            d_head?: number | null;
+            /** D Model */
+            d_model?: number | null;
+            /** Mlp Ratio */
+            mlp_ratio?: number | null;
+            /** N Ctx */
+            n_ctx?: number | null;
+            /** N Layer */
+            n_layer?: number | null;
+            /** Pos Emb */
+            pos_emb?: boolean | null;
+            /** Vocab Size */
+            vocab_size?: number | null;
+        };
         /** ModelRead */
         ModelRead: {
             /**
@@ -1132,6 +1215,11 @@ export interface components {
              */
             context: number;
             /**
+             * Device
+             * @description where the job computes: cpu, cuda, cuda:N or auto (a GPU if there is one); default CIRCUITS_DEVICE
+             */
+            device?: string | null;
+            /**
              * Examples Per Bin
              * @default 5
              */
@@ -1145,7 +1233,7 @@ export interface components {
             seed: number;
             /**
              * Tokens
-             * @description corpus tokens to run through the model
+             * @description corpus tokens to run through
              * @default 65536
              */
             tokens: number;
@@ -1193,25 +1281,49 @@ export interface components {
          * @description Prune a model to the smallest circuit that does a task (PruneConfig fields, bounded).
          */
         PruneParams: {
-            /** Batch Pairs */
-            batch_pairs?: number | null;
-            /** Curve Pairs */
-            curve_pairs?: number | null;
-            /** Curve Points */
-            curve_points?: number | null;
-            /** Eval Pairs */
-            eval_pairs?: number | null;
-            /** K Coef */
-            k_coef?: number | null;
-            /** Lr */
-            lr?: number | null;
+            /**
+             * Batch Pairs
+             * @default 32
+             */
+            batch_pairs: number;
+            /**
+             * Curve Pairs
+             * @default 256
+             */
+            curve_pairs: number;
+            /**
+             * Curve Points
+             * @default 10
+             */
+            curve_points: number;
+            /**
+             * Device
+             * @description where the model and task tensors go: cpu, cuda, cuda:N or auto; default cpu (the engine's pruning keeps its masks on the CPU, so CIRCUITS_DEVICE does not apply)
+             */
+            device?: string | null;
+            /**
+             * Eval Pairs
+             * @default 256
+             */
+            eval_pairs: number;
+            /**
+             * K Coef
+             * @default 0.001
+             */
+            k_coef: number;
+            /**
+             * Lr
+             * @default 0.003
+             */
+            lr: number;
             /** Model Id */
             model_id: number;
             /**
              * Runs
-             * @description search runs (default: PruneConfig's)
+             * @description hyper-parameter search runs
+             * @default 2
              */
-            runs?: number | null;
+            runs: number;
             /**
              * Seed
              * @default 0
@@ -1219,9 +1331,10 @@ export interface components {
             seed: number;
             /**
              * Steps
-             * @description mask steps per run (default: PruneConfig's)
+             * @description mask steps per run
+             * @default 100
              */
-            steps?: number | null;
+            steps: number;
             /**
              * Target Loss
              * @default 0.15
@@ -1571,6 +1684,56 @@ export interface components {
             params?: components["schemas"]["TrainParams"];
         };
         /**
+         * TrainOverrides
+         * @description TrainConfig fields to override; unset ones keep the preset's value.
+         */
+        TrainOverrides: {
+            /** Adam Eps */
+            adam_eps?: number | null;
+            /** Anneal End */
+            anneal_end?: number | null;
+            /** Anneal Start */
+            anneal_start?: number | null;
+            /** Batch Size */
+            batch_size?: number | null;
+            /** Beta1 */
+            beta1?: number | null;
+            /** Beta2 */
+            beta2?: number | null;
+            /** Bf16 */
+            bf16?: boolean | null;
+            /** Checkpoint Every */
+            checkpoint_every?: number | null;
+            /** Dense */
+            dense?: boolean | null;
+            /** Embed Density */
+            embed_density?: number | null;
+            /** Eval Batches */
+            eval_batches?: number | null;
+            /** Eval Every */
+            eval_every?: number | null;
+            /** Grad Rms Norm */
+            grad_rms_norm?: boolean | null;
+            /** Lr */
+            lr?: number | null;
+            /** Max Corpus Bytes */
+            max_corpus_bytes?: number | null;
+            /** Min Per Neuron */
+            min_per_neuron?: number | null;
+            /** Seed */
+            seed?: number | null;
+            /** Steps */
+            steps?: number | null;
+            /** Val Percent */
+            val_percent?: number | null;
+            /** Warmup Frac */
+            warmup_frac?: number | null;
+            /** Weight Decay */
+            weight_decay?: number | null;
+            /** Weight Density */
+            weight_density?: number | null;
+        };
+        /**
          * TrainParams
          * @description Train a model from a preset; `model` and `train` override fields of its ModelConfig/TrainConfig.
          */
@@ -1582,16 +1745,17 @@ export interface components {
             corpus?: string | null;
             /**
              * Dense
+             * @description the dense baseline: the same architecture without weight sparsity
              * @default false
              */
             dense: boolean;
             /**
-             * Model
-             * @description ModelConfig overrides
+             * Device
+             * @description where the job computes: cpu, cuda, cuda:N or auto (a GPU if there is one); default CIRCUITS_DEVICE
              */
-            model?: {
-                [key: string]: unknown;
-            };
+            device?: string | null;
+            /** @description ModelConfig overrides */
+            model?: components["schemas"]["ModelOverrides"];
             /**
              * Name
              * @description unique model name (default: derived from the job id)
@@ -1603,15 +1767,13 @@ export interface components {
              * @enum {string}
              */
             preset: "test" | "small";
-            /** Steps */
-            steps?: number | null;
             /**
-             * Train
-             * @description TrainConfig overrides
+             * Steps
+             * @description optimizer steps (default: the preset's)
              */
-            train?: {
-                [key: string]: unknown;
-            };
+            steps?: number | null;
+            /** @description TrainConfig overrides */
+            train?: components["schemas"]["TrainOverrides"];
         };
         /** TranscoderJob */
         TranscoderJob: {
@@ -1643,10 +1805,16 @@ export interface components {
              */
             batch_size: number;
             /**
-             * Eval Batches
-             * @description validation batches (default: TranscoderConfig's)
+             * Device
+             * @description where the job computes: cpu, cuda, cuda:N or auto (a GPU if there is one); default CIRCUITS_DEVICE
              */
-            eval_batches?: number | null;
+            device?: string | null;
+            /**
+             * Eval Batches
+             * @description validation batches
+             * @default 16
+             */
+            eval_batches: number;
             /**
              * Expansion
              * @description latents per layer = expansion * d_mlp
@@ -1655,9 +1823,14 @@ export interface components {
             expansion: number;
             /**
              * L1
-             * @description the L1 sweep (default: TranscoderConfig's)
+             * @description the L1 sweep
+             * @default [
+             *       0.1,
+             *       0.3,
+             *       1
+             *     ]
              */
-            l1?: number[] | null;
+            l1: number[];
             /** Model Id */
             model_id: number;
             /**
@@ -1690,14 +1863,18 @@ export interface components {
             selected?: number | null;
             /**
              * Steps
-             * @description training steps (default: TranscoderConfig's)
+             * @description training steps
+             * @default 1000
              */
-            steps?: number | null;
+            steps: number;
             /**
              * Tasks
              * @description tasks to build circuits for
+             * @default [
+             *       "single_double_quote"
+             *     ]
              */
-            tasks?: string[];
+            tasks: string[];
             /**
              * Tolerance
              * @description allowed rise of a circuit's task CE
@@ -2002,7 +2179,7 @@ export interface operations {
         parameters: {
             query?: {
                 status?: ("queued" | "running" | "succeeded" | "failed" | "cancelled") | null;
-                kind?: ("train" | "profile" | "prune" | "bridge" | "transcoder") | null;
+                kind?: ("bridge" | "profile" | "prune" | "train" | "transcoder") | null;
                 limit?: number;
                 offset?: number;
             };
@@ -2041,7 +2218,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["TrainJob"] | components["schemas"]["ProfileJob"] | components["schemas"]["PruneJob"] | components["schemas"]["BridgeJob"] | components["schemas"]["TranscoderJob"];
+                "application/json": components["schemas"]["BridgeJob"] | components["schemas"]["ProfileJob"] | components["schemas"]["PruneJob"] | components["schemas"]["TrainJob"] | components["schemas"]["TranscoderJob"];
             };
         };
         responses: {

@@ -1,30 +1,25 @@
-// Jobs: forms for train, profile and prune (the API's 422 messages shown next to their fields), the job
-// list and live progress over server-sent events.
+// Jobs: a form per job kind, generated from the API's OpenAPI schema (jobform.ts), with the API's 422
+// messages shown next to their fields; the job list and live progress over server-sent events.
 import { API, api, ApiError, type Job, type Schemas } from "../api/client";
 import { currentRoute } from "../router";
 import { errorBox, h } from "../util";
+import { buildParams, fieldValue, type FormField, type KindForm, kindForms, type OpenApi } from "./jobform";
 import { jobRow } from "./models";
 
-type Kind = "train" | "profile" | "prune";
-
-interface Field {
-  name: string;
-  type: "text" | "number" | "select" | "checkbox";
-  label: string;
-  options?: string[];
-  value?: string;
-  step?: string;
-  required?: boolean;
-}
-
-/** Attach the API's error to fields: by `errors[].loc`, else by the first field named in `detail`. */
+/** Attach the API's error to fields: by `errors[].loc` (the path after `params`, else the innermost
+ * part that names a field), else by the first field named in `detail`. */
 export function fieldErrors(err: ApiError, fields: string[]): { byField: Record<string, string>; rest: string[] } {
   const byField: Record<string, string> = {};
   const rest: string[] = [];
+  const add = (f: string, msg: string) => (byField[f] = byField[f] ? `${byField[f]}; ${msg}` : msg);
   if (err.errors.length) {
     for (const e of err.errors) {
-      const f = [...e.loc].reverse().find((p) => fields.includes(String(p)));
-      if (f !== undefined) byField[String(f)] = byField[String(f)] ? `${byField[String(f)]}; ${e.msg}` : e.msg;
+      const loc = e.loc.map(String);
+      const after = loc.indexOf("params") >= 0 ? loc.slice(loc.indexOf("params") + 1) : [];
+      let f: string | undefined;
+      for (let n = after.length; n > 0 && f === undefined; n--) if (fields.includes(after.slice(0, n).join("."))) f = after.slice(0, n).join(".");
+      f ??= [...loc].reverse().find((p) => fields.includes(p));
+      if (f !== undefined) add(f, e.msg);
       else rest.push(`${e.loc.join(".")}: ${e.msg}`);
     }
     return { byField, rest };
@@ -32,8 +27,8 @@ export function fieldErrors(err: ApiError, fields: string[]): { byField: Record<
   let best: string | null = null;
   let at = Infinity;
   for (const f of fields) {
-    const m = new RegExp(`(^|[^A-Za-z0-9_])${f}([^A-Za-z0-9_]|$)`).exec(err.detail);
-    if (m && m.index < at) {
+    const m = new RegExp(`(^|[^A-Za-z0-9_.])(params\\.)?${f.replace(/\./g, "\\.")}([^A-Za-z0-9_]|$)`).exec(err.detail);
+    if (m && (m.index < at || (m.index === at && best !== null && f.length > best.length))) {
       at = m.index;
       best = f;
     }
@@ -43,44 +38,32 @@ export function fieldErrors(err: ApiError, fields: string[]): { byField: Record<
   return { byField, rest };
 }
 
+/** What an `x-options` field offers: ready models (all or dense ones) or task names. */
+interface Choices {
+  models: { id: string; kind: string }[];
+  tasks: string[];
+}
+
 export async function jobsPage(root: HTMLElement): Promise<void> {
   const q = currentRoute().query;
-  const [models, tasks] = await Promise.all([
+  const [spec, models, tasks] = await Promise.all([
+    fetch("/openapi.json").then((r) => (r.ok ? (r.json() as Promise<OpenApi>) : Promise.reject(new ApiError(r.status, "cannot read /openapi.json")))),
     api<Schemas["ModelList"]>("/models?limit=200").catch(() => null),
     api<Schemas["TaskList"]>("/tasks").catch(() => null),
-  ]);
-  const modelIds = (models?.items ?? []).filter((m) => m.status === "ready").map((m) => String(m.id));
-  const modelOpt = (): Field => ({ name: "model_id", type: "select", label: "model", options: modelIds, value: q.get("model_id") ?? modelIds[modelIds.length - 1], required: true });
-  const forms: Record<Kind, Field[]> = {
-    train: [
-      { name: "name", type: "text", label: "name" },
-      { name: "preset", type: "select", label: "preset", options: ["test", "small"], value: "test" },
-      { name: "dense", type: "checkbox", label: "dense baseline" },
-      { name: "steps", type: "number", label: "steps" },
-    ],
-    profile: [
-      modelOpt(),
-      { name: "tokens", type: "number", label: "tokens", value: "65536" },
-      { name: "examples_per_bin", type: "number", label: "examples per bin", value: "5" },
-      { name: "context", type: "number", label: "context", value: "12" },
-    ],
-    prune: [
-      modelOpt(),
-      { name: "task", type: "select", label: "task", options: (tasks?.items ?? []).map((t) => t.name), value: "single_double_quote", required: true },
-      { name: "target_loss", type: "number", label: "target loss", value: "0.15", step: "any" },
-      { name: "runs", type: "number", label: "runs" },
-      { name: "steps", type: "number", label: "mask steps" },
-      { name: "batch_pairs", type: "number", label: "batch pairs" },
-      { name: "eval_pairs", type: "number", label: "eval pairs" },
-      { name: "curve_points", type: "number", label: "curve points" },
-      { name: "curve_pairs", type: "number", label: "curve pairs" },
-      { name: "validate_circuit", type: "checkbox", label: "run controls" },
-    ],
-  };
+  ]).catch((e) => [e, null, null] as const);
   const list = h("tbody", { id: "jobs-body" });
+  root.append(h("h1", {}, "Jobs"));
+  if (spec instanceof Error) {
+    root.append(errorBox(spec));
+    return;
+  }
+  const choices: Choices = {
+    models: (models?.items ?? []).filter((m) => m.status === "ready").map((m) => ({ id: String(m.id), kind: m.kind })),
+    tasks: (tasks?.items ?? []).map((t) => t.name),
+  };
+  const forms = kindForms(spec as OpenApi);
   root.append(
-    h("h1", {}, "Jobs"),
-    h("div", { class: "forms" }, ...(Object.keys(forms) as Kind[]).map((k) => jobForm(k, forms[k], (job) => watch(job, list, true)))),
+    h("div", { class: "forms" }, ...forms.map((f) => jobForm(f, choices, q, (job) => watch(job, list, true)))),
     h("h2", {}, "All jobs"),
     h("table", { class: "grid jobs", id: "jobs-table" }, h("thead", {}, h("tr", {}, ...["id", "kind", "status", "progress", "message", "result"].map((c) => h("th", {}, c)))), list),
   );
@@ -92,22 +75,45 @@ export async function jobsPage(root: HTMLElement): Promise<void> {
   }
 }
 
-function jobForm(kind: Kind, fields: Field[], submitted: (job: Job) => void): HTMLElement {
-  const inputs: Record<string, HTMLInputElement | HTMLSelectElement> = {};
+function options(f: FormField, choices: Choices, q: URLSearchParams): { values: string[]; selected?: string } {
+  if (f.optionsFrom === "tasks") return { values: choices.tasks, selected: choices.tasks.includes("single_double_quote") ? "single_double_quote" : choices.tasks[0] };
+  if (f.optionsFrom) {
+    const dense = f.optionsFrom === "dense models";
+    const ids = choices.models.filter((m) => !dense || m.kind === "dense").map((m) => m.id);
+    const wanted = dense ? null : q.get("model_id");
+    return { values: ids, selected: wanted !== null && ids.includes(wanted) ? wanted : ids[ids.length - 1] };
+  }
+  return { values: f.options ?? [], selected: f.value };
+}
+
+function input(f: FormField, choices: Choices, q: URLSearchParams): HTMLInputElement | HTMLSelectElement {
+  if (f.kind === "select") {
+    const { values, selected } = options(f, choices, q);
+    const blank = f.required ? [] : [h("option", { value: "" }, "")];
+    return h("select", { name: f.path }, ...blank, ...values.map((o) => h("option", { value: o, selected: o === selected }, o))) as HTMLSelectElement;
+  }
+  const type = f.kind === "checkbox" ? "checkbox" : f.kind === "number" || f.kind === "integer" ? "number" : "text";
+  const el = h("input", { name: f.path, type, step: f.kind === "integer" ? "1" : f.kind === "number" ? "any" : undefined, min: f.min, max: f.max, placeholder: f.kind === "list" ? "comma-separated" : undefined }) as HTMLInputElement;
+  if (f.kind === "checkbox") el.checked = f.checked;
+  else el.value = f.value;
+  return el;
+}
+
+function jobForm(spec: KindForm, choices: Choices, q: URLSearchParams, submitted: (job: Job) => void): HTMLElement {
+  const { kind } = spec;
+  const inputs = new Map<FormField, HTMLInputElement | HTMLSelectElement>();
   const errors: Record<string, HTMLElement> = {};
   const formError = h("div", { class: "form-error", role: "alert" });
-  const form = h("form", { class: "job-form", id: `form-${kind}`, novalidate: true }, h("h3", {}, kind));
-  for (const f of fields) {
-    let input: HTMLInputElement | HTMLSelectElement;
-    if (f.type === "select") {
-      input = h("select", { name: f.name }, ...(f.options ?? []).map((o) => h("option", { value: o, selected: o === f.value }, o)));
-    } else {
-      input = h("input", { name: f.name, type: f.type, step: f.step ?? (f.type === "number" ? "1" : undefined) }) as HTMLInputElement;
-      if (f.value !== undefined) input.value = f.value;
-    }
-    inputs[f.name] = input;
-    errors[f.name] = h("span", { class: "field-error", "data-field": f.name });
-    form.append(h("label", { class: "field" }, h("span", {}, f.label), input, errors[f.name]));
+  const form = h("form", { class: "job-form", id: `form-${kind}`, novalidate: true }, h("h3", { title: spec.description }, kind));
+  const row = (f: FormField) => {
+    const el = input(f, choices, q);
+    inputs.set(f, el);
+    errors[f.path] = h("span", { class: "field-error", "data-field": f.path });
+    return h("label", { class: "field", title: f.description ?? "" }, h("span", {}, f.label), el, errors[f.path]);
+  };
+  form.append(...spec.fields.map(row));
+  for (const g of spec.groups) {
+    form.append(h("details", { class: "field-group" }, h("summary", { title: g.description }, `${g.label} (${g.description || "options"})`), ...g.fields.map(row)));
   }
   const button = h("button", { type: "submit" }, `Submit ${kind}`);
   form.append(button, formError);
@@ -115,21 +121,17 @@ function jobForm(kind: Kind, fields: Field[], submitted: (job: Job) => void): HT
     ev.preventDefault();
     for (const e of Object.values(errors)) e.textContent = "";
     formError.replaceChildren();
-    const params: Record<string, unknown> = {};
-    for (const f of fields) {
-      const input = inputs[f.name];
-      if (f.type === "checkbox") params[f.name] = (input as HTMLInputElement).checked;
-      else if (input.value === "") continue;
-      else if (f.type === "number" || f.name === "model_id") params[f.name] = Number(input.value);
-      else params[f.name] = input.value;
-    }
+    const params = buildParams([...inputs].map(([f, el]) => [f, fieldValue(f, el.value, (el as HTMLInputElement).checked)]));
     button.disabled = true;
     try {
       submitted(await api<Job>("/jobs", { body: { kind, params } }));
     } catch (e) {
       if (e instanceof ApiError && e.status === 422) {
-        const { byField, rest } = fieldErrors(e, fields.map((f) => f.name));
-        for (const [f, msg] of Object.entries(byField)) errors[f].textContent = msg;
+        const { byField, rest } = fieldErrors(e, Object.keys(errors));
+        for (const [f, msg] of Object.entries(byField)) {
+          errors[f].textContent = msg;
+          errors[f].closest("details")?.setAttribute("open", "");
+        }
         if (rest.length) formError.append(errorBox(rest.join("; ")));
       } else formError.append(errorBox(e));
     } finally {

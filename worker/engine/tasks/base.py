@@ -18,11 +18,12 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from ..data import Document, is_validation, load_corpus
+from ..errors import UserError
 
 CONTEXT_CHARS = 500  # text before the edited line that is tokenised (more than prompt_len tokens need)
 
 
-class TaskError(ValueError):
+class TaskError(UserError):
     pass
 
 

@@ -1,0 +1,64 @@
+"""Checks the kinds run at submission, before a job is queued: caps (CIRCUITS_MAX_*) and references."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..models import Model, ModelStatus
+from ..settings import Settings
+
+
+class LimitExceeded(ValueError):
+    """A job parameter above its cap (422 naming the limit)."""
+
+
+class Conflict(ValueError):
+    """The request contradicts the current state, e.g. cancelling a finished job (409)."""
+
+
+def cap(value: int | float, limit: int, what: str, setting: str) -> None:
+    """`setting` is a Settings field (named as its variable CIRCUITS_...), or "(text)" for a fixed limit."""
+    if value > limit:
+        where = f"CIRCUITS_{setting.upper()}" if setting[0] != "(" else setting[1:-1]
+        raise LimitExceeded(f"{what} {value:,} exceeds the limit {limit:,} ({where})")
+
+
+def ready_model(session: Session, model_id: int, field: str = "model_id") -> Model:
+    model = session.get(Model, model_id)
+    if model is None:
+        raise ValueError(f"params.{field}: model {model_id} does not exist")
+    if model.status != ModelStatus.ready:
+        raise ValueError(f"params.{field}: model {model_id} is {model.status}, not ready")
+    return model
+
+
+def name_free(session: Session, name: str | None) -> None:
+    if name is not None and session.scalar(select(Model.id).where(Model.name == name)):
+        raise Conflict(f"params.name: a model named {name!r} already exists")
+
+
+def train_caps(settings: Settings, run) -> None:
+    """The caps on a training run (train and bridge jobs)."""
+    from .training import count_params
+
+    s = settings
+    cap(run.train.steps, s.max_train_steps, "params.steps", "max_train_steps")
+    cap(count_params(run.model), s.max_model_params, "model parameters", "max_model_params")
+    corpus_bytes = run.train.max_corpus_bytes
+    if corpus_bytes is not None:
+        cap(corpus_bytes, s.max_corpus_bytes, "params.train.max_corpus_bytes", "max_corpus_bytes")
+    step_tokens = run.train.batch_size * run.model.n_ctx
+    cap(step_tokens, s.max_batch_tokens, "batch_size * n_ctx", "max_batch_tokens")
+    cap(run.train.eval_batches, 64, "params.train.eval_batches", "(fixed limit)")
+
+
+def engine_config(cls: type[BaseModel], values: dict, section: str = ""):
+    """An engine config built from job parameters; a bad value is named as the request spells it."""
+    try:
+        return cls.model_validate(values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(map(str, ("params", *filter(None, [section]), *err["loc"])))
+        raise ValueError(f"{where}: {err['msg']}") from None

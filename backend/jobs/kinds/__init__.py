@@ -1,0 +1,1 @@
+"""One module per job kind, each defining `KIND = registry.JobKind(...)` (see backend/jobs/registry.py)."""
