@@ -171,8 +171,10 @@ def test_size_comparison_geometric_mean():
 def test_held_out_pairs_come_from_files_the_masks_never_see(loaded):
     *_, task = loaded
     held, rest = split_train(task, eval_pairs=16)
-    assert 0 < len(held) <= 16 + max(task.files("train").values()) and len(held) + len(rest) == len(task.train)
-    rows = {tuple(p.flatten().tolist()): source_file(s) for p, s in zip(task.train, task.sources["train"])}
+    assert 0 < len(held) <= 16 + max(task.files("train").values())
+    assert len(held) + len(rest) == len(task.train)
+    pairs = zip(task.train, task.sources["train"], strict=True)
+    rows = {tuple(p.flatten().tolist()): source_file(s) for p, s in pairs}
     held_files = {rows[tuple(p.flatten().tolist())] for p in held}
     rest_files = {rows[tuple(p.flatten().tolist())] for p in rest}
     assert held_files and rest_files and not held_files & rest_files
