@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 # ---------------------------------------------------------------- jobs
 
@@ -144,6 +144,12 @@ class CircuitSummary(BaseModel):
         None, description="transcoder circuits: the transcoders behind its features"
     )
     created_at: datetime
+
+    @computed_field(description="the circuit's calibrated loss on the test split is <= its target")
+    @property
+    def meets_target(self) -> bool | None:
+        test = self.losses.get("circuit")
+        return None if test is None else test <= self.target_loss
 
 
 class CircuitList(BaseModel):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 
+import httpx
 from playwright.sync_api import Locator, Page, expect
 
 TIMEOUT = 30_000
@@ -58,6 +59,11 @@ def test_circuit_header_graph_and_node_examples(page: Page, live):
     header = page.locator("#circuit-header")
     for label in ("task", "target loss", "full", "circuit", "ablated", "nodes", "edges"):
         expect(header).to_contain_text(label)
+    circuit = httpx.get(f"{live.url}/api/v1/circuits/{live.circuit_id}").json()
+    verdict = page.locator("#target-verdict")
+    expected = "meets its target" if circuit["meets_target"] else "misses its target on the test split"
+    expect(verdict).to_contain_text(expected)
+    assert circuit["meets_target"] == (circuit["losses"]["circuit"] <= circuit["target_loss"])
     counts = page.evaluate(
         "() => [window.circuitGraph.nodes().not('.rowlabel').length, window.circuitGraph.edges().length]"
     )

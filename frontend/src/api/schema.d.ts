@@ -568,7 +568,7 @@ export interface components {
              * @default small
              * @enum {string}
              */
-            preset: "test" | "small";
+            preset: "test" | "small" | "small-long";
             /**
              * Steps
              * @description optimizer steps (default: the preset's)
@@ -596,6 +596,8 @@ export interface components {
             beta2?: number | null;
             /** Bf16 */
             bf16?: boolean | null;
+            /** Bigram Own Scale */
+            bigram_own_scale?: boolean | null;
             /** Checkpoint Every */
             checkpoint_every?: number | null;
             /** Dense */
@@ -698,6 +700,11 @@ export interface components {
             losses: {
                 [key: string]: number | null;
             };
+            /**
+             * Meets Target
+             * @description the circuit's calibrated loss on the test split is <= its target
+             */
+            readonly meets_target: boolean | null;
             /** Model Id */
             model_id: number;
             /** Model Name */
@@ -749,6 +756,11 @@ export interface components {
             losses: {
                 [key: string]: number | null;
             };
+            /**
+             * Meets Target
+             * @description the circuit's calibrated loss on the test split is <= its target
+             */
+            readonly meets_target: boolean | null;
             /** Model Id */
             model_id: number;
             /** Model Name */
@@ -1702,6 +1714,8 @@ export interface components {
             beta2?: number | null;
             /** Bf16 */
             bf16?: boolean | null;
+            /** Bigram Own Scale */
+            bigram_own_scale?: boolean | null;
             /** Checkpoint Every */
             checkpoint_every?: number | null;
             /** Dense */
@@ -1766,7 +1780,7 @@ export interface components {
              * @default small
              * @enum {string}
              */
-            preset: "test" | "small";
+            preset: "test" | "small" | "small-long";
             /**
              * Steps
              * @description optimizer steps (default: the preset's)

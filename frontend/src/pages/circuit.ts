@@ -69,11 +69,13 @@ class CircuitView {
           fact("task", c.task),
           fact("target loss", fmt(c.target_loss, 3)),
           fact("full", fmt(L.full)),
-          fact("circuit", fmt(L.circuit)),
+          fact("circuit (test)", fmt(L.circuit)),
+          fact("circuit (held-out train)", fmt(L.circuit_train_heldout)),
           fact("ablated", fmt(L.ablated)),
           fact("nodes", `${c.n_nodes}`),
           fact("edges", `${c.n_edges}`),
         ),
+        targetVerdict(c),
       ),
     );
     const graph = h("div", { id: "cy", class: "cy" });
@@ -452,6 +454,15 @@ function compareForm(id: number): HTMLElement {
 }
 
 /** Tooltip text of an edge; attribution edges (transcoder circuits) show weight = activation × weight product. */
+/** Whether the circuit does its task on held-out code: its calibrated test loss against its target. */
+export function targetVerdict(c: { meets_target?: boolean | null; target_loss: number; losses: Record<string, number | null | undefined> }): HTMLElement {
+  if (c.meets_target == null) return h("p", { class: "verdict", id: "target-verdict" }, "no test-split loss recorded");
+  const test = fmt(c.losses.circuit ?? NaN, 3);
+  return c.meets_target
+    ? h("p", { class: "verdict ok", id: "target-verdict" }, `meets its target on the test split (${test} ≤ ${fmt(c.target_loss, 3)})`)
+    : h("p", { class: "verdict miss", id: "target-verdict" }, `misses its target on the test split: ${test} > ${fmt(c.target_loss, 3)} — the circuit does not do the task on held-out code`);
+}
+
 export function edgeTip(d: { source: string; target: string; weight: number; kind: string; activation?: number | null; weight_product?: number | null }): string {
   const sig = (x: number) => Number(x).toPrecision(3);
   const factors = d.activation != null && d.weight_product != null ? ` = activation ${sig(d.activation)} × weight product ${sig(d.weight_product)}` : "";
