@@ -609,10 +609,10 @@ def write_profile(s: Session, model_id: int, profile, corpus: str, progress=lamb
     import numpy as np
 
     from worker.engine.activations import BIN_FRACTIONS, QUANTILE_LEVELS, SIDES
-    from worker.engine.model import site_layer
+    from worker.engine.sites import parse_node, site_layer
 
     sites = list(profile.sites)
-    of_sites = or_(*(ActivationExample.node.startswith(f"{site}[", autoescape=True) for site in sites))
+    of_sites = ActivationExample.site.in_(sites)
     s.execute(delete(ActivationExample).where(ActivationExample.model_id == model_id, of_sites))
     s.execute(delete(NodeStat).where(NodeStat.model_id == model_id, NodeStat.site.in_(sites)))
     docs = profile.windows.docs
@@ -635,7 +635,7 @@ def write_profile(s: Session, model_id: int, profile, corpus: str, progress=lamb
     labels = [(side, [bin_label(side, f) for f in BIN_FRACTIONS]) for side in SIDES]
     stats, examples, total = [], [], sum(len(p.mean) for p in profile.sites.values())
     for i, node in enumerate(profile.nodes()):
-        site, index = node.node.rsplit("[", 1)
+        site, index = parse_node(node.node)
         thresholds = {}
         for (_, names), values in zip(labels, (node.top_thresholds, node.bottom_thresholds), strict=True):
             thresholds.update({n: _finite(v) for n, v in zip(names, values, strict=True)})
@@ -645,7 +645,7 @@ def write_profile(s: Session, model_id: int, profile, corpus: str, progress=lamb
                 "name": node.node,
                 "site": site,
                 "layer": site_layer(site),
-                "index": int(index[:-1]),
+                "index": index,
                 "mean": node.mean,
                 "frequency": node.frequency,
                 "quantiles": {lv: _finite(v) for lv, v in zip(levels, node.quantiles, strict=True)},
@@ -657,6 +657,7 @@ def write_profile(s: Session, model_id: int, profile, corpus: str, progress=lamb
                 {
                     "model_id": model_id,
                     "node": node.node,
+                    "site": site,
                     "bin": bin_label(ex.side, ex.fraction),
                     "rank": ex.slot,
                     "activation": ex.value,

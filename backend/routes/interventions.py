@@ -134,10 +134,10 @@ def live_ablation(circuit_id: CircuitId, body: AblationRequest, request: Request
 def dense_for(request: Request, session, model: Model):
     """(dense model id or None, its loaded entry) of a bridged model: the row named in the summary of the
     bridge job, else the folder recorded in the bridge config; 409 if it is missing or does not match."""
-    from worker.engine.bridges import BridgeError, check_dense
-    from worker.engine.config import DenseFingerprint
+    from worker.engine.checkpoints import check_dense
+    from worker.engine.config import BridgeConfig
 
-    bridge = model.config["bridge"]
+    bridge = BridgeConfig.model_validate(model.config["bridge"])
     dense_id = model.summary.get("dense_model_id") if model.summary else None
     row = session.get(Model, dense_id) if dense_id is not None else None
     if dense_id is not None and (row is None or row.status != ModelStatus.ready):
@@ -145,14 +145,14 @@ def dense_for(request: Request, session, model: Model):
             409, f"the dense model {dense_id} of bridged model {model.id} is gone or not ready"
         )
     settings = request.app.state.settings
-    folder = settings.artifact(row.artifact_path) if row is not None else Path(bridge["dense_path"])
+    folder = settings.artifact(row.artifact_path) if row is not None else Path(bridge.dense.path)
     lm = loaded(request, model)
     try:
         lm.memo(
             ("dense-checked", str(folder)),
-            lambda: check_dense(DenseFingerprint(**bridge["dense"]), folder) or True,
+            lambda: check_dense(bridge.dense, folder, "the bridges") or True,
         )
-    except (BridgeError, ValueError) as e:
+    except ValueError as e:
         raise HTTPException(409, str(e).splitlines()[0]) from None
     return dense_id, get_model_cache(request).get(row.id if row is not None else 0, folder)
 

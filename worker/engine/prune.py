@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .ablation import ablation_edits, prunable_sites, shuffled_labels
 from .circuit import Circuit, edges_from_weights, make_nodes
-from .model import SparseGPT, node_name
+from .model import SparseGPT
+from .sites import node_name
 from .tasks.base import TaskData, pair_labels, two_class_logits
 
 

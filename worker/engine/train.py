@@ -18,6 +18,7 @@ from . import checkpoints as ck
 from .config import RunConfig, TrainConfig
 from .data import encode_documents, fixed_batches, load_corpus, sample_batch, split_corpus, train_tokenizer
 from .model import SparseGPT
+from .sites import layer_site
 from .sparsity import SparseParam, density_at, l0_fraction, lr_at, project_model_, sparse_params
 
 ProgressFn = Callable[[dict], None]
@@ -38,7 +39,7 @@ def evaluate_loss(model: SparseGPT, batches, bf16: bool) -> tuple[float, float]:
     """Mean next-token loss over fixed batches, and the fraction of MLP neurons that never fired."""
     model.eval()
     device = next(model.parameters()).device
-    sites = [f"{i}.mlp.post_act" for i in range(model.cfg.n_layer)]
+    sites = [layer_site(i, "mlp.post_act") for i in range(model.cfg.n_layer)]
     fired = {s: torch.zeros(model.cfg.d_mlp, dtype=torch.bool, device=device) for s in sites}
     losses = []
     for x, y in batches:

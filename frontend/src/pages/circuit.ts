@@ -137,9 +137,8 @@ class CircuitView {
   drawGraph(container: HTMLElement): void {
     const started = performance.now();
     const c = this.circuit;
-    const dims = Object.fromEntries(this.model.sites.map((s) => [s.name, s.dim]));
-    const cfg = (this.model.config.model ?? {}) as { n_layer?: number; d_head?: number };
-    const { positions, rows } = layoutCircuit(c.nodes, dims, Number(cfg.n_layer ?? 1), cfg.d_head ?? null);
+    const cfg = (this.model.config.model ?? {}) as { d_head?: number };
+    const { positions, rows } = layoutCircuit(c.nodes, this.model.sites, cfg.d_head ?? null);
     const names = new Set(c.nodes.map((n) => n.name));
     // Residual edges (weight ~1) and weight edges (~0.05) live on different scales: rank and draw each
     // relative to the strongest edge of its own kind.
