@@ -601,6 +601,16 @@ def bin_label(side: str, fraction: float) -> str:
     return f"{side}_{fraction * 100:g}"
 
 
+def delete_node_rows(s: Session, model_id: int, sites: list[str]) -> None:
+    """A model's node statistics and activation examples at these sites."""
+    s.execute(
+        delete(ActivationExample).where(
+            ActivationExample.model_id == model_id, ActivationExample.site.in_(sites)
+        )
+    )
+    s.execute(delete(NodeStat).where(NodeStat.model_id == model_id, NodeStat.site.in_(sites)))
+
+
 def write_profile(s: Session, model_id: int, profile, corpus: str, progress=lambda f: None) -> dict:
     """Replace a model's node statistics and examples at the profiled sites (other sites, e.g. the
     transcoder features of a model profiled separately, keep theirs). Example windows are token ids
@@ -612,9 +622,7 @@ def write_profile(s: Session, model_id: int, profile, corpus: str, progress=lamb
     from worker.engine.sites import parse_node, site_layer
 
     sites = list(profile.sites)
-    of_sites = ActivationExample.site.in_(sites)
-    s.execute(delete(ActivationExample).where(ActivationExample.model_id == model_id, of_sites))
-    s.execute(delete(NodeStat).where(NodeStat.model_id == model_id, NodeStat.site.in_(sites)))
+    delete_node_rows(s, model_id, sites)
     docs = profile.windows.docs
     doc_ids: dict[int, int] = {}
 
@@ -680,7 +688,7 @@ def write_profile(s: Session, model_id: int, profile, corpus: str, progress=lamb
         "examples": s.scalar(
             select(func.count())
             .select_from(ActivationExample)
-            .where(ActivationExample.model_id == model_id, of_sites)
+            .where(ActivationExample.model_id == model_id, ActivationExample.site.in_(sites))
         ),
         "documents": len(doc_ids),
     }
@@ -848,6 +856,7 @@ def transcoder_body(ctx: JobContext, job: Job, params: TranscoderParams, attempt
 def _train_profile_and_prune(ctx, job, params, attempt, model_id: int, dense_folder: Path, relative: str):
     from worker.engine.activations import ProfileConfig
     from worker.engine.checkpoints import load_model
+    from worker.engine.sites import feature_site
     from worker.engine.transcoders import (
         CircuitConfig,
         profile_features,
@@ -887,8 +896,9 @@ def _train_profile_and_prune(ctx, job, params, attempt, model_id: int, dense_fol
         circuits.append((task_id, transcoder_circuit(tr, net, data, ccfg, str(model_id), report)))
     attempt.progress(0.98, "store", "writing the sweep, features and circuits", force=True)
     with ctx.db.session() as s:
-        if params.replace:
+        if params.replace:  # the old features' rows go too: unprofiled new features have none
             s.execute(delete(Transcoder).where(Transcoder.model_id == model_id))
+            delete_node_rows(s, model_id, [feature_site(i) for i in range(net.cfg.n_layer)])
         row = Transcoder(
             model_id=model_id,
             config=tr.run.model_dump(mode="json"),

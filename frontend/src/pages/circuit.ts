@@ -288,7 +288,7 @@ class CircuitView {
       h("tr", {}, h("th", {}, label), h("td", { class: "num", "data-key": String(key), "data-value": res ? String(res[key]) : undefined }, res ? fmt(res[key] as number, digits) : "…"), h("td", { class: "num base" }, b ? fmt(b[key] as number, digits) : "…"));
     this.ablationBox.replaceChildren(
       h("h3", {}, "Live ablation"),
-      h("p", { class: "hint" }, `${this.off.size} node(s) ablated to their means (circuit kept, the rest mean-ablated). `, this.off.size ? h("button", { id: "restore-all", onclick: () => { for (const n of [...this.off]) this.toggle(n); } }, "restore all") : ""),
+      h("p", { class: "hint" }, this.circuit.transcoder_id == null ? `${this.off.size} node(s) ablated to their means (circuit kept, the rest mean-ablated). ` : `${this.off.size} feature(s) switched off (the circuit's features kept, every other feature off, in the replacement model). `, this.off.size ? h("button", { id: "restore-all", onclick: () => { for (const n of [...this.off]) this.toggle(n); } }, "restore all") : ""),
       h("span", { class: "status" }, res ? `${res.pairs} pairs, ${fmt(res.seconds, 2)} s` : error ? "" : "computing …"),
       error ? errorBox(error) : "",
       h(

@@ -19,6 +19,7 @@ from .attribution import (
     feature_effects,
     logit_difference,
     prune_features,
+    task_logits_with,
     task_loss_with,
     transcoder_circuit,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "replacement_model",
     "save_transcoders",
     "sweep_table",
+    "task_logits_with",
     "task_loss_with",
     "train_transcoders",
     "transcoder_circuit",

@@ -136,16 +136,30 @@ def task_loss_with(model, coders, task: TaskData, prompts: torch.Tensor, keep=No
     losses, diffs, n = 0.0, 0.0, 0
     for i in range(0, len(prompts), chunk):
         part = prompts[i : i + chunk]
-        x = part.flatten(0, 1)
-        if keep == "clean":
-            logits, _ = model(x, last_only=True)
-        else:
-            logits, _ = replacement_model(model, coders, keep)(x, last_only=True)
+        logits = _last_logits(model, coders, part.flatten(0, 1), keep)
         l2 = two_class_logits(logits, task)
         losses += F.cross_entropy(l2, pair_labels(len(part)), reduction="sum").item()
         diffs += float(logit_difference(logits, task).sum())
         n += 2 * len(part)
     return losses / n, diffs / n
+
+
+@torch.no_grad()
+def task_logits_with(model, coders, task: TaskData, prompts: torch.Tensor, keep=None, chunk: int = 64):
+    """Two-class logits of every prompt (pairs flattened) of the replacement model with only the
+    features of `keep` on (as in task_loss_with): live ablation of a transcoder circuit."""
+    return torch.cat(
+        [
+            two_class_logits(_last_logits(model, coders, prompts[i : i + chunk].flatten(0, 1), keep), task)
+            for i in range(0, len(prompts), chunk)
+        ]
+    )
+
+
+def _last_logits(model, coders, x: torch.Tensor, keep) -> torch.Tensor:
+    if keep == "clean":
+        return model(x, last_only=True)[0]
+    return replacement_model(model, coders, keep)(x, last_only=True)[0]
 
 
 def prune_features(
