@@ -10,7 +10,7 @@ from worker.engine.activations import ProfileConfig, corpus_windows, profile_win
 from worker.engine.checkpoints import load_model
 from worker.engine.circuit import Circuit, make_nodes
 from worker.engine.data import load_corpus, split_corpus
-from worker.engine.sites import parse_node
+from worker.engine.sites import feature_site, node_name, parse_node
 from worker.engine.tasks import build_task, get_task
 from worker.engine.transcoders import CircuitConfig, attribute, attribution_edges, read_transcoders
 from worker.jobs import task_row, write_circuit, write_profile
@@ -102,7 +102,7 @@ def test_transcoder_job_sweep_features_and_circuits(make_api, test_model):
     att = attribute(model, tr.selected, data, data.train[:8])
     top = {layer: [int(j) for j in att.effects[layer].abs().topk(6).indices] for layer in (0, 1)}
     edges = attribution_edges(att, top)
-    names = [f"{layer}.mlp.transcoder[{j}]" for layer, js in top.items() for j in js]
+    names = [node_name(feature_site(layer), j) for layer, js in top.items() for j in js]
     graph = Circuit(
         task=TASK,
         model=str(model_id),
@@ -152,7 +152,7 @@ def feature_circuit(api, model_id: int, transcoder_id: int, job_id: str) -> tupl
     data = build_task(get_task(TASK), tok)
     att = attribute(model, tr.selected, data, data.train[:8])
     top = {layer: [int(j) for j in att.effects[layer].abs().topk(4).indices] for layer in (0, 1)}
-    names = [f"{layer}.mlp.transcoder[{j}]" for layer, js in top.items() for j in js]
+    names = [node_name(feature_site(layer), j) for layer, js in top.items() for j in js]
     graph = Circuit(
         task=TASK,
         model=str(model_id),
