@@ -59,7 +59,9 @@ export interface paths {
          * Live Ablation
          * @description Evaluate a circuit with nodes switched off (`off`) or added (`on`) on the task's test pairs.
          *     mode `keep`: only the node set runs, everything else is mean-ablated, as when the circuit was
-         *     pruned; mode `ablate`: the node set is mean-ablated inside the full model.
+         *     pruned; mode `ablate`: the node set is mean-ablated inside the full model. The nodes of a transcoder
+         *     circuit are features: switched off (zero) rather than mean-ablated, in the replacement model (every
+         *     MLP replaced by its transcoder), and `full` is the original model.
          */
         post: operations["live_ablation_api_v1_circuits__circuit_id__ablate_post"];
         delete?: never;
