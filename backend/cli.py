@@ -414,7 +414,7 @@ def bridge_steer(
     """Steer the dense model through a sparse node: sweep strengths, print P(A), P(B) of the dense and the
     sparse model per strength, and the same for a random node of the same site (control)."""
     from worker.engine.bridges import load_bridged, node_class_means, steer
-    from worker.engine.model import site_dims
+    from worker.engine.sites import node_name, site_dims
     from worker.engine.tasks import load_task
 
     values = parse_strengths(strengths)
@@ -425,7 +425,7 @@ def bridge_steer(
             if circuit is not None:
                 nodes = [n["name"] for n in json.loads(circuit.read_text())["nodes"]]
             else:
-                nodes = [f"{s}[{i}]" for s, d in site_dims(b.sparse.cfg).items() for i in range(d)]
+                nodes = [node_name(s, i) for s, d in site_dims(b.sparse.cfg).items() for i in range(d)]
             if not nodes:
                 fail(f"{circuit} has no nodes")
             ranked = node_class_means(b.sparse, data, nodes, pairs)

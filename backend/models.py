@@ -242,11 +242,15 @@ class ActivationExample(Base):
     float16 activations over the window, as raw little-endian bytes."""
 
     __tablename__ = "activation_examples"
-    __table_args__ = (Index("ix_activation_examples_lookup", "model_id", "node", "bin"),)
+    __table_args__ = (
+        Index("ix_activation_examples_lookup", "model_id", "node", "bin"),
+        Index("ix_activation_examples_model_site", "model_id", "site"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
     node: Mapped[str] = mapped_column(String(64))  # site[index]
+    site: Mapped[str] = mapped_column(String(48))
     bin: Mapped[str] = mapped_column(String(16))  # e.g. "top_0.1", "bottom_50"
     rank: Mapped[int] = mapped_column(Integer)  # order within the bin
     activation: Mapped[float] = mapped_column(Float)  # at the centre token

@@ -7,6 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
+from worker.engine.sites import Site
+from worker.engine.transcoders import Matched, Reference, SweepPoint, TranscoderRun
+
 # ---------------------------------------------------------------- jobs
 
 
@@ -56,12 +59,6 @@ class ErrorBody(BaseModel):
 NODE_DESCRIPTION = "a node name `site[index]`, e.g. `0.mlp.post_act[12]` (brackets URL-encoded in paths)"
 
 
-class SiteInfo(BaseModel):
-    name: str = Field(description="e.g. `0.attn.q`")
-    layer: int | None = Field(description="None for `embed` and `final_resid`")
-    dim: int = Field(description="nodes at this site: indices 0..dim-1")
-
-
 class ModelSummary(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -79,7 +76,9 @@ class ModelRead(ModelSummary):
     config: dict = Field(description="the run configuration (model shape and training settings)")
     summary: dict = Field(description="final figures of training: validation loss, steps, ...")
     job_id: str | None
-    sites: list[SiteInfo]
+    sites: list[Site] = Field(
+        description="the sites holding nodes in forward order (GET /models/{id}/sites: every site)"
+    )
     n_circuits: int
 
 
@@ -411,28 +410,13 @@ class TranscoderList(BaseModel):
     total: int
 
 
-class SweepPoint(BaseModel):
-    kind: Literal["transcoder", "sae"]
-    l1: float
-    l1_index: int
-    layer: int
-    l0: float = Field(description="mean active latents per token (validation)")
-    ce: float = Field(description="the model's validation CE with this layer's MLP replaced")
-    fvu: float = Field(description="fraction of the MLP output's variance unexplained")
-    dead_fraction: float = Field(description="latents never active on the validation tokens")
-
-
 class TranscoderRead(TranscoderSummary):
-    config: dict = Field(description="sweep settings and the dense model's fingerprint")
-    reference: dict = Field(description="clean CE and per layer the CE with the MLP zero- / mean-ablated")
+    config: TranscoderRun = Field(description="sweep settings and the dense model's fingerprint")
+    reference: Reference = Field(description="clean CE; per layer the CE with the MLP zero- / mean-ablated")
     points: list[SweepPoint]
     curves: dict[str, dict[str, list[dict[str, float]]]] = Field(
         description="plot-ready: layer -> kind -> [{l0, ce, l1}] sorted by L0"
     )
-    matched: dict = Field(
-        description="transcoder vs SAE at matched L0 (SAE CE interpolated linearly in log L0): rows, settings"
-    )
-    feature_sites: list[SiteInfo] = Field(
-        description="`{l}.mlp.transcoder`: the features as nodes of the model"
-    )
+    matched: Matched
+    feature_sites: list[Site] = Field(description="`{l}.mlp.transcoder`: the features as nodes of the model")
     circuits: list[int] = Field(description="transcoder circuits built from these features")

@@ -95,6 +95,7 @@ def api_world(test_model):
     from worker.engine.circuit import Circuit, edges_from_weights, make_nodes
     from worker.engine.data import load_corpus, split_corpus
     from worker.engine.prune import NodeMasks, PruneConfig, calibrate, circuit_losses, task_logits
+    from worker.engine.sites import parse_node
     from worker.engine.tasks import build_task, get_task
     from worker.engine.tasks.base import pair_labels
 
@@ -122,8 +123,8 @@ def api_world(test_model):
     masks = NodeMasks({s: dims[s] for s in prunable_sites(model)}, 0.0, 0.0, torch.Generator())
     keep = torch.zeros(masks.tau.numel())
     for n in names:
-        site, index = n.rsplit("[", 1)
-        keep[masks.slices[site][0] + int(index[:-1])] = 1
+        site, index = parse_node(n)
+        keep[masks.slices[site][0] + index] = 1
     train = task.train[:128]
     scale, shift = calibrate(task_logits(model, task, train, keep, masks, means), pair_labels(len(train)))
     circuit = Circuit(

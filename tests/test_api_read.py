@@ -35,6 +35,22 @@ def test_models_list_get_and_metrics(api_backend):
         assert r.json()["detail"]
 
 
+def test_site_catalog_in_forward_order(api_backend):
+    c, model_id = api_backend.client, api_backend.model_id
+    catalog = c.get(f"{API}/models/{model_id}/sites").json()
+    names = [s["name"] for s in catalog]
+    assert names[:3] == ["embed", "0.attn.resid_in", "0.attn.act_in"] and names[-1] == "final_resid"
+    assert [s["name"] for s in catalog if not s["holds_nodes"]] == [
+        f"{i}.{k}.resid_in" for i in range(2) for k in ("attn", "mlp")
+    ]
+    q = catalog[names.index("1.attn.q")]
+    assert q == {"name": "1.attn.q", "layer": 1, "kind": "attn.q", "dim": 64, "holds_nodes": True,
+                 "is_feature_site": False}  # fmt: skip
+    served = [s["name"] for s in c.get(f"{API}/models/{model_id}").json()["sites"]]
+    assert served == [s["name"] for s in catalog if s["holds_nodes"]]
+    assert c.get(f"{API}/models/999999/sites").status_code == 404
+
+
 def test_tasks_samples_and_custom_tasks(api_backend):
     c, key = api_backend.client, api_backend.key
     tasks = {t["name"]: t for t in c.get(f"{API}/tasks").json()["items"]}

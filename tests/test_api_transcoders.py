@@ -6,11 +6,12 @@ from backend_support import register_model
 
 from backend.db import Database
 from backend.jobs.store import task_row, write_circuit, write_profile
-from backend.models import NodeStat
+from backend.models import ActivationExample, NodeStat
 from worker.engine.activations import ProfileConfig, corpus_windows, profile_windows
 from worker.engine.checkpoints import load_model
 from worker.engine.circuit import Circuit, make_nodes
 from worker.engine.data import load_corpus, split_corpus
+from worker.engine.sites import feature_site, node_name, parse_node
 from worker.engine.tasks import build_task, get_task
 from worker.engine.transcoders import CircuitConfig, attribute, attribution_edges, read_transcoders
 
@@ -101,7 +102,7 @@ def test_transcoder_job_sweep_features_and_circuits(make_api, test_model):
     att = attribute(model, tr.selected, data, data.train[:8])
     top = {layer: [int(j) for j in att.effects[layer].abs().topk(6).indices] for layer in (0, 1)}
     edges = attribution_edges(att, top)
-    names = [f"{layer}.mlp.transcoder[{j}]" for layer, js in top.items() for j in js]
+    names = [node_name(feature_site(layer), j) for layer, js in top.items() for j in js]
     graph = Circuit(
         task=TASK,
         model=str(model_id),
@@ -138,3 +139,95 @@ def test_transcoder_job_sweep_features_and_circuits(make_api, test_model):
         assert s.query(NodeStat).filter_by(model_id=model_id, site="0.mlp.act_in").count() == 64
     db.dispose()
     assert torch.isfinite(torch.tensor(t["clean_ce"]))
+
+
+FEATURE_SITES = ["0.mlp.transcoder", "1.mlp.transcoder"]
+QUICK = {"l1": [0.3], "steps": 10, "batch_size": 2, "eval_batches": 1, "sae": False, "tasks": []}
+
+
+def feature_circuit(api, model_id: int, transcoder_id: int, job_id: str) -> tuple[int, list[str]]:
+    """A transcoder circuit of the top features of each layer (the tiny model's own may be empty)."""
+    tr = read_transcoders(api.settings.artifact(f"transcoders/{job_id}"))
+    model, tok, _ = load_model(api.settings.artifact(f"models/{model_id}"))
+    data = build_task(get_task(TASK), tok)
+    att = attribute(model, tr.selected, data, data.train[:8])
+    top = {layer: [int(j) for j in att.effects[layer].abs().topk(4).indices] for layer in (0, 1)}
+    names = [node_name(feature_site(layer), j) for layer, js in top.items() for j in js]
+    graph = Circuit(
+        task=TASK,
+        model=str(model_id),
+        target_loss=1.0,
+        nodes=make_nodes(names, {n: float(i) for i, n in enumerate(reversed(names))}),
+        edges=attribution_edges(att, top),
+        losses={"full": 0.7, "circuit": 0.7, "ablated": 0.7, "circuit_uncalibrated": 0.7},
+        calibration={"scale": 1.0, "shift": 0.0},
+        curve=[],
+    )
+    db = Database(api.settings)
+    with db.session() as s:
+        cid = write_circuit(
+            s, model_id, task_row(s, TASK).id, graph, CircuitConfig(), "0" * 32, transcoder_id=transcoder_id
+        )
+    db.dispose()
+    return cid, names
+
+
+def test_live_ablation_switches_features_off_in_a_transcoder_circuit(make_api, test_model):
+    """The circuit page calls the ablation on its first draw: a transcoder circuit must answer it, with
+    its features switched off in the replacement pass."""
+    api = make_api(max_transcoder_steps=100)
+    c = api.client
+    model_id = register_model(api.settings, test_model, "test-model")
+    job = api.wait(
+        api.submit("transcoder", {"model_id": model_id, **QUICK, "profile_tokens": 0}), timeout=600
+    )
+    assert job["status"] == "succeeded", job
+    cid, names = feature_circuit(api, model_id, job["result"]["transcoder_id"], job["id"])
+
+    def ablate(**body):
+        r = c.post(f"/api/v1/circuits/{cid}/ablate", json=body, headers={"x-api-key": api.key})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    first = ablate()  # what the page asks on its first draw
+    assert first["n_nodes"] == len(names) and first["pairs"] > 0
+    assert 0 <= first["p_correct"] <= 1 and first["full_loss"] > 0
+    every = ablate(mode="ablate")  # nothing switched off but the circuit's features
+    none_off = ablate(mode="ablate", off=names)  # ... and with them all back: the replacement model
+    assert none_off["n_nodes"] == 0 and every["n_nodes"] == len(names)
+    fewer = ablate(off=names[:1])
+    assert fewer["n_nodes"] == len(names) - 1 and fewer["loss"] != first["loss"]
+    r = c.post(
+        f"/api/v1/circuits/{cid}/ablate", json={"off": ["0.mlp.post_act[3]"]}, headers={"x-api-key": api.key}
+    )
+    assert r.status_code == 404  # a transcoder circuit switches features, not the model's own nodes
+
+
+def test_replacing_transcoders_without_a_profile_drops_the_old_feature_rows(make_api, test_model):
+    """A `replace` job with profile_tokens=0 must not leave the previous features' statistics and
+    examples behind, shown on the new features' pages."""
+    api = make_api(max_transcoder_steps=100)
+    c = api.client
+    model_id = register_model(api.settings, test_model, "test-model")
+    first = api.wait(
+        api.submit("transcoder", {"model_id": model_id, **QUICK, "profile_tokens": 1024}), timeout=600
+    )
+    assert first["status"] == "succeeded", first
+    rows = c.get(f"/api/v1/models/{model_id}/sites/0.mlp.transcoder/nodes", params={"order": "frequency"})
+    fired = rows.json()["items"][0]["name"]
+    assert c.get(node_url(model_id, fired)).json()["stats"] is not None  # profiled
+    params = {"model_id": model_id, **QUICK, "profile_tokens": 0, "replace": True, "seed": 1}
+    second = api.wait(api.submit("transcoder", params), timeout=600)
+    assert second["status"] == "succeeded", second
+    node = c.get(node_url(model_id, fired)).json()
+    assert node["transcoder_id"] == second["result"]["transcoder_id"]
+    assert node["stats"] is None and node["examples"] == []
+    assert c.get(f"/api/v1/models/{model_id}/sites/0.mlp.transcoder/nodes").json()["items"] == []
+    db = Database(api.settings)
+    with db.session() as s:
+        assert (
+            s.query(NodeStat).filter(NodeStat.model_id == model_id, NodeStat.site.in_(FEATURE_SITES)).count()
+            == 0
+        )
+        assert s.query(ActivationExample).filter_by(model_id=model_id, site=parse_node(fired)[0]).count() == 0
+    db.dispose()

@@ -23,7 +23,8 @@ from worker.engine.bridges import (
     train_bridged,
 )
 from worker.engine.config import ModelConfig
-from worker.engine.model import SparseGPT, resid_locations, site_dims
+from worker.engine.model import SparseGPT
+from worker.engine.sites import resid_locations, site_dims
 from worker.engine.tasks import load_task
 
 LOCATIONS = ["0.attn.resid_in", "0.mlp.resid_in", "1.attn.resid_in", "1.mlp.resid_in", "final_resid"]

@@ -122,3 +122,28 @@ def test_migrations_keep_the_rows_of_rebuilt_tables(settings):
     assert counts() == (1, 2, 1)
     upgrade(settings)
     assert counts() == (1, 2, 1)
+
+
+def test_migration_0004_names_the_site_of_every_activation_example(settings):
+    """Examples stored before 0004 get their site from their node name, so queries by site find them."""
+    upgrade(settings, "0003")
+    db = Database(settings)
+    with db.session() as s:
+        s.add(Model(id=1, name="m", kind="sparse", status="ready", config={}, artifact_path="models/1"))
+    with db.engine.begin() as conn:
+        for i, node in enumerate(["0.attn.v[3]", "1.mlp.transcoder[12]", "embed[0]"]):
+            conn.exec_driver_sql(
+                "INSERT INTO activation_examples (id, model_id, node, bin, rank, activation, center, "
+                f"token_ids, \"values\") VALUES ({i + 1}, 1, '{node}', 'top_1', 0, 1.0, 0, '', '')"
+            )
+    db.dispose()
+    upgrade(settings)
+    db = Database(settings)
+    with db.engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT node, site FROM activation_examples ORDER BY id").all()
+    assert [tuple(r) for r in rows] == [
+        ("0.attn.v[3]", "0.attn.v"),
+        ("1.mlp.transcoder[12]", "1.mlp.transcoder"),
+        ("embed[0]", "embed"),
+    ]
+    db.dispose()

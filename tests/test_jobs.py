@@ -213,7 +213,7 @@ def test_train_profile_prune_jobs_store_compact_rows(make_api):
     from sqlalchemy import func, select
 
     from backend.models import ActivationExample, Circuit, CorpusDocument, NodeStat
-    from worker.engine.model import parse_node
+    from worker.engine.sites import parse_node
 
     api = make_api()
     model_id = api.wait(api.submit("train", {**TINY, "steps": 20}))["result"]["model_id"]

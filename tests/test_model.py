@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from worker.engine.config import ModelConfig
-from worker.engine.model import LAYER_SITES, SiteEdit, SparseGPT, abs_topk, parse_node
+from worker.engine.model import SiteEdit, SparseGPT, abs_topk
+from worker.engine.sites import LAYER_SITES, parse_node
 
 CFG = ModelConfig(vocab_size=64, n_ctx=16, d_model=32, n_layer=2, d_head=8)
 

@@ -8,7 +8,6 @@ import torch
 from worker.engine import checkpoints as ck
 from worker.engine.ablation import load_or_compute_means, prunable_sites, shuffled_labels
 from worker.engine.circuit import SCHEMA_VERSION, Circuit, Edge, Node, edges_from_weights, size_comparison
-from worker.engine.model import parse_node
 from worker.engine.prune import (
     NodeMasks,
     PruneConfig,
@@ -20,6 +19,7 @@ from worker.engine.prune import (
     keep_top,
     split_train,
 )
+from worker.engine.sites import parse_node
 from worker.engine.tasks import build_task, get_task
 from worker.engine.tasks.base import source_file
 

@@ -14,6 +14,7 @@ from worker.engine.checkpoints import CheckpointError, load_model, save_model
 from worker.engine.circuit import Circuit
 from worker.engine.data import fixed_batches
 from worker.engine.model import SiteEdit
+from worker.engine.sites import feature_site
 from worker.engine.tasks import build_task, get_task
 from worker.engine.transcoders import (
     CircuitConfig,
@@ -23,7 +24,6 @@ from worker.engine.transcoders import (
     attribute,
     attribution_edges,
     de_embedding,
-    feature_site,
     load_transcoders,
     matched_comparison,
     mlp_io,

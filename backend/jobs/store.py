@@ -7,7 +7,7 @@ import hashlib
 import math
 from pathlib import Path
 
-from sqlalchemy import delete, func, insert, or_, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from ..models import (
@@ -45,6 +45,16 @@ def bin_label(side: str, fraction: float) -> str:
     return f"{side}_{fraction * 100:g}"
 
 
+def delete_node_rows(s: Session, model_id: int, sites: list[str]) -> None:
+    """A model's node statistics and activation examples at these sites."""
+    s.execute(
+        delete(ActivationExample).where(
+            ActivationExample.model_id == model_id, ActivationExample.site.in_(sites)
+        )
+    )
+    s.execute(delete(NodeStat).where(NodeStat.model_id == model_id, NodeStat.site.in_(sites)))
+
+
 def write_profile(s: Session, model_id: int, profile, corpus: str, progress=lambda f: None) -> dict:
     """Replace a model's node statistics and examples at the profiled sites (other sites, e.g. the
     transcoder features of a model profiled separately, keep theirs). Example windows are token ids
@@ -53,12 +63,10 @@ def write_profile(s: Session, model_id: int, profile, corpus: str, progress=lamb
     import numpy as np
 
     from worker.engine.activations import BIN_FRACTIONS, QUANTILE_LEVELS, SIDES
-    from worker.engine.model import site_layer
+    from worker.engine.sites import parse_node, site_layer
 
     sites = list(profile.sites)
-    of_sites = or_(*(ActivationExample.node.startswith(f"{site}[", autoescape=True) for site in sites))
-    s.execute(delete(ActivationExample).where(ActivationExample.model_id == model_id, of_sites))
-    s.execute(delete(NodeStat).where(NodeStat.model_id == model_id, NodeStat.site.in_(sites)))
+    delete_node_rows(s, model_id, sites)
     docs = profile.windows.docs
     doc_ids: dict[int, int] = {}
 
@@ -79,7 +87,7 @@ def write_profile(s: Session, model_id: int, profile, corpus: str, progress=lamb
     labels = [(side, [bin_label(side, f) for f in BIN_FRACTIONS]) for side in SIDES]
     stats, examples, total = [], [], sum(len(p.mean) for p in profile.sites.values())
     for i, node in enumerate(profile.nodes()):
-        site, index = node.node.rsplit("[", 1)
+        site, index = parse_node(node.node)
         thresholds = {}
         for (_, names), values in zip(labels, (node.top_thresholds, node.bottom_thresholds), strict=True):
             thresholds.update({n: _finite(v) for n, v in zip(names, values, strict=True)})
@@ -89,7 +97,7 @@ def write_profile(s: Session, model_id: int, profile, corpus: str, progress=lamb
                 "name": node.node,
                 "site": site,
                 "layer": site_layer(site),
-                "index": int(index[:-1]),
+                "index": index,
                 "mean": node.mean,
                 "frequency": node.frequency,
                 "quantiles": {lv: _finite(v) for lv, v in zip(levels, node.quantiles, strict=True)},
@@ -101,6 +109,7 @@ def write_profile(s: Session, model_id: int, profile, corpus: str, progress=lamb
                 {
                     "model_id": model_id,
                     "node": node.node,
+                    "site": site,
                     "bin": bin_label(ex.side, ex.fraction),
                     "rank": ex.slot,
                     "activation": ex.value,
@@ -123,7 +132,7 @@ def write_profile(s: Session, model_id: int, profile, corpus: str, progress=lamb
         "examples": s.scalar(
             select(func.count())
             .select_from(ActivationExample)
-            .where(ActivationExample.model_id == model_id, of_sites)
+            .where(ActivationExample.model_id == model_id, ActivationExample.site.in_(sites))
         ),
         "documents": len(doc_ids),
     }

@@ -14,7 +14,9 @@ from fastapi import APIRouter, HTTPException, Request
 
 from worker.engine.ablation import prunable_sites
 from worker.engine.prune import NodeMasks, calibrated_loss, task_logits
+from worker.engine.sites import catalog, site_layer
 from worker.engine.tasks.base import pair_labels
+from worker.engine.transcoders import parse_feature, task_logits_with
 
 from ..db import SessionDep
 from ..model_cache import get_model_cache
@@ -31,9 +33,10 @@ from ..schemas import (
     TokenRead,
 )
 from .circuits import CircuitId, get_circuit_row
-from .models import ModelId, get_model_row, loaded
+from .models import ModelId, get_model_row, loaded, model_config
 from .nodes import check_node
 from .tasks import find_task, task_data
+from .transcoders import get_transcoder_row, loaded_transcoders
 
 router = APIRouter(tags=["interventions"])
 ERRORS = {
@@ -75,32 +78,30 @@ def playground(model_id: ModelId, body: PlaygroundRequest, request: Request, ses
 def live_ablation(circuit_id: CircuitId, body: AblationRequest, request: Request, session: SessionDep):
     """Evaluate a circuit with nodes switched off (`off`) or added (`on`) on the task's test pairs.
     mode `keep`: only the node set runs, everything else is mean-ablated, as when the circuit was
-    pruned; mode `ablate`: the node set is mean-ablated inside the full model."""
+    pruned; mode `ablate`: the node set is mean-ablated inside the full model. The nodes of a transcoder
+    circuit are features: switched off (zero) rather than mean-ablated, in the replacement model (every
+    MLP replaced by its transcoder), and `full` is the original model."""
     t0 = time.perf_counter()
     circuit = get_circuit_row(session, circuit_id, graph=True)
     model = get_model_row(session, circuit.model_id)
+    features = None
+    if circuit.transcoder_id is not None:
+        features = get_transcoder_row(session, circuit.transcoder_id)
+        dims = {s.name: s.dim for s in catalog(model_config(model), features.width) if s.is_feature_site}
     for name in body.off + body.on:
-        site, _ = check_node(model, name)
-        if site in ("embed", "final_resid"):
+        site, _ = check_node(model, name, None if features is None else dims)
+        if site_layer(site) is None:
             raise HTTPException(422, f"{name}: only nodes of the layers' 8 sites can be switched, not {site}")
     kept = ({n.name for n in circuit.nodes} | set(body.on)) - set(body.off)
     lm = loaded(request, model)
     data = task_data(request, model, circuit.task.name, circuit.task)
-    means = lm.means()
-    dims = lm.model.site_dims()
-    masks = NodeMasks({s: dims[s] for s in prunable_sites(lm.model)}, 0.0, 0.0, torch.Generator())
-    chosen = torch.zeros(masks.tau.numel())
-    for name in kept:
-        site, index = check_node(model, name)
-        chosen[masks.slices[site][0] + index] = 1
-    keep = chosen if body.mode == "keep" else 1 - chosen
     prompts = data.test[: body.pairs]
     labels = pair_labels(len(prompts))
-    logits2 = task_logits(lm.model, data, prompts, keep, masks, means)
-    full = lm.memo(
-        ("full", circuit.task.name, len(prompts)),
-        lambda: task_logits(lm.model, data, prompts, None, masks, means),
-    )
+    if features is None:
+        logits2, full = node_ablation(lm, model, data, prompts, kept, body.mode)
+    else:
+        tr = loaded_transcoders(request, features, model)
+        logits2, full = feature_ablation(lm, tr.selected, data, prompts, kept, body.mode)
     probs = logits2.softmax(-1)
     p_correct = probs[torch.arange(len(labels)), labels]
     scale, shift = circuit.calibration.get("scale", 1.0), circuit.calibration.get("shift", 0.0)
@@ -131,13 +132,44 @@ def live_ablation(circuit_id: CircuitId, body: AblationRequest, request: Request
     )
 
 
+def node_ablation(lm, model: Model, data, prompts, kept: set[str], mode: str):
+    """(two-class logits with the node set kept or mean-ablated, those of the full model)."""
+    means = lm.means()
+    dims = lm.model.site_dims()
+    masks = NodeMasks({s: dims[s] for s in prunable_sites(lm.model)}, 0.0, 0.0, torch.Generator())
+    chosen = torch.zeros(masks.tau.numel())
+    for name in kept:
+        site, index = check_node(model, name)
+        chosen[masks.slices[site][0] + index] = 1
+    keep = chosen if mode == "keep" else 1 - chosen
+    full = lm.memo(
+        ("full", data.name, len(prompts)), lambda: task_logits(lm.model, data, prompts, None, masks, means)
+    )
+    return task_logits(lm.model, data, prompts, keep, masks, means), full
+
+
+def feature_ablation(lm, coders, data, prompts, kept: set[str], mode: str):
+    """(two-class logits of the replacement model with the feature set kept or switched off, those of
+    the original model)."""
+    widths = [c.width for c in coders]
+    chosen = [torch.zeros(w) for w in widths]
+    for name in kept:
+        layer, index = parse_feature(name, widths)
+        chosen[layer][index] = 1
+    keep = chosen if mode == "keep" else [1 - c for c in chosen]
+    full = lm.memo(
+        ("full", data.name, len(prompts)), lambda: task_logits_with(lm.model, coders, data, prompts, "clean")
+    )
+    return task_logits_with(lm.model, coders, data, prompts, keep), full
+
+
 def dense_for(request: Request, session, model: Model):
     """(dense model id or None, its loaded entry) of a bridged model: the row named in the summary of the
     bridge job, else the folder recorded in the bridge config; 409 if it is missing or does not match."""
-    from worker.engine.bridges import BridgeError, check_dense
-    from worker.engine.config import DenseFingerprint
+    from worker.engine.checkpoints import check_dense
+    from worker.engine.config import BridgeConfig
 
-    bridge = model.config["bridge"]
+    bridge = BridgeConfig.model_validate(model.config["bridge"])
     dense_id = model.summary.get("dense_model_id") if model.summary else None
     row = session.get(Model, dense_id) if dense_id is not None else None
     if dense_id is not None and (row is None or row.status != ModelStatus.ready):
@@ -145,14 +177,14 @@ def dense_for(request: Request, session, model: Model):
             409, f"the dense model {dense_id} of bridged model {model.id} is gone or not ready"
         )
     settings = request.app.state.settings
-    folder = settings.artifact(row.artifact_path) if row is not None else Path(bridge["dense_path"])
+    folder = settings.artifact(row.artifact_path) if row is not None else Path(bridge.dense.path)
     lm = loaded(request, model)
     try:
         lm.memo(
             ("dense-checked", str(folder)),
-            lambda: check_dense(DenseFingerprint(**bridge["dense"]), folder) or True,
+            lambda: check_dense(bridge.dense, folder, "the bridges") or True,
         )
-    except (BridgeError, ValueError) as e:
+    except ValueError as e:
         raise HTTPException(409, str(e).splitlines()[0]) from None
     return dense_id, get_model_cache(request).get(row.id if row is not None else 0, folder)
 

@@ -9,12 +9,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from worker.engine.config import ModelConfig
-from worker.engine.model import site_dims, site_layer
+from worker.engine.sites import Site, catalog, site_dims
 
 from ..db import SessionDep
 from ..model_cache import LoadedModel, get_model_cache
 from ..models import Circuit, Model, ModelStatus, Transcoder
-from ..schemas import ErrorBody, ModelList, ModelMetrics, ModelRead, ModelSummary, SiteInfo
+from ..schemas import ErrorBody, ModelList, ModelMetrics, ModelRead, ModelSummary
 
 router = APIRouter(prefix="/models", tags=["models"])
 NOT_FOUND = {404: {"model": ErrorBody, "description": "no such model"}}
@@ -47,17 +47,15 @@ def current_transcoder(session: Session, model_id: int) -> Transcoder | None:
     )
 
 
-def feature_sites(row: Transcoder, n_layer: int) -> dict[str, int]:
-    return {f"{layer}.mlp.transcoder": row.width for layer in range(n_layer)}
+def site_catalog(session: Session, model: Model) -> list[Site]:
+    """Every site of the model in forward order; once it has transcoders, with their feature sites."""
+    row = current_transcoder(session, model.id)
+    return catalog(model_config(model), None if row is None else row.width)
 
 
 def all_sites(session: Session, model: Model) -> dict[str, int]:
-    """The model's sites plus, once it has transcoders, their feature sites."""
-    sites = sites_of(model)
-    row = current_transcoder(session, model.id)
-    if row is not None:
-        sites |= feature_sites(row, model_config(model).n_layer)
-    return sites
+    """The sites holding nodes: the model's own plus, once it has transcoders, their feature sites."""
+    return {s.name: s.dim for s in site_catalog(session, model) if s.holds_nodes}
 
 
 def loaded(request: Request, model: Model) -> LoadedModel:
@@ -97,7 +95,7 @@ def get_model(model_id: ModelId, session: SessionDep) -> ModelRead:
     transcoders, also their feature sites `{l}.mlp.transcoder`)."""
     model = get_model_row(session, model_id)
     n_circuits = session.scalar(select(func.count()).where(Circuit.model_id == model_id))
-    sites = [SiteInfo(name=s, layer=site_layer(s), dim=d) for s, d in all_sites(session, model).items()]
+    sites = [s for s in site_catalog(session, model) if s.holds_nodes]
     return ModelRead(
         **ModelSummary.model_validate(model).model_dump(),
         config=model.config,
@@ -106,6 +104,14 @@ def get_model(model_id: ModelId, session: SessionDep) -> ModelRead:
         sites=sites,
         n_circuits=n_circuits,
     )
+
+
+@router.get("/{model_id}/sites", response_model=list[Site], responses=NOT_FOUND)
+def get_sites(model_id: ModelId, session: SessionDep) -> list[Site]:
+    """The model's site catalog in forward order: every site with its layer, kind and width, whether it
+    holds nodes (the residual-stream locations `{l}.attn.resid_in` / `{l}.mlp.resid_in` do not) and
+    whether it is a transcoder feature site (`{l}.mlp.transcoder`, once the model has transcoders)."""
+    return site_catalog(session, get_model_row(session, model_id))
 
 
 @router.get("/{model_id}/metrics", response_model=ModelMetrics, responses=NOT_FOUND)

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from worker.engine.activations import BIN_FRACTIONS, SIDES
-from worker.engine.model import parse_node, site_layer
+from worker.engine.sites import is_feature_site, parse_node, site_layer
 from worker.engine.transcoders import de_embedding
 
 from ..db import SessionDep
@@ -150,7 +150,7 @@ def get_node(
 
 def feature_fields(request: Request, session: Session, model: Model, node: str, site: str) -> dict:
     """A transcoder feature's de-embedding: the tokens whose embeddings drive it directly."""
-    if site not in sites_of(model):
+    if is_feature_site(site):
         row = current_transcoder(session, model.id)
         tr = loaded_transcoders(request, row, model)
         lm = loaded(request, model)

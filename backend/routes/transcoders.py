@@ -11,14 +11,15 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from worker.engine.checkpoints import CheckpointError
-from worker.engine.transcoders import Transcoders, check_dense, read_transcoders
+from worker.engine.checkpoints import CheckpointError, check_dense
+from worker.engine.sites import catalog
+from worker.engine.transcoders import TranscoderRun, Transcoders, read_transcoders
 
 from ..db import SessionDep
 from ..model_cache import get_model_cache
 from ..models import Circuit, Model, Transcoder
-from ..schemas import ErrorBody, SiteInfo, TranscoderList, TranscoderRead, TranscoderSummary
-from .models import feature_sites, model_config
+from ..schemas import ErrorBody, TranscoderList, TranscoderRead, TranscoderSummary
+from .models import model_config
 
 router = APIRouter(prefix="/transcoders", tags=["transcoders"])
 NOT_FOUND = {404: {"model": ErrorBody, "description": "no such transcoders"}}
@@ -40,7 +41,7 @@ def loaded_transcoders(request: Request, row: Transcoder, model: Model) -> Trans
     def load() -> Transcoders:
         try:
             tr = read_transcoders(settings.artifact(row.artifact_path))
-            check_dense(tr.run.dense, settings.artifact(model.artifact_path))
+            check_dense(tr.run.dense, settings.artifact(model.artifact_path), "the transcoders")
         except (CheckpointError, OSError) as e:
             raise HTTPException(409, f"transcoders {row.id}: {e}") from None
         return tr
@@ -49,18 +50,15 @@ def loaded_transcoders(request: Request, row: Transcoder, model: Model) -> Trans
 
 
 def summary(row: Transcoder, model: Model) -> TranscoderSummary:
-    cfg, sweep = row.config["config"], row.sweep
-    l1 = cfg["l1"]
-    selected = cfg.get("selected")
-    selected = len(l1) // 2 if selected is None else selected
+    cfg, sweep = TranscoderRun.model_validate(row.config).config, row.sweep
     matched = sweep.get("matched", {})
     return TranscoderSummary(
         id=row.id,
         model_id=row.model_id,
         model_name=model.name,
         width=row.width,
-        l1=l1,
-        selected_l1=l1[selected],
+        l1=cfg.l1,
+        selected_l1=cfg.l1[cfg.selected_index()],
         clean_ce=sweep["reference"]["clean_ce"],
         transcoder_better_settings=matched.get("transcoder_better_settings", 0),
         settings=len(matched.get("settings", [])),
@@ -103,7 +101,6 @@ def get_transcoder(transcoder_id: TranscoderId, session: SessionDep) -> Transcod
     feature sites and the circuits built from the features."""
     row = get_transcoder_row(session, transcoder_id)
     model = session.get(Model, row.model_id)
-    n_layer = model_config(model).n_layer
     circuits = session.scalars(
         select(Circuit.id).where(Circuit.transcoder_id == row.id).order_by(Circuit.id)
     ).all()
@@ -114,9 +111,6 @@ def get_transcoder(transcoder_id: TranscoderId, session: SessionDep) -> Transcod
         points=row.sweep["points"],
         curves=curves(row.sweep["points"]),
         matched=row.sweep.get("matched", {}),
-        feature_sites=[
-            SiteInfo(name=s, layer=int(s.split(".")[0]), dim=d)
-            for s, d in feature_sites(row, n_layer).items()
-        ],
+        feature_sites=[s for s in catalog(model_config(model), row.width) if s.is_feature_site],
         circuits=list(circuits),
     )

@@ -28,6 +28,7 @@ from backend.settings import Settings
 from worker.engine.checkpoints import load_model
 from worker.engine.circuit import Circuit, Edge, Node, make_nodes
 from worker.engine.prune import PruneConfig
+from worker.engine.sites import feature_site, node_name
 from worker.engine.tasks import build_task, get_task
 from worker.engine.transcoders import CircuitConfig, attribute, attribution_edges, read_transcoders
 
@@ -131,7 +132,7 @@ def feature_graph(settings: Settings, transcoder_id: int, job_circuit_id: int, p
             layer: [int(j) for j in att.effects[layer].abs().topk(per_layer).indices]
             for layer in range(len(tr.selected))
         }
-        names = [f"{layer}.mlp.transcoder[{j}]" for layer, js in top.items() for j in js]
+        names = [node_name(feature_site(layer), j) for layer, js in top.items() for j in js]
         graph = Circuit(
             task=TASK,
             model=str(tr_row.model_id),

@@ -394,6 +394,8 @@ def test_transcoder_plots_and_attribution_edges(page: Page, live):
     page.wait_for_function("window.circuitRenderMs !== undefined", timeout=TIMEOUT)
     rows = page.evaluate("() => window.circuitGraph.nodes('.rowlabel').map((n) => n.data('label'))")
     assert any(r.endswith(".mlp.transcoder") for r in rows)
+    # The live ablation of the first draw answers for features too (switched off in the replacement model).
+    expect(page.locator("#ablation-table td[data-key=loss][data-value]")).to_be_visible(timeout=TIMEOUT)
     edge = page.evaluate(
         """() => {
             const e = window.circuitGraph.edges().filter((e) => e.data('kind') === 'attribution')

@@ -9,14 +9,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .data import encode_documents, fixed_batches, load_corpus, split_corpus
-from .model import LAYER_SITES, SiteEdit, SparseGPT
+from .model import SiteEdit, SparseGPT
+from .sites import layer_node_sites
 
 MEANS = "means.safetensors"
 
 
 def prunable_sites(model: SparseGPT) -> list[str]:
     """The 8 sites of every layer, in forward order: where circuit nodes live."""
-    return [f"{i}.{s}" for i in range(model.cfg.n_layer) for s in LAYER_SITES]
+    return layer_node_sites(model.cfg)
 
 
 @torch.no_grad()

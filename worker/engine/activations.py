@@ -36,7 +36,8 @@ from tokenizers import Tokenizer
 
 from .checkpoints import load_model
 from .data import EOT, CorpusError, Document, load_corpus, split_corpus
-from .model import SparseGPT, node_name, parse_node
+from .model import SparseGPT
+from .sites import node_name, parse_node
 
 BIN_FRACTIONS = (0.001, 0.01, 0.1, 0.5)
 SIDES = ("top", "bottom")

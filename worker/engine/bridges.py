@@ -35,9 +35,10 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from . import checkpoints as ck
-from .config import BridgeConfig, DenseFingerprint, RunConfig, TrainConfig, preset
+from .config import BridgeConfig, RunConfig, TrainConfig, preset
 from .errors import UserError
-from .model import SiteEdit, SparseGPT, abs_topk, parse_node, resid_locations, site_dims
+from .model import SiteEdit, SparseGPT, abs_topk
+from .sites import parse_node, resid_location_after, resid_locations, site_dims
 from .tasks.base import TaskData
 from .train import Objective, ProgressFn, autocast, train
 
@@ -47,38 +48,6 @@ EVAL_BATCHES = 4  # validation batches of the per-location evaluation (every loc
 
 class BridgeError(UserError):
     pass
-
-
-# ---------------------------------------------------------------- the dense model's identity
-
-
-def fingerprint(dense_folder: Path) -> DenseFingerprint:
-    folder = Path(dense_folder)
-    run = ck.read_run_config(folder)
-    if not (folder / ck.WEIGHTS).is_file():
-        raise BridgeError(f"dense model {folder} holds no {ck.WEIGHTS}: it has not finished training")
-    m = run.model
-    return DenseFingerprint(
-        d_model=m.d_model,
-        n_layer=m.n_layer,
-        n_ctx=m.n_ctx,
-        vocab_size=m.vocab_size,
-        tokenizer_sha256=ck.file_sha256(folder / ck.TOKENIZER),
-        weights_sha256=ck.file_sha256(folder / ck.WEIGHTS),
-    )
-
-
-def check_dense(expected: DenseFingerprint, dense_folder: Path) -> None:
-    """Refuse a dense model other than the one the bridges were trained against, naming the difference."""
-    given = fingerprint(dense_folder)
-    diffs = [
-        f"{name} {want} (trained) vs {got} (given)"
-        for name, want in expected.model_dump().items()
-        if (got := getattr(given, name)) != want
-    ]
-    if diffs:
-        short = [d if "sha256" not in d else d.split(" ")[0] + " differs" for d in diffs]
-        raise BridgeError(f"dense model {dense_folder} does not match the bridges: {'; '.join(short)}")
 
 
 # ---------------------------------------------------------------- the bridges
@@ -260,9 +229,7 @@ def bridged_run(
     `options` are BridgeConfig fields."""
     dense_folder = Path(dense_folder)
     run = sparse_run_for(ck.read_run_config(dense_folder), preset_name, steps)
-    run.bridge = BridgeConfig(
-        dense_path=str(dense_folder.resolve()), dense=fingerprint(dense_folder), **options
-    )
+    run.bridge = BridgeConfig(dense=ck.fingerprint(dense_folder, BridgeError), **options)
     return run
 
 
@@ -285,8 +252,8 @@ def train_bridged(
     if run is None or run.bridge is None:
         where = f"{out} is not a bridge training run (its config.json" if resume else "the run config ("
         raise BridgeError(f"{where} has no bridge section)")
-    dense_folder = Path(dense_folder or run.bridge.dense_path)
-    check_dense(run.bridge.dense, dense_folder)
+    dense_folder = Path(dense_folder or run.bridge.dense.path)
+    ck.check_dense(run.bridge.dense, dense_folder, "the bridges", BridgeError)
     dense, tok, _ = ck.load_model(dense_folder, device)
     bridges = make_bridges(dense.cfg, run.model, run.bridge, run.train.seed)
     objective = BridgeObjective(dense, bridges, run.bridge, run.train.seed)
@@ -327,8 +294,8 @@ def load_bridged(folder: str | Path, dense_folder: str | Path | None = None, dev
     sparse, tok, run = ck.load_model(folder, device)
     if run.bridge is None:
         raise BridgeError(f"{folder} is not a bridged model (no bridge section in its config.json)")
-    dense_folder = Path(dense_folder or run.bridge.dense_path)
-    check_dense(run.bridge.dense, dense_folder)
+    dense_folder = Path(dense_folder or run.bridge.dense.path)
+    ck.check_dense(run.bridge.dense, dense_folder, "the bridges", BridgeError)
     dense, _, _ = ck.load_model(dense_folder, device)
     bridges = load_bridges(folder / BRIDGES, dense.cfg, run).to(device)
     return Bridged(sparse.requires_grad_(False), dense.requires_grad_(False), bridges, tok, run)
@@ -339,14 +306,7 @@ def load_bridged(folder: str | Path, dense_folder: str | Path | None = None, dev
 
 def next_location(cfg, site: str) -> str:
     """The first bridge location downstream of a node site: where a change at the site is read off."""
-    if site == "embed":
-        return "0.attn.resid_in"
-    if site == "final_resid":
-        return "final_resid"
-    layer, kind, _ = site.split(".", 2)
-    if kind == "attn":
-        return f"{layer}.mlp.resid_in"
-    return f"{int(layer) + 1}.attn.resid_in" if int(layer) + 1 < cfg.n_layer else "final_resid"
+    return resid_location_after(cfg, site)
 
 
 def check_node(cfg, node: str) -> tuple[str, int]:

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from torch import nn
 
-from .config import RunConfig
+from .config import DenseFingerprint, RunConfig
 from .errors import UserError
 from .model import SparseGPT
 
@@ -76,6 +76,43 @@ def read_config(folder: Path, schema: type[B], what: str = "model") -> B:
 
 def read_run_config(folder: Path) -> RunConfig:
     return read_config(folder, RunConfig)
+
+
+def fingerprint(folder: Path, error: type[ValueError] = CheckpointError) -> DenseFingerprint:
+    """The identity of a trained model folder: its shape and the SHA-256 of its weights and tokenizer."""
+    folder = Path(folder)
+    m = read_run_config(folder).model
+    for name in (WEIGHTS, TOKENIZER):
+        if not (folder / name).is_file():
+            raise error(f"dense model {folder} holds no {name}: it has not finished training")
+    return DenseFingerprint(
+        path=str(folder.resolve()),
+        d_model=m.d_model,
+        n_layer=m.n_layer,
+        n_ctx=m.n_ctx,
+        vocab_size=m.vocab_size,
+        tokenizer_sha256=file_sha256(folder / TOKENIZER),
+        weights_sha256=file_sha256(folder / WEIGHTS),
+    )
+
+
+def check_dense(
+    expected: DenseFingerprint, folder: Path, what: str, error: type[ValueError] = CheckpointError
+) -> None:
+    """Refuse a dense model other than the one `what` (e.g. "the bridges") were trained against, naming
+    the difference; fields the fingerprint did not record (None) are not compared."""
+    given = fingerprint(folder, error)
+    recorded = {k: v for k, v in expected.model_dump(exclude={"path"}).items() if v is not None}
+    diffs = [
+        f"{name} differs" if "sha256" in name else f"{name} {want} (trained) vs {got} (given)"
+        for name, want in recorded.items()
+        if (got := getattr(given, name)) != want
+    ]
+    if diffs:
+        raise error(
+            f"dense model {folder} does not match {what}: {'; '.join(diffs)} (it is not the one {what} "
+            f"were trained on, recorded from {expected.path})"
+        )
 
 
 def load_tokenizer(folder: Path) -> Tokenizer:

@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .model import SparseGPT, node_name, parse_node, site_layer
+from .model import SparseGPT
+from .sites import layer_site, node_name, parse_node, site_layer
 
 SCHEMA_VERSION = 1
 
@@ -107,20 +108,23 @@ def edges_from_weights(model: SparseGPT, nodes: list[str]) -> list[Edge]:
     readers = []  # (forward position, site, norm gain) of every residual read
     writers = []  # (forward position, site)
     for layer, block in enumerate(model.blocks):
-        a, m = f"{layer}.attn", f"{layer}.mlp"
+
+        def at(kind: str, layer=layer) -> str:
+            return layer_site(layer, kind)
+
         for name in "qkv":
             proj = getattr(block.attn, f"{name}_proj").weight
-            edges += _matrix_edges(proj, f"{a}.act_in", f"{a}.{name}", kept)
-        for c in sorted(set(kept.get(f"{a}.q", [])) & set(kept.get(f"{a}.k", []))):
-            edges.append(Edge(node_name(f"{a}.k", c), node_name(f"{a}.q", c), 1.0, "qk"))
-        edges += _matrix_edges(block.attn.o_proj.weight, f"{a}.v", f"{a}.resid_delta", kept)
-        edges += _matrix_edges(block.mlp.fc_in.weight, f"{m}.act_in", f"{m}.post_act", kept)
-        edges += _matrix_edges(block.mlp.fc_out.weight, f"{m}.post_act", f"{m}.resid_delta", kept)
+            edges += _matrix_edges(proj, at("attn.act_in"), at(f"attn.{name}"), kept)
+        for c in sorted(set(kept.get(at("attn.q"), [])) & set(kept.get(at("attn.k"), []))):
+            edges.append(Edge(node_name(at("attn.k"), c), node_name(at("attn.q"), c), 1.0, "qk"))
+        edges += _matrix_edges(block.attn.o_proj.weight, at("attn.v"), at("attn.resid_delta"), kept)
+        edges += _matrix_edges(block.mlp.fc_in.weight, at("mlp.act_in"), at("mlp.post_act"), kept)
+        edges += _matrix_edges(block.mlp.fc_out.weight, at("mlp.post_act"), at("mlp.resid_delta"), kept)
         readers += [
-            (2 * layer, f"{a}.act_in", block.attn.norm.weight),
-            (2 * layer + 1, f"{m}.act_in", block.mlp.norm.weight),
+            (2 * layer, at("attn.act_in"), block.attn.norm.weight),
+            (2 * layer + 1, at("mlp.act_in"), block.mlp.norm.weight),
         ]
-        writers += [(2 * layer, f"{a}.resid_delta"), (2 * layer + 1, f"{m}.resid_delta")]
+        writers += [(2 * layer, at("attn.resid_delta")), (2 * layer + 1, at("mlp.resid_delta"))]
     for wpos, wsite in writers:
         for rpos, rsite, gain in readers:
             if rpos > wpos:

@@ -77,13 +77,15 @@ class TrainConfig(BaseModel):
 
 
 class DenseFingerprint(BaseModel):
-    """What identifies the dense model a set of bridges was trained against."""
+    """What identifies the dense model that bridges or transcoders were trained against, and where it
+    was then (see checkpoints.fingerprint and checkpoints.check_dense)."""
 
     model_config = ConfigDict(extra="forbid")
 
+    path: str  # the model's folder when it was fingerprinted
     d_model: int
     n_layer: int
-    n_ctx: int
+    n_ctx: int | None = None  # None: not recorded (transcoder folders written before the two merged)
     vocab_size: int
     tokenizer_sha256: str
     weights_sha256: str
@@ -95,13 +97,21 @@ class BridgeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dense_path: str  # the dense model's folder when the bridges were trained
     dense: DenseFingerprint
     encoder_k_frac: float = Field(0.25, gt=0, le=1)  # AbsTopK keep fraction of the encoder's output
     nmse_coef: float = Field(1.0, ge=0)  # weight of the mean encoder + decoder NMSE over locations
     kl_coef: float = Field(1.0, ge=0)  # weight of each direction's hybrid-pass KL
     hybrid_sites_per_step: int = Field(1, ge=0)  # locations sampled per step and direction; 0 = all
     hybrid_batch_frac: float = Field(0.5, gt=0, le=1)  # share of the batch's sequences the hybrids see
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_inside_fingerprint(cls, data):
+        """Configs written before the fingerprint held the path kept it beside it, as `dense_path`."""
+        if isinstance(data, dict) and "dense_path" in data:
+            data = dict(data)
+            data["dense"] = {"path": data.pop("dense_path"), **data.get("dense", {})}
+        return data
 
 
 class RunConfig(BaseModel):

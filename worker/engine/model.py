@@ -7,7 +7,6 @@ one place where activations are captured and edited. A node is `site[index]`, e.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -17,52 +16,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .kernels import topk_threshold
-
-LAYER_SITES = (
-    "attn.act_in",
-    "attn.q",
-    "attn.k",
-    "attn.v",
-    "attn.resid_delta",
-    "mlp.act_in",
-    "mlp.post_act",
-    "mlp.resid_delta",
-)
-NODE_RE = re.compile(r"^(embed|final_resid|(\d+)\.(attn|mlp)\.([a-z_]+))\[(\d+)\]$")
-
-
-def node_name(site: str, index: int) -> str:
-    return f"{site}[{index}]"
-
-
-def parse_node(node: str) -> tuple[str, int]:
-    m = NODE_RE.match(node)
-    if not m:
-        raise ValueError(f"{node!r} is not a node name like '0.mlp.post_act[12]'")
-    return m.group(1), int(m.group(5))
-
-
-def site_layer(site: str) -> int | None:
-    head = site.split(".", 1)[0]
-    return int(head) if head.isdigit() else None
-
-
-def site_dims(c: ModelConfig) -> dict[str, int]:
-    """Every node site of a model of this shape and its width, in forward order (not the residual
-    stream locations of `resid_locations`, which hold no nodes)."""
-    dims = {"embed": c.d_model}
-    for i in range(c.n_layer):
-        for s in LAYER_SITES:
-            dims[f"{i}.{s}"] = c.d_mlp if s == "mlp.post_act" else c.d_model
-    dims["final_resid"] = c.d_model
-    return dims
-
-
-def resid_locations(c: ModelConfig) -> list[str]:
-    """The residual stream at sublayer boundaries, in forward order: the input of every attention and
-    MLP sublayer, then the final residual. They are sites too (capture, edits, `start`), used by the
-    bridges; `{l}.attn.resid_in` of layer 0 equals `embed`."""
-    return [f"{i}.{s}.resid_in" for i in range(c.n_layer) for s in ("attn", "mlp")] + ["final_resid"]
+from .sites import resid_locations, site_dims
 
 
 def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:

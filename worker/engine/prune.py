@@ -22,7 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .ablation import ablation_edits, prunable_sites, shuffled_labels
 from .circuit import Circuit, edges_from_weights, make_nodes
-from .model import SparseGPT, node_name
+from .model import SparseGPT
+from .search import drop_greedily, smallest_top_k
+from .sites import node_name
 from .tasks.base import TaskData, pair_labels, source_file, two_class_logits
 
 
@@ -174,25 +176,12 @@ def learn_masks(
 
 def bisect_nodes(model, task, means, masks: NodeMasks, order: list[int], hi: int, target: float, prompts):
     """Smallest k (top-k nodes by tau) whose calibrated loss <= target; (k, loss, scale, shift)."""
-    cache: dict[int, tuple[float, float, float]] = {}
 
-    def evaluate(k: int):
-        if k not in cache:
-            cache[k] = calibrated_fit(model, task, means, masks, keep_top(masks, order, k), prompts)
-        return cache[k]
+    def fit(nodes: list[int]):
+        return calibrated_fit(model, task, means, masks, keep_top(masks, nodes, len(nodes)), prompts)
 
-    if evaluate(hi)[0] > target:
-        hi = len(order)  # the learnt set misses the target: allow every node
-        if evaluate(hi)[0] > target:
-            return (hi, *evaluate(hi))
-    lo = 0
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if evaluate(mid)[0] <= target:
-            hi = mid
-        else:
-            lo = mid + 1
-    return (hi, *evaluate(hi))
+    k, found = smallest_top_k(order, fit, lambda f: f[0] <= target, start=hi)
+    return (k, *found)
 
 
 def split_train(task: TaskData, eval_pairs: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,15 +237,12 @@ def drop_unneeded(
     (lowest tau first) and keep it out while the calibrated loss stays <= target. Short mask training
     saturates many tau at the clamp, so the top-k order alone over-counts. -> (order, k, loss, scale, shift)
     with the kept nodes first in `order`."""
-    circuit, dropped, fit = list(order[:k]), [], None
-    for node in reversed(order[max(0, k - tries) : k]):
-        trial = [n for n in circuit if n != node]
-        trial_fit = calibrated_fit(model, task, means, masks, keep_top(masks, trial, len(trial)), prompts)
-        if trial_fit[0] <= target:
-            circuit, dropped, fit = trial, [*dropped, node], trial_fit
-    if fit is None:  # nothing could go: the circuit as bisection left it
-        fit = calibrated_fit(model, task, means, masks, keep_top(masks, circuit, len(circuit)), prompts)
-    return [*circuit, *dropped, *order[k:]], len(circuit), *fit
+
+    def fit(nodes: list[int]):
+        return calibrated_fit(model, task, means, masks, keep_top(masks, nodes, len(nodes)), prompts)
+
+    circuit, dropped, found = drop_greedily(order[:k], fit, lambda f: f[0] <= target, tries)
+    return [*circuit, *dropped, *order[k:]], len(circuit), *found
 
 
 def search_grid(runs: int) -> list[tuple[float, float]]:

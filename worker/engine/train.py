@@ -20,6 +20,7 @@ from .errors import UserError
 from .model import SparseGPT
 from .progress import Progress as ProgressFn
 from .progress import training_reporter
+from .sites import layer_site
 from .sparsity import SparseParam, density_at, l0_fraction, lr_at, project_model_, sparse_params
 
 
@@ -38,7 +39,7 @@ def evaluate_loss(model: SparseGPT, batches, bf16: bool) -> tuple[float, float]:
     """Mean next-token loss over fixed batches, and the fraction of MLP neurons that never fired."""
     model.eval()
     device = next(model.parameters()).device
-    sites = [f"{i}.mlp.post_act" for i in range(model.cfg.n_layer)]
+    sites = [layer_site(i, "mlp.post_act") for i in range(model.cfg.n_layer)]
     fired = {s: torch.zeros(model.cfg.d_mlp, dtype=torch.bool, device=device) for s in sites}
     losses = []
     for x, y in batches:

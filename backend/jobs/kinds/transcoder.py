@@ -20,7 +20,7 @@ from ..checks import Conflict, cap, engine_config, ready_model
 from ..lifecycle import job_device
 from ..params import ModelId, Seed, device_field, from_engine
 from ..registry import JobKind
-from ..store import model_folder, task_data, task_row, write_circuit, write_profile
+from ..store import delete_node_rows, model_folder, task_data, task_row, write_circuit, write_profile
 
 SWEEP = ("l1", "steps", "batch_size", "expansion", "sae", "selected", "eval_batches", "seed")
 
@@ -91,6 +91,7 @@ def folder_of(job_id: str) -> str:
 
 def run(ctx, job, params: TranscoderParams, attempt) -> None:
     from worker.engine.checkpoints import load_model
+    from worker.engine.sites import feature_site
     from worker.engine.transcoders import profile_features, train_transcoders, transcoder_circuit
 
     model, dense_folder = model_folder(ctx, params.model_id)
@@ -129,8 +130,9 @@ def run(ctx, job, params: TranscoderParams, attempt) -> None:
         circuits.append((task_id, transcoder_circuit(tr, net, data, ccfg, str(model_id), report)))
     attempt.progress(0.98, "store", "writing the sweep, features and circuits", force=True)
     with ctx.db.session() as s:
-        if params.replace:
+        if params.replace:  # the old features' rows go too: unprofiled new features have none
             s.execute(delete(Transcoder).where(Transcoder.model_id == model_id))
+            delete_node_rows(s, model_id, [feature_site(i) for i in range(net.cfg.n_layer)])
         row = Transcoder(
             model_id=model_id,
             config=tr.run.model_dump(mode="json"),

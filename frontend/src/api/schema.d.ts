@@ -59,7 +59,9 @@ export interface paths {
          * Live Ablation
          * @description Evaluate a circuit with nodes switched off (`off`) or added (`on`) on the task's test pairs.
          *     mode `keep`: only the node set runs, everything else is mean-ablated, as when the circuit was
-         *     pruned; mode `ablate`: the node set is mean-ablated inside the full model.
+         *     pruned; mode `ablate`: the node set is mean-ablated inside the full model. The nodes of a transcoder
+         *     circuit are features: switched off (zero) rather than mean-ablated, in the replacement model (every
+         *     MLP replaced by its transcoder), and `full` is the original model.
          */
         post: operations["live_ablation_api_v1_circuits__circuit_id__ablate_post"];
         delete?: never;
@@ -267,6 +269,28 @@ export interface paths {
          * @description Run a prompt through the model; return every token's activation at the chosen nodes.
          */
         post: operations["playground_api_v1_models__model_id__playground_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/models/{model_id}/sites": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Sites
+         * @description The model's site catalog in forward order: every site with its layer, kind and width, whether it
+         *     holds nodes (the residual-stream locations `{l}.attn.resid_in` / `{l}.mlp.resid_in` do not) and
+         *     whether it is a transcoder feature site (`{l}.mlp.transcoder`, once the model has transcoders).
+         */
+        get: operations["get_sites_api_v1_models__model_id__sites_get"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -808,6 +832,27 @@ export interface components {
              */
             top: components["schemas"]["TokenScore"][];
         };
+        /**
+         * DenseFingerprint
+         * @description What identifies the dense model that bridges or transcoders were trained against, and where it
+         *     was then (see checkpoints.fingerprint and checkpoints.check_dense).
+         */
+        DenseFingerprint: {
+            /** D Model */
+            d_model: number;
+            /** N Ctx */
+            n_ctx?: number | null;
+            /** N Layer */
+            n_layer: number;
+            /** Path */
+            path: string;
+            /** Tokenizer Sha256 */
+            tokenizer_sha256: string;
+            /** Vocab Size */
+            vocab_size: number;
+            /** Weights Sha256 */
+            weights_sha256: string;
+        };
         /** EdgeRef */
         EdgeRef: {
             /**
@@ -953,6 +998,101 @@ export interface components {
              */
             status: "queued" | "running" | "succeeded" | "failed" | "cancelled";
         };
+        /** LayerReference */
+        LayerReference: {
+            /** Layer */
+            layer: number;
+            /**
+             * Mean Ablated Ce
+             * @description ... set to its mean over training tokens
+             */
+            mean_ablated_ce: number;
+            /**
+             * Zero Ablated Ce
+             * @description validation CE with this layer's MLP output set to 0
+             */
+            zero_ablated_ce: number;
+        };
+        /**
+         * Matched
+         * @description Transcoder vs SAE at matched L0 (SAE CE interpolated linearly in log L0).
+         */
+        Matched: {
+            /** Rows */
+            rows?: components["schemas"]["MatchedRow"][];
+            /** Settings */
+            settings?: components["schemas"]["MatchedSetting"][];
+            /**
+             * Transcoder Better Settings
+             * @default 0
+             */
+            transcoder_better_settings: number;
+        };
+        /**
+         * MatchedRow
+         * @description One transcoder (setting, layer) against the SAE of its layer interpolated at its L0.
+         */
+        MatchedRow: {
+            /**
+             * Delta
+             * @description SAE CE - transcoder CE: positive, the transcoder is better
+             */
+            delta: number | null;
+            /** Delta Batches */
+            delta_batches?: number[] | null;
+            /**
+             * Delta Se
+             * @description standard error of delta over validation batches
+             */
+            delta_se: number | null;
+            /**
+             * Extrapolated
+             * @description the L0 lies outside the SAEs' range
+             */
+            extrapolated: boolean | null;
+            /** L0 */
+            l0: number;
+            /** L1 */
+            l1: number;
+            /** L1 Index */
+            l1_index: number;
+            /** Layer */
+            layer: number;
+            /**
+             * Sae Ce
+             * @description the SAE's CE at the transcoder's L0 (None: no SAE)
+             */
+            sae_ce: number | null;
+            /** Transcoder Ce */
+            transcoder_ce: number;
+        };
+        /**
+         * MatchedSetting
+         * @description One L1 setting: the mean over layers of delta.
+         */
+        MatchedSetting: {
+            /** Extrapolated */
+            extrapolated: boolean;
+            /** L1 */
+            l1: number;
+            /** L1 Index */
+            l1_index: number;
+            /** Layers */
+            layers: number;
+            /** Layers Better */
+            layers_better: number;
+            /** Mean Delta */
+            mean_delta: number;
+            /** Mean Delta Se */
+            mean_delta_se: number | null;
+            /** Mean L0 */
+            mean_l0: number;
+            /**
+             * Transcoder Better
+             * @description mean_delta >= 0
+             */
+            transcoder_better: boolean;
+        };
         /** ModelList */
         ModelList: {
             /** Items */
@@ -1044,8 +1184,11 @@ export interface components {
              * @description node statistics and activation examples are available
              */
             profiled: boolean;
-            /** Sites */
-            sites: components["schemas"]["SiteInfo"][];
+            /**
+             * Sites
+             * @description the sites holding nodes in forward order (GET /models/{id}/sites: every site)
+             */
+            sites: components["schemas"]["Site"][];
             /**
              * Status
              * @enum {string}
@@ -1361,13 +1504,47 @@ export interface components {
              */
             validate_circuit: boolean;
         };
-        /** SiteInfo */
-        SiteInfo: {
+        /** Reference */
+        Reference: {
+            /**
+             * Clean Ce
+             * @description the model's validation CE
+             */
+            clean_ce: number;
+            /**
+             * Clean Ce Batches
+             * @description the same per validation batch
+             */
+            clean_ce_batches?: number[];
+            /** Layers */
+            layers: components["schemas"]["LayerReference"][];
+        };
+        /**
+         * Site
+         * @description One entry of a model's site catalog.
+         */
+        Site: {
             /**
              * Dim
-             * @description nodes at this site: indices 0..dim-1
+             * @description channels at this site; nodes (where it holds them) are 0..dim-1
              */
             dim: number;
+            /**
+             * Holds Nodes
+             * @description false for the residual-stream locations `{l}.*.resid_in`
+             */
+            holds_nodes: boolean;
+            /**
+             * Is Feature Site
+             * @description transcoder features `{l}.mlp.transcoder`
+             * @default false
+             */
+            is_feature_site: boolean;
+            /**
+             * Kind
+             * @description the name without its layer, e.g. `attn.q`, `embed`
+             */
+            kind: string;
             /**
              * Layer
              * @description None for `embed` and `final_resid`
@@ -1552,6 +1729,11 @@ export interface components {
              * @description the model's validation CE with this layer's MLP replaced
              */
             ce: number;
+            /**
+             * Ce Batches
+             * @description the same per validation batch
+             */
+            ce_batches?: number[];
             /**
              * Dead Fraction
              * @description latents never active on the validation tokens
@@ -1789,6 +1971,56 @@ export interface components {
             /** @description TrainConfig overrides */
             train?: components["schemas"]["TrainOverrides"];
         };
+        /**
+         * TranscoderConfig
+         * @description A sweep of transcoders (and SAEs) over every MLP layer of a model.
+         */
+        TranscoderConfig: {
+            /**
+             * Batch Size
+             * @default 16
+             */
+            batch_size: number;
+            /**
+             * Eval Batches
+             * @default 16
+             */
+            eval_batches: number;
+            /**
+             * Expansion
+             * @default 1
+             */
+            expansion: number;
+            /** L1 */
+            l1?: number[];
+            /**
+             * L1 Warmup
+             * @default 0.05
+             */
+            l1_warmup: number;
+            /**
+             * Lr
+             * @default 0.002
+             */
+            lr: number;
+            /**
+             * Sae
+             * @default true
+             */
+            sae: boolean;
+            /**
+             * Seed
+             * @default 0
+             */
+            seed: number;
+            /** Selected */
+            selected?: number | null;
+            /**
+             * Steps
+             * @default 1000
+             */
+            steps: number;
+        };
         /** TranscoderJob */
         TranscoderJob: {
             /**
@@ -1905,13 +2137,8 @@ export interface components {
             circuits: number[];
             /** Clean Ce */
             clean_ce: number;
-            /**
-             * Config
-             * @description sweep settings and the dense model's fingerprint
-             */
-            config: {
-                [key: string]: unknown;
-            };
+            /** @description sweep settings and the dense model's fingerprint */
+            config: components["schemas"]["TranscoderRun"];
             /**
              * Created At
              * Format: date-time
@@ -1932,33 +2159,22 @@ export interface components {
              * Feature Sites
              * @description `{l}.mlp.transcoder`: the features as nodes of the model
              */
-            feature_sites: components["schemas"]["SiteInfo"][];
+            feature_sites: components["schemas"]["Site"][];
             /** Id */
             id: number;
             /** Job Id */
             job_id: string | null;
             /** L1 */
             l1: number[];
-            /**
-             * Matched
-             * @description transcoder vs SAE at matched L0 (SAE CE interpolated linearly in log L0): rows, settings
-             */
-            matched: {
-                [key: string]: unknown;
-            };
+            matched: components["schemas"]["Matched"];
             /** Model Id */
             model_id: number;
             /** Model Name */
             model_name: string;
             /** Points */
             points: components["schemas"]["SweepPoint"][];
-            /**
-             * Reference
-             * @description clean CE and per layer the CE with the MLP zero- / mean-ablated
-             */
-            reference: {
-                [key: string]: unknown;
-            };
+            /** @description clean CE; per layer the CE with the MLP zero- / mean-ablated */
+            reference: components["schemas"]["Reference"];
             /**
              * Selected L1
              * @description the L1 coefficient of the transcoders behind features and circuits
@@ -1975,6 +2191,23 @@ export interface components {
              * Width
              * @description latents per layer
              */
+            width: number;
+        };
+        /**
+         * TranscoderRun
+         * @description config.json of a transcoder folder.
+         */
+        TranscoderRun: {
+            config: components["schemas"]["TranscoderConfig"];
+            /** D Model */
+            d_model: number;
+            dense: components["schemas"]["DenseFingerprint"];
+            /**
+             * Format Version
+             * @default 1
+             */
+            format_version: number;
+            /** Width */
             width: number;
         };
         /** TranscoderSummary */
@@ -2635,6 +2868,47 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_sites_api_v1_models__model_id__sites_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description model id */
+                model_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Site"][];
+                };
+            };
+            /** @description no such model */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
         };

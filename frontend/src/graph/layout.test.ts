@@ -1,12 +1,30 @@
 import { describe, expect, it } from "vitest";
-import { keptAtK, layoutCircuit, positionsBox, siteRow, strongestEdges, unitX } from "./layout";
+import { type CatalogSite, keptAtK, layoutCircuit, mergeCatalogs, positionsBox, siteRows, strongestEdges, unitX } from "./layout";
+
+// The catalog the API serves for a 2-layer model (d_model 64), optionally with transcoder features.
+const KINDS = ["attn.resid_in", "attn.act_in", "attn.q", "attn.k", "attn.v", "attn.resid_delta", "mlp.resid_in", "mlp.act_in", "mlp.transcoder", "mlp.post_act", "mlp.resid_delta"];
+function catalog(features: number | null = null): CatalogSite[] {
+  const site = (name: string, layer: number | null, kind: string, dim: number): CatalogSite => ({
+    name, layer, kind, dim, holds_nodes: !kind.endsWith("resid_in"), is_feature_site: kind === "mlp.transcoder",
+  });
+  const layers = [0, 1].flatMap((l) =>
+    KINDS.filter((k) => k !== "mlp.transcoder" || features !== null).map((k) =>
+      site(`${l}.${k}`, l, k, k === "mlp.post_act" ? 256 : k === "mlp.transcoder" ? (features ?? 0) : 64),
+    ),
+  );
+  return [site("embed", null, "embed", 64), ...layers, site("final_resid", null, "final_resid", 64)];
+}
 
 describe("layout", () => {
   it("orders sites forward within a layer and layers top to bottom", () => {
-    expect(siteRow("0.attn.act_in", 0, 2)).toBe(0);
-    expect(siteRow("0.attn.v", 0, 2)).toBe(3);
-    expect(siteRow("0.mlp.resid_delta", 0, 2)).toBe(7);
-    expect(siteRow("1.attn.q", 1, 2)).toBe(9);
+    const rows = siteRows(catalog());
+    expect(rows.get("embed")).toBe(-1);
+    expect(rows.get("0.attn.act_in")).toBe(0);
+    expect(rows.get("0.attn.v")).toBe(3);
+    expect(rows.get("0.mlp.resid_delta")).toBe(7);
+    expect(rows.get("1.attn.q")).toBe(9);
+    expect(rows.get("final_resid")).toBe(16);
+    expect(rows.has("0.mlp.resid_in")).toBe(false); // residual locations hold no nodes
   });
 
   it("aligns residual channels across layers", () => {
@@ -15,8 +33,7 @@ describe("layout", () => {
       { name: "1.attn.act_in[5]", site: "1.attn.act_in", layer: 1, index: 5 },
       { name: "1.mlp.resid_delta[5]", site: "1.mlp.resid_delta", layer: 1, index: 5 },
     ];
-    const dims = { "0.attn.act_in": 64, "1.attn.act_in": 64, "1.mlp.resid_delta": 64 };
-    const { positions } = layoutCircuit(nodes, dims, 2);
+    const { positions } = layoutCircuit(nodes, catalog());
     expect(positions["0.attn.act_in[5]"].x).toBe(positions["1.attn.act_in[5]"].x);
     expect(positions["1.mlp.resid_delta[5]"].x).toBe(positions["1.attn.act_in[5]"].x);
     expect(positions["1.attn.act_in[5]"].y).toBeGreaterThan(positions["0.attn.act_in[5]"].y);
@@ -30,30 +47,37 @@ describe("layout", () => {
   });
 
   it("leaves a gap between attention heads on q/k/v rows only", () => {
-    const inHead = unitX("0.attn.q", 1, 64, 16) - unitX("0.attn.q", 0, 64, 16);
-    const acrossHeads = unitX("0.attn.q", 16, 64, 16) - unitX("0.attn.q", 15, 64, 16);
+    const inHead = unitX("attn.q", 1, 64, 16) - unitX("attn.q", 0, 64, 16);
+    const acrossHeads = unitX("attn.q", 16, 64, 16) - unitX("attn.q", 15, 64, 16);
     expect(acrossHeads).toBeGreaterThan(inHead * 1.5);
-    expect(unitX("0.attn.q", 63, 64, 16)).toBeLessThan(1);
-    expect(unitX("0.mlp.act_in", 16, 64, 16) - unitX("0.mlp.act_in", 15, 64, 16)).toBeCloseTo(1 / 64);
+    expect(unitX("attn.q", 63, 64, 16)).toBeLessThan(1);
+    expect(unitX("mlp.act_in", 16, 64, 16) - unitX("mlp.act_in", 15, 64, 16)).toBeCloseTo(1 / 64);
   });
 
   it("gives transcoder features their own sub-row below mlp.act_in of their layer", () => {
-    expect(siteRow("1.mlp.transcoder", 1, 2)).toBeGreaterThan(siteRow("1.mlp.act_in", 1, 2));
-    expect(siteRow("1.mlp.transcoder", 1, 2)).toBeLessThan(siteRow("1.mlp.post_act", 1, 2));
+    const rows = siteRows(catalog(256));
+    expect(rows.get("1.mlp.transcoder")).toBeGreaterThan(rows.get("1.mlp.act_in")!);
+    expect(rows.get("1.mlp.transcoder")).toBeLessThan(rows.get("1.mlp.post_act")!);
+    // Features do not move the other rows: a circuit keeps its layout once the model has transcoders.
+    for (const [site, row] of siteRows(catalog())) expect(rows.get(site)).toBe(row);
     const nodes = [
       { name: "0.mlp.transcoder[3]", site: "0.mlp.transcoder", layer: 0, index: 3 },
       { name: "1.mlp.transcoder[3]", site: "1.mlp.transcoder", layer: 1, index: 3 },
       { name: "1.mlp.act_in[3]", site: "1.mlp.act_in", layer: 1, index: 3 },
       { name: "1.mlp.resid_delta[3]", site: "1.mlp.resid_delta", layer: 1, index: 3 },
     ];
-    const dims = { "0.mlp.transcoder": 256, "1.mlp.transcoder": 256, "1.mlp.act_in": 64, "1.mlp.resid_delta": 64 };
-    const { positions, rows } = layoutCircuit(nodes, dims, 2);
+    const { positions, rows: labels } = layoutCircuit(nodes, catalog(256));
     const y = (n: string) => positions[n].y;
     expect(y("1.mlp.transcoder[3]")).toBeGreaterThan(y("1.mlp.act_in[3]"));
     expect(y("1.mlp.transcoder[3]")).toBeLessThan(y("1.mlp.resid_delta[3]"));
     expect(y("1.mlp.transcoder[3]")).toBeGreaterThan(y("0.mlp.transcoder[3]"));
-    expect(rows.map((r) => r.label)).toEqual(["0.mlp.transcoder", "1.mlp.act_in", "1.mlp.transcoder", "1.mlp.resid_delta"]);
+    expect(labels.map((r) => r.label)).toEqual(["0.mlp.transcoder", "1.mlp.act_in", "1.mlp.transcoder", "1.mlp.resid_delta"]);
     expect(positions["1.mlp.transcoder[3]"].x * 4).toBeCloseTo(positions["1.mlp.act_in[3]"].x);
+  });
+
+  it("merges catalogs, each missing site after its predecessor", () => {
+    const merged = mergeCatalogs(catalog(), catalog(128)).map((s) => s.name);
+    expect(merged).toEqual(catalog(128).map((s) => s.name));
   });
 
   it("boxes positions with a margin, and nothing as null", () => {

@@ -1,21 +1,17 @@
-// Preset layout of a circuit from (layer, site, index): layers stacked top to bottom, the 8 sites of a
-// layer as sub-rows in forward order, x proportional to index / site width so residual channels line up
-// across layers and q/k/v units of one head stay together.
+// Preset layout of a circuit from (layer, site, index): layers stacked top to bottom, the sites of a
+// layer as sub-rows in the forward order of the model's site catalog (served by the API), x proportional
+// to index / site width so residual channels line up across layers and q/k/v units of one head stay
+// together.
 
-export const SITE_ORDER = [
-  "attn.act_in",
-  "attn.q",
-  "attn.k",
-  "attn.v",
-  "attn.resid_delta",
-  "mlp.act_in",
-  "mlp.post_act",
-  "mlp.resid_delta",
-] as const;
-
-// Sites outside the 8 of every layer get a sub-row between two of them, so circuits without them keep
-// their layout: transcoder features read mlp.act_in and replace the MLP, so they sit right below it.
-export const EXTRA_ROWS: Record<string, number> = { "mlp.transcoder": 5.5 };
+/** One entry of a model's site catalog (GET /models/{id}/sites, or the `sites` of a model). */
+export interface CatalogSite {
+  name: string;
+  layer: number | null;
+  kind: string;
+  dim: number;
+  holds_nodes: boolean;
+  is_feature_site?: boolean;
+}
 
 export interface LayoutNode {
   name: string;
@@ -33,27 +29,39 @@ export const ROW_GAP = 70;
 export const LAYER_GAP = 60;
 export const MIN_SPACING = 12;
 
-/** Site name without the layer prefix, e.g. "1.attn.q" -> "attn.q". */
-export function siteKind(site: string): string {
-  return site.replace(/^\d+\./, "");
+/** Row of every node site: the catalog's node sites in forward order, `embed` at -1; a feature site
+ * gets a half row after the site before it, so circuits without features keep their layout. */
+export function siteRows(catalog: CatalogSite[]): Map<string, number> {
+  const rows = new Map<string, number>();
+  let row = -2;
+  for (const s of catalog) {
+    if (!s.holds_nodes) continue;
+    if (s.is_feature_site) rows.set(s.name, row + 0.5);
+    else rows.set(s.name, ++row);
+  }
+  return rows;
 }
 
-/** Row of a site: layer * 8 + position in SITE_ORDER (or its EXTRA_ROWS slot); unknown sites (embed,
- * final_resid) go first/last. */
-export function siteRow(site: string, layer: number | null, nLayers: number): number {
-  if (layer === null) return site === "embed" ? -1 : nLayers * SITE_ORDER.length;
-  const kind = siteKind(site);
-  if (kind in EXTRA_ROWS) return layer * SITE_ORDER.length + EXTRA_ROWS[kind];
-  const i = SITE_ORDER.indexOf(kind as (typeof SITE_ORDER)[number]);
-  return layer * SITE_ORDER.length + (i < 0 ? SITE_ORDER.length - 1 : i);
+/** One catalog holding the sites of several (e.g. the two models of a comparison): each site missing
+ * from the first goes right after the site before it in its own catalog. */
+export function mergeCatalogs(...catalogs: CatalogSite[][]): CatalogSite[] {
+  const out = [...(catalogs[0] ?? [])];
+  for (const other of catalogs.slice(1)) {
+    other.forEach((s, i) => {
+      if (out.some((o) => o.name === s.name)) return;
+      const after = i === 0 ? -1 : out.findIndex((o) => o.name === other[i - 1].name);
+      out.splice(after + 1, 0, s);
+    });
+  }
+  return out;
 }
 
-const HEAD_SITES = new Set(["attn.q", "attn.k", "attn.v"]);
+const HEAD_KINDS = new Set(["attn.q", "attn.k", "attn.v"]);
 const HEAD_GAP = 0.25; // gap between heads, as a fraction of a head's width
 
 /** Horizontal position in [0, 1) of a unit: index / width, with gaps between attention heads for q/k/v. */
-export function unitX(site: string, index: number, dim: number, dHead: number | null): number {
-  if (!dHead || !HEAD_SITES.has(siteKind(site)) || dim % dHead !== 0) return (index + 0.5) / dim;
+export function unitX(kind: string, index: number, dim: number, dHead: number | null): number {
+  if (!dHead || !HEAD_KINDS.has(kind) || dim % dHead !== 0) return (index + 0.5) / dim;
   const heads = dim / dHead;
   const head = Math.floor(index / dHead);
   const slot = head * dHead * (1 + HEAD_GAP) + (index % dHead) + 0.5;
@@ -62,29 +70,35 @@ export function unitX(site: string, index: number, dim: number, dHead: number | 
 
 export function layoutCircuit(
   nodes: LayoutNode[],
-  dims: Record<string, number>,
-  nLayers: number,
+  catalog: CatalogSite[],
   dHead: number | null = null,
 ): { positions: Record<string, Position>; width: number; rows: { row: number; y: number; label: string }[] } {
+  const sites = new Map(catalog.map((s) => [s.name, s]));
+  const rowOf = siteRows(catalog);
+  const nLayers = Math.max(0, ...catalog.map((s) => (s.layer ?? -1) + 1));
+  const lastRow = Math.max(0, ...rowOf.values());
+  // A site the catalog lacks (e.g. features of transcoders since replaced): the last row of its layer.
+  const lastOfLayer = (layer: number | null) =>
+    Math.max(-1, ...catalog.filter((s) => s.holds_nodes && s.layer === layer).map((s) => rowOf.get(s.name) ?? -1));
+  const row = (n: LayoutNode) => rowOf.get(n.site) ?? (n.layer === null ? lastRow : lastOfLayer(n.layer));
   const perRow = new Map<number, number>();
-  for (const n of nodes) {
-    const r = siteRow(n.site, n.layer, nLayers);
-    perRow.set(r, (perRow.get(r) ?? 0) + 1);
-  }
+  for (const n of nodes) perRow.set(row(n), (perRow.get(row(n)) ?? 0) + 1);
   // Wide enough that the fullest row does not overlap; rows spaced so the graph keeps a readable aspect.
   const fullest = Math.max(0, ...perRow.values());
   const width = Math.min(Math.max(fullest * MIN_SPACING, 1200), 12000);
   const rowGap = Math.max(ROW_GAP, width / 30);
-  const rowY = (r: number) => r * rowGap + Math.floor(Math.max(r, 0) / SITE_ORDER.length) * LAYER_GAP;
+  const rowY = (r: number, layer: number | null) => r * rowGap + (layer ?? (r < 0 ? 0 : nLayers)) * LAYER_GAP;
   const positions: Record<string, Position> = {};
-  const labels = new Map<number, string>();
+  const labels = new Map<number, { label: string; y: number }>();
   for (const n of nodes) {
-    const r = siteRow(n.site, n.layer, nLayers);
-    const dim = Math.max(dims[n.site] ?? n.index + 1, n.index + 1);
-    positions[n.name] = { x: unitX(n.site, n.index, dim, dHead) * width, y: rowY(r) };
-    labels.set(r, n.site);
+    const r = row(n);
+    const site = sites.get(n.site);
+    const dim = Math.max(site?.dim ?? n.index + 1, n.index + 1);
+    const y = rowY(r, n.layer);
+    positions[n.name] = { x: unitX(site?.kind ?? "", n.index, dim, dHead) * width, y };
+    labels.set(r, { label: n.site, y });
   }
-  const rows = [...labels.entries()].sort((a, b) => a[0] - b[0]).map(([row, label]) => ({ row, y: rowY(row), label }));
+  const rows = [...labels.entries()].sort((a, b) => a[0] - b[0]).map(([row, { label, y }]) => ({ row, y, label }));
   return { positions, width, rows };
 }
 

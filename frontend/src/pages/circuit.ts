@@ -139,9 +139,8 @@ class CircuitView {
   drawGraph(container: HTMLElement): void {
     const started = performance.now();
     const c = this.circuit;
-    const dims = Object.fromEntries(this.model.sites.map((s) => [s.name, s.dim]));
-    const cfg = (this.model.config.model ?? {}) as { n_layer?: number; d_head?: number };
-    const { positions, rows } = layoutCircuit(c.nodes, dims, Number(cfg.n_layer ?? 1), cfg.d_head ?? null);
+    const cfg = (this.model.config.model ?? {}) as { d_head?: number };
+    const { positions, rows } = layoutCircuit(c.nodes, this.model.sites, cfg.d_head ?? null);
     const names = new Set(c.nodes.map((n) => n.name));
     // Residual edges (weight ~1) and weight edges (~0.05) live on different scales: rank and draw each
     // relative to the strongest edge of its own kind.
@@ -291,7 +290,7 @@ class CircuitView {
       h("tr", {}, h("th", {}, label), h("td", { class: "num", "data-key": String(key), "data-value": res ? String(res[key]) : undefined }, res ? fmt(res[key] as number, digits) : "…"), h("td", { class: "num base" }, b ? fmt(b[key] as number, digits) : "…"));
     this.ablationBox.replaceChildren(
       h("h3", {}, "Live ablation"),
-      h("p", { class: "hint" }, `${this.off.size} node(s) ablated to their means (circuit kept, the rest mean-ablated). `, this.off.size ? h("button", { id: "restore-all", onclick: () => { for (const n of [...this.off]) this.toggle(n); } }, "restore all") : ""),
+      h("p", { class: "hint" }, this.circuit.transcoder_id == null ? `${this.off.size} node(s) ablated to their means (circuit kept, the rest mean-ablated). ` : `${this.off.size} feature(s) switched off (the circuit's features kept, every other feature off, in the replacement model). `, this.off.size ? h("button", { id: "restore-all", onclick: () => { for (const n of [...this.off]) this.toggle(n); } }, "restore all") : ""),
       h("span", { class: "status" }, res ? `${res.pairs} pairs, ${fmt(res.seconds, 2)} s` : error ? "" : "computing …"),
       error ? errorBox(error) : "",
       h(

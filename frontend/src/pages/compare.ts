@@ -4,7 +4,7 @@
 // selects it in both graphs; panning or zooming one moves the other. URL: #/compare?a=&b=&node=
 import cytoscape from "cytoscape";
 import { api, type Circuit, type Model } from "../api/client";
-import { layoutCircuit, positionsBox, strongestEdges } from "../graph/layout";
+import { layoutCircuit, mergeCatalogs, positionsBox, strongestEdges } from "../graph/layout";
 import { currentRoute, updateQuery } from "../router";
 import { fmt, h } from "../util";
 
@@ -55,11 +55,9 @@ export async function comparePage(root: HTMLElement, idA: number, idB: number): 
 
   // One layout for both circuits, so that a shared node is at the same place on either side.
   const all = [...new Map([...a.nodes, ...b.nodes].map((n) => [n.name, n])).values()];
-  const dims = Object.fromEntries(models.flatMap((m) => m.sites.map((s) => [s.name, s.dim])));
-  const cfgs = models.map((m) => (m.config.model ?? {}) as { n_layer?: number; d_head?: number });
-  const nLayers = Math.max(...cfgs.map((c) => Number(c.n_layer ?? 1)));
+  const cfgs = models.map((m) => (m.config.model ?? {}) as { d_head?: number });
   const dHead = cfgs.every((c) => c.d_head === cfgs[0].d_head) ? (cfgs[0].d_head ?? null) : null;
-  const { positions } = layoutCircuit(all, dims, nLayers, dHead);
+  const { positions } = layoutCircuit(all, mergeCatalogs(...models.map((m) => m.sites)), dHead);
 
   const selected = h("p", { id: "compare-selected", class: "hint" }, "No node selected.");
   const paneA = h("div", { id: "cy-compare-a", class: "cy", "data-side": "A" });
