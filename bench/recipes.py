@@ -85,7 +85,7 @@ def train_one(out: Path, base: str, name: str, seed: int, budget_s: float, token
     bar = tqdm(total=steps, desc=folder.name, dynamic_ncols=True, mininterval=5)
     t0 = time.perf_counter()
 
-    def progress(p: dict) -> None:
+    def progress(fraction: float, message: str, **p) -> None:
         if p.get("stage") == "train" and "loss" in p:
             bar.update(p["step"] - bar.n)
             bar.set_postfix(loss=f"{p['loss']:.3f}", val=p.get("val_loss", ""))

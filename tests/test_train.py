@@ -50,7 +50,7 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path):
     class Killed(Exception):
         pass
 
-    def kill_at_19(rec):
+    def kill_at_19(fraction, message, **rec):
         if rec.get("step") == 19 and "loss" in rec:
             raise Killed
 
@@ -88,7 +88,7 @@ def test_refuses_to_overwrite_or_resume_wrongly(tmp_path, test_model):
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     run = short_run(steps=16)
 
-    def stop(rec):
+    def stop(fraction, message, **rec):
         if rec.get("step") == 9 and "loss" in rec:
             raise KeyboardInterrupt
 
