@@ -23,7 +23,7 @@ describe("job forms from the OpenAPI schema", () => {
     expect(field("prune", "model_id")).toMatchObject({ kind: "select", optionsFrom: "models", required: true });
     expect(field("prune", "task").optionsFrom).toBe("tasks");
     expect(field("prune", "validate_circuit")).toMatchObject({ kind: "checkbox", checked: false });
-    expect(field("train", "preset")).toMatchObject({ kind: "select", options: ["test", "small"] });
+    expect(field("train", "preset")).toMatchObject({ kind: "select", options: ["test", "small", "small-long"] });
     expect(field("bridge", "dense_model_id").optionsFrom).toBe("dense models");
     expect(field("transcoder", "l1")).toMatchObject({ kind: "list", items: "number", value: "0.1, 0.3, 1" });
   });
