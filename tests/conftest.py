@@ -138,7 +138,13 @@ def api_world(test_model):
         curve=[{"k": 0, "loss": 0.7}, {"k": len(names), "loss": 0.6}],
     )
     torch.set_num_threads(threads)
-    return {"folder": test_model, "profile": profile, "means": means, "circuit": circuit}
+    return {
+        "folder": test_model,
+        "profile": profile,
+        "means": means,
+        "circuit": circuit,
+        "test_pairs": len(task.test),
+    }
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])
