@@ -313,7 +313,7 @@ def bridge_train(
     dense: Annotated[
         Path | None, typer.Option(help="trained dense model folder (frozen); with --resume: the saved one")
     ] = None,
-    preset: Annotated[str, typer.Option(help="the sparse model's preset: test | small | small-long")] = "small",
+    preset: Annotated[str, typer.Option(help="sparse model's preset: test | small | small-long")] = "small",
     steps: Annotated[int | None, typer.Option(help="optimizer steps (default: the preset's)")] = None,
     hybrid_sites_per_step: Annotated[
         int | None, typer.Option(help="locations per step and direction for the hybrid KL (0 = all)")
