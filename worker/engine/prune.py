@@ -195,9 +195,10 @@ def split_train(task: TaskData, eval_pairs: int, seed: int = 0) -> tuple[torch.T
         return train, train
     want = min(eval_pairs, len(train) // 4)
     sources = task.sources.get("train") or [f"pair{i}" for i in range(len(train))]
-    files = list(dict.fromkeys(source_file(s) for s in sources))
+    per_file = Counter(source_file(s) for s in sources)
+    files = list(per_file)  # first-seen order, then shuffled by seed
     random.Random(f"{task.name}/{seed}").shuffle(files)
-    held_files, count, per_file = set(), 0, Counter(source_file(s) for s in sources)
+    held_files, count = set(), 0
     for f in files:
         if count >= want:
             break

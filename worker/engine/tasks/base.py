@@ -188,8 +188,9 @@ def cap_file_share(found: list, share: float = MAX_FILE_SHARE) -> list:
         seen: Counter = Counter()
         kept = []
         for item in found:
-            seen[source_file(item[2])] += 1
-            if seen[source_file(item[2])] <= cap:
+            f = source_file(item[2])
+            seen[f] += 1
+            if seen[f] <= cap:
                 kept.append(item)
         found = kept
     return found
