@@ -111,8 +111,9 @@ def api_world(test_model):
 
     fc_in, fc_out = model.blocks[0].mlp.fc_in.weight, model.blocks[0].mlp.fc_out.weight
     ins = [i for i in range(model.cfg.d_model) if fc_in[:, i].count_nonzero() > 0][:4]
-    posts = sorted({int(j) for i in ins for j in fc_in[:, i].nonzero().flatten()})[:6]
-    outs = sorted({int(k) for j in posts for k in fc_out[:, j].nonzero().flatten()})[:4]
+    posts = sorted({int(j) for i in ins for j in fc_in[:, i].nonzero().flatten()})
+    posts = [j for j in posts if fc_out[:, j].count_nonzero() > 0][:6]  # each reaches the residual
+    outs = sorted({int(fc_out[:, j].nonzero()[0]) for j in posts})[:4]
     names = (
         [f"0.mlp.act_in[{i}]" for i in ins]
         + [f"0.mlp.post_act[{j}]" for j in posts]

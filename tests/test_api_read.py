@@ -138,7 +138,13 @@ def test_node_stats_examples_and_edges(api_backend):
     c, model_id, circuit_id = api_backend.client, api_backend.model_id, api_backend.circuit_id
     engine = api_backend.world["circuit"]
     profile = api_backend.world["profile"]
-    name = next(n.name for n in engine.nodes if n.site == "0.mlp.post_act")
+    name = next(
+        n.name
+        for n in engine.nodes
+        if n.site == "0.mlp.post_act"
+        and any(e.dst == n.name for e in engine.edges)
+        and any(e.src == n.name for e in engine.edges)
+    )
     url = f"{API}/models/{model_id}/nodes/{quote(name)}"
     assert "%5B" in url
     node = c.get(url, params={"circuit_id": circuit_id}).json()
