@@ -77,6 +77,9 @@ def train(
     corpus: Annotated[
         str | None, typer.Option(help="directory or glob of text files (default: stdlib)")
     ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="seed of weights and batches (default: the preset's)")
+    ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="continue the run in --out from its checkpoint")
     ] = False,
@@ -88,6 +91,8 @@ def train(
 
     if steps is not None and steps < 1:
         fail(f"--steps must be a positive integer, got {steps}")
+    if seed is not None and not 0 <= seed < 2**31:
+        fail(f"--seed must be in [0, 2**31), got {seed}")
     progress, close = train_progress_bar("train")
     try:
         if resume:
@@ -100,6 +105,8 @@ def train(
             run = cfg.preset(preset, dense=dense, steps=steps)
             if corpus is not None:
                 run.train = run.train.model_copy(update={"corpus": corpus})
+            if seed is not None:
+                run.train = run.train.model_copy(update={"seed": seed})
         run_training(run, out, resume=resume, on_progress=progress)
     except USER_ERRORS as e:
         fail(describe(e))
