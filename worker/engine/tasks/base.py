@@ -250,8 +250,9 @@ def task_data(spec: TaskSpec, token_a: int, token_b: int, pairs: dict[str, list]
 
 
 def two_class_logits(logits: torch.Tensor, task: TaskData) -> torch.Tensor:
-    """Last-position logits of the two candidates: (..., 2)."""
-    return logits[..., -1, :][..., [task.token_a, task.token_b]].float()
+    """Last-position logits of the two candidates: (..., 2), in at least float32."""
+    two = logits[..., -1, :][..., [task.token_a, task.token_b]]
+    return two.to(torch.promote_types(two.dtype, torch.float32))
 
 
 def pair_labels(n_pairs: int, device=None) -> torch.Tensor:
