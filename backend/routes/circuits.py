@@ -113,6 +113,8 @@ def render(request: Request, circuit_id: int) -> bytes:
                 curve=c.curve,
                 runs=c.runs,
                 validation=c.validation,
+                ablation=c.params.get("ablation", "mean"),
+                faithfulness=c.faithfulness,
                 params=c.params,
                 nodes=[CircuitNodeRead.model_validate(n) for n in c.nodes],
                 edges=[CircuitEdgeRead.model_validate(e) for e in c.edges],
