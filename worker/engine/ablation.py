@@ -121,12 +121,12 @@ class Ablation:
 
 
 def load_ablation(folder: Path, model: SparseGPT, tok, run, mode: AblationMode = "mean", seed: int = 0):
-    """The Ablation of a model folder: its cached means, and its cached windows when resampling."""
+    """The Ablation of a model folder: its cached means and resample windows (every mode's faithfulness
+    curve is computed for each circuit, whatever mode pruned it)."""
     means = load_or_compute_means(folder, model, tok, run)
     device = next(model.parameters()).device
     means = {s: m.to(device) for s, m in means.items()}
-    windows = load_or_make_windows(folder, model, tok, run) if mode == "resample" else None
-    return Ablation(mode, means, windows, seed)
+    return Ablation(mode, means, load_or_make_windows(folder, model, tok, run), seed)
 
 
 def shuffled_labels(task, seed: int = 0):

@@ -6,6 +6,7 @@ import { keptAtK, layoutCircuit, positionsBox, strongestEdges, type Position } f
 import { currentRoute, updateQuery } from "../router";
 import { newPlot } from "../plot";
 import { download, errorBox, fmt, h } from "../util";
+import { faithfulnessBox } from "./faithfulness";
 import { nodePanel } from "./node";
 import { playgroundBox } from "./playground";
 
@@ -13,6 +14,7 @@ import { playgroundBox } from "./playground";
 export const POSITIVE = "#0072b2";
 export const NEGATIVE = "#d55e00";
 const DEFAULT_EDGES = 2000;
+const ABLATION_KINDS = ["mean", "zero", "resample"];
 
 export async function circuitPage(root: HTMLElement, id: number): Promise<void> {
   const circuit = await api<Circuit>(`/circuits/${id}`);
@@ -36,6 +38,7 @@ class CircuitView {
   baseline: Ablation | null = null;
   ablationSeq = 0;
   ablationTimer = 0;
+  ablationKind: string;
   graphShown = false;
   fetchedAt = 0;
 
@@ -49,6 +52,7 @@ class CircuitView {
     const names = new Set(circuit.nodes.map((n) => n.name));
     this.off = new Set((query.get("off") ?? "").split(",").filter((n) => names.has(n)));
     this.edgeLimit = Math.max(1, Number(query.get("edges")) || DEFAULT_EDGES);
+    this.ablationKind = ABLATION_KINDS.includes(query.get("ablation") ?? "") ? query.get("ablation")! : "mean";
     const k = query.get("k");
     const last = Math.max(circuit.curve.length - 1, 0);
     this.curveIndex = k === null ? last : Math.min(Math.max(Number(k) || 0, 0), last);
@@ -91,8 +95,10 @@ class CircuitView {
       currentRoute().query.get("prompt") ?? "x = 'hello'\nprint(x)",
       (p) => updateQuery({ prompt: p }),
     );
-    this.root.append(toolbar, h("div", { class: "circuit-body" }, graph, h("div", { class: "side" }, this.ablationBox, this.panel)), curve, playground);
+    const faithfulness = faithfulnessBox(c);
+    this.root.append(toolbar, h("div", { class: "circuit-body" }, graph, h("div", { class: "side" }, this.ablationBox, this.panel)), curve, faithfulness.box, playground);
     this.drawGraph(graph);
+    this.afterFirstFrame(() => void faithfulness.plot());
     this.applyCurve();
     this.renderAblation();
     // The forward passes share the machine with the browser: ask for them once the graph is on screen.
@@ -273,7 +279,7 @@ class CircuitView {
     const status = this.ablationBox.querySelector(".status");
     if (status) status.textContent = "computing …";
     try {
-      const body = { off: [...this.off], mode: "keep", pairs: 64, show: 4 };
+      const body = { off: [...this.off], mode: "keep", ablation: this.ablationKind, pairs: 64, show: 4 };
       const res = await api<Ablation>(`/circuits/${this.circuit.id}/ablate`, { body });
       if (seq !== this.ablationSeq) return;
       if (this.off.size === 0) this.baseline = res;
@@ -290,7 +296,8 @@ class CircuitView {
       h("tr", {}, h("th", {}, label), h("td", { class: "num", "data-key": String(key), "data-value": res ? String(res[key]) : undefined }, res ? fmt(res[key] as number, digits) : "…"), h("td", { class: "num base" }, b ? fmt(b[key] as number, digits) : "…"));
     this.ablationBox.replaceChildren(
       h("h3", {}, "Live ablation"),
-      h("p", { class: "hint" }, this.circuit.transcoder_id == null ? `${this.off.size} node(s) ablated to their means (circuit kept, the rest mean-ablated). ` : `${this.off.size} feature(s) switched off (the circuit's features kept, every other feature off, in the replacement model). `, this.off.size ? h("button", { id: "restore-all", onclick: () => { for (const n of [...this.off]) this.toggle(n); } }, "restore all") : ""),
+      this.circuit.transcoder_id == null ? this.ablationKindSelect() : "",
+      h("p", { class: "hint" }, this.circuit.transcoder_id == null ? `${this.off.size} node(s) ablated (circuit kept, the rest ${this.ablationKind}-ablated). ` : `${this.off.size} feature(s) switched off (the circuit's features kept, every other feature off, in the replacement model). `, this.off.size ? h("button", { id: "restore-all", onclick: () => { for (const n of [...this.off]) this.toggle(n); } }, "restore all") : ""),
       h("span", { class: "status" }, res ? `${res.pairs} pairs, ${fmt(res.seconds, 2)} s` : error ? "" : "computing …"),
       error ? errorBox(error) : "",
       h(
@@ -314,6 +321,17 @@ class CircuitView {
           )
         : "",
     );
+  }
+
+  ablationKindSelect(): HTMLElement {
+    const select = h("select", { id: "ablation-kind", title: "what an ablated node is replaced by" }, ...ABLATION_KINDS.map((k) => h("option", { value: k, selected: k === this.ablationKind }, k))) as HTMLSelectElement;
+    select.addEventListener("change", () => {
+      this.ablationKind = select.value;
+      updateQuery({ ablation: this.ablationKind === "mean" ? null : this.ablationKind });
+      this.baseline = null;
+      void this.runAblation();
+    });
+    return h("label", {}, "ablate to ", select, this.ablationKind === "resample" ? " (values from random pretraining text, redrawn per request)" : "");
   }
 
   completion(which: "a" | "b"): string {
