@@ -5,6 +5,7 @@ one or two forward passes."""
 
 from __future__ import annotations
 
+import random
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -68,14 +69,15 @@ class LoadedModel:
                 self._means_stamp = path.stat().st_mtime if path.is_file() else None
             return self._means
 
-    def ablation(self, mode: AblationMode, seed: int = 0) -> Ablation:
-        """The model's Ablation of one mode (resample: its pretraining windows, loaded once)."""
+    def ablation(self, mode: AblationMode) -> Ablation:
+        """The model's Ablation of one mode (resample: its pretraining windows, loaded once, drawn from
+        afresh by every request)."""
         means = self.means()
         if mode == "resample":
             with self.lock:
                 if self._windows is None:
                     self._windows = load_or_make_windows(self.folder, self.model, self.tok, self.run)
-        return Ablation(mode, means, self._windows, seed)
+        return Ablation(mode, means, self._windows, random.randrange(2**31))
 
     def task(self, key: str, build: Callable[[Tokenizer], TaskData]) -> TaskData:
         """A task tokenised for this model, built once (built-in tasks scan the corpus: seconds)."""
