@@ -438,3 +438,40 @@ class TranscoderRead(TranscoderSummary):
     matched: Matched
     feature_sites: list[Site] = Field(description="`{l}.mlp.transcoder`: the features as nodes of the model")
     circuits: list[int] = Field(description="transcoder circuits built from these features")
+
+
+class ProbeSpecRead(BaseModel):
+    name: str
+    task: str = Field(description="the task whose held-out prompts the probe turns its knob on")
+    knob: str = Field(description="what one step of the knob adds")
+    filler: str = Field(description="the text appended per step at the end of every prompt")
+    values: list[int]
+    description: str
+
+
+class ProbePoint(BaseModel):
+    value: int = Field(description="knob value: filler repeats appended")
+    tokens: int = Field(description="tokens appended")
+    full_accuracy: float
+    full_loss: float
+    circuit_accuracy: float
+    circuit_loss: float = Field(description="calibrated with the circuit's scale and shift")
+    node_a: float = Field(description="the node's mean activation at the last position, A prompts")
+    node_b: float = Field(description="the same on the B prompts")
+
+
+class ProbeResultRead(BaseModel):
+    job_id: str
+    probe: str
+    knob: str
+    node: str
+    pairs: int
+    ablation: str
+    points: list[ProbePoint]
+    finished_at: datetime | None
+
+
+class CircuitProbes(BaseModel):
+    circuit_id: int
+    available: list[ProbeSpecRead] = Field(description="the probes that run on this circuit's task")
+    results: list[ProbeResultRead] = Field(description="finished probe jobs of this circuit, newest first")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
@@ -14,10 +15,22 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from worker.engine.probes import PROBES
+
 from ..db import SessionDep
 from ..model_cache import Lru
-from ..models import Circuit, Model, ModelStatus, Task
-from ..schemas import CircuitEdgeRead, CircuitList, CircuitNodeRead, CircuitRead, CircuitSummary, ErrorBody
+from ..models import Circuit, Job, JobStatus, Model, ModelStatus, Task
+from ..schemas import (
+    CircuitEdgeRead,
+    CircuitList,
+    CircuitNodeRead,
+    CircuitProbes,
+    CircuitRead,
+    CircuitSummary,
+    ErrorBody,
+    ProbeResultRead,
+    ProbeSpecRead,
+)
 from .models import loaded
 from .tasks import task_data
 
@@ -140,3 +153,34 @@ async def get_circuit(circuit_id: CircuitId, request: Request) -> Response:
         with lock:
             rendered.put(circuit_id, body)
     return Response(body, media_type="application/json")
+
+
+PROBE_JOBS = 500  # newest finished probe jobs searched for a circuit's results
+
+
+@router.get("/{circuit_id}/probes", response_model=CircuitProbes, responses=NOT_FOUND)
+def circuit_probes(circuit_id: CircuitId, session: SessionDep) -> CircuitProbes:
+    """The adversarial probes that run on this circuit's task, and the results of its finished probe
+    jobs (submit one as a `probe` job)."""
+    c = get_circuit_row(session, circuit_id)
+    jobs = session.scalars(
+        select(Job)
+        .where(Job.kind == "probe", Job.status == JobStatus.succeeded)
+        .order_by(Job.finished_at.desc())
+        .limit(PROBE_JOBS)
+    )
+    results = [
+        ProbeResultRead(
+            job_id=j.id,
+            finished_at=j.finished_at,
+            **{k: j.result[k] for k in ProbeResultRead.model_fields if k in j.result},
+        )
+        for j in jobs
+        if j.result.get("circuit_id") == circuit_id
+    ]
+    available = [
+        ProbeSpecRead(**asdict(p))
+        for p in PROBES.values()
+        if p.task == c.task.name and c.transcoder_id is None
+    ]
+    return CircuitProbes(circuit_id=circuit_id, available=available, results=results)
