@@ -140,6 +140,25 @@ def test_faithfulness_scores_controls_and_ablation_kind(page: Page, live):
     assert "ablation=zero" in page.url
 
 
+def test_probe_runs_from_the_circuit_page(page: Page, live):
+    open_circuit(page, live)
+    run = page.locator("button.run-probe[data-probe=quote_distance]")
+    expect(run).to_be_visible(timeout=60_000)
+    node = page.locator("select.probe-node[data-probe=quote_distance] option").nth(1).get_attribute("value")
+    page.select_option("select.probe-node[data-probe=quote_distance]", node)
+    run.click()
+    result = page.locator(".probe-result[data-probe=quote_distance]")
+    expect(result).to_be_visible(timeout=120_000)
+    api = httpx.get(f"{live.url}/api/v1/circuits/{live.circuit_id}/probes").json()["results"][0]
+    assert api["node"] == node
+    expect(result.locator("tr[data-value]")).to_have_count(len(api["points"]))
+    first = api["points"][0]
+    expect(result.locator("tr[data-value='0'] td").nth(2)).to_have_text(f"{first['circuit_accuracy']:.3f}")
+    expect(result.locator(".probe-accuracy .main-svg").first).to_be_visible(timeout=60_000)
+    expect(result.locator(".probe-activation .main-svg").first).to_be_visible()
+    assert not page.page_errors
+
+
 def test_export_png_and_json(page: Page, live):
     open_circuit(page, live)
     with page.expect_download() as dl:

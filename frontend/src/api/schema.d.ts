@@ -70,6 +70,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/circuits/{circuit_id}/probes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Circuit Probes
+         * @description The adversarial probes that run on this circuit's task, and the results of its finished probe
+         *     jobs (submit one as a `probe` job).
+         */
+        get: operations["circuit_probes_api_v1_circuits__circuit_id__probes_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/health": {
         parameters: {
             query?: never;
@@ -710,6 +731,21 @@ export interface components {
              * @description the learnt mask logit (larger = more important)
              */
             tau: number;
+        };
+        /** CircuitProbes */
+        CircuitProbes: {
+            /**
+             * Available
+             * @description the probes that run on this circuit's task
+             */
+            available: components["schemas"]["ProbeSpecRead"][];
+            /** Circuit Id */
+            circuit_id: number;
+            /**
+             * Results
+             * @description finished probe jobs of this circuit, newest first
+             */
+            results: components["schemas"]["ProbeResultRead"][];
         };
         /** CircuitRead */
         CircuitRead: {
@@ -1376,6 +1412,126 @@ export interface components {
             top_next_probs: number[];
             /** Truncated */
             truncated: boolean;
+        };
+        /** ProbeJob */
+        ProbeJob: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "probe";
+            params: components["schemas"]["ProbeParams"];
+        };
+        /**
+         * ProbeParams
+         * @description Turn one knob on a circuit's task prompts: accuracy of the model and the circuit, and a node's
+         *     activation, against the knob.
+         */
+        ProbeParams: {
+            /**
+             * Circuit Id
+             * @description the node circuit to probe
+             */
+            circuit_id: number;
+            /**
+             * Device
+             * @description where the job computes: cpu, cuda, cuda:N or auto (a GPU if there is one); default CIRCUITS_DEVICE
+             */
+            device?: string | null;
+            /**
+             * Node
+             * @description the circuit node whose activation is followed (default: its top node)
+             */
+            node?: string | null;
+            /**
+             * Pairs
+             * @description held-out pairs per knob value
+             * @default 64
+             */
+            pairs: number;
+            /**
+             * Probe
+             * @description quote_distance: single_double_quote, words inside the string, between the opening quote and the end; bracket_dilution: bracket_counting, elements appended to the list before its end
+             * @enum {string}
+             */
+            probe: "quote_distance" | "bracket_dilution";
+        };
+        /** ProbePoint */
+        ProbePoint: {
+            /** Circuit Accuracy */
+            circuit_accuracy: number;
+            /**
+             * Circuit Loss
+             * @description calibrated with the circuit's scale and shift
+             */
+            circuit_loss: number;
+            /** Full Accuracy */
+            full_accuracy: number;
+            /** Full Loss */
+            full_loss: number;
+            /**
+             * Node A
+             * @description the node's mean activation at the last position, A prompts
+             */
+            node_a: number;
+            /**
+             * Node B
+             * @description the same on the B prompts
+             */
+            node_b: number;
+            /**
+             * Tokens
+             * @description tokens appended
+             */
+            tokens: number;
+            /**
+             * Value
+             * @description knob value: filler repeats appended
+             */
+            value: number;
+        };
+        /** ProbeResultRead */
+        ProbeResultRead: {
+            /** Ablation */
+            ablation: string;
+            /** Finished At */
+            finished_at: string | null;
+            /** Job Id */
+            job_id: string;
+            /** Knob */
+            knob: string;
+            /** Node */
+            node: string;
+            /** Pairs */
+            pairs: number;
+            /** Points */
+            points: components["schemas"]["ProbePoint"][];
+            /** Probe */
+            probe: string;
+        };
+        /** ProbeSpecRead */
+        ProbeSpecRead: {
+            /** Description */
+            description: string;
+            /**
+             * Filler
+             * @description the text appended per step at the end of every prompt
+             */
+            filler: string;
+            /**
+             * Knob
+             * @description what one step of the knob adds
+             */
+            knob: string;
+            /** Name */
+            name: string;
+            /**
+             * Task
+             * @description the task whose held-out prompts the probe turns its knob on
+             */
+            task: string;
+            /** Values */
+            values: number[];
         };
         /** ProfileJob */
         ProfileJob: {
@@ -2440,6 +2596,47 @@ export interface operations {
             };
         };
     };
+    circuit_probes_api_v1_circuits__circuit_id__probes_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description circuit id */
+                circuit_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CircuitProbes"];
+                };
+            };
+            /** @description no such circuit */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
     health_api_v1_health_get: {
         parameters: {
             query?: never;
@@ -2466,7 +2663,7 @@ export interface operations {
         parameters: {
             query?: {
                 status?: ("queued" | "running" | "succeeded" | "failed" | "cancelled") | null;
-                kind?: ("bridge" | "profile" | "prune" | "train" | "transcoder") | null;
+                kind?: ("bridge" | "probe" | "profile" | "prune" | "train" | "transcoder") | null;
                 limit?: number;
                 offset?: number;
             };
@@ -2505,7 +2702,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["BridgeJob"] | components["schemas"]["ProfileJob"] | components["schemas"]["PruneJob"] | components["schemas"]["TrainJob"] | components["schemas"]["TranscoderJob"];
+                "application/json": components["schemas"]["BridgeJob"] | components["schemas"]["ProbeJob"] | components["schemas"]["ProfileJob"] | components["schemas"]["PruneJob"] | components["schemas"]["TrainJob"] | components["schemas"]["TranscoderJob"];
             };
         };
         responses: {

@@ -8,6 +8,7 @@ import { newPlot } from "../plot";
 import { download, errorBox, fmt, h } from "../util";
 import { faithfulnessBox } from "./faithfulness";
 import { nodePanel } from "./node";
+import { probesBox } from "./probes";
 import { playgroundBox } from "./playground";
 
 // Okabe-Ito blue / vermillion: distinguishable with the common colour-vision deficiencies.
@@ -96,9 +97,10 @@ class CircuitView {
       (p) => updateQuery({ prompt: p }),
     );
     const faithfulness = faithfulnessBox(c);
-    this.root.append(toolbar, h("div", { class: "circuit-body" }, graph, h("div", { class: "side" }, this.ablationBox, this.panel)), curve, faithfulness.box, playground);
+    const probes = probesBox(c);
+    this.root.append(toolbar, h("div", { class: "circuit-body" }, graph, h("div", { class: "side" }, this.ablationBox, this.panel)), curve, faithfulness.box, probes.box, playground);
     this.drawGraph(graph);
-    this.afterFirstFrame(() => void faithfulness.plot());
+    this.afterFirstFrame(() => void faithfulness.plot().then(() => probes.load()));
     this.applyCurve();
     this.renderAblation();
     // The forward passes share the machine with the browser: ask for them once the graph is on screen.
