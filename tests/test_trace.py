@@ -32,10 +32,11 @@ def test_a_circuit_of_every_node_traces_the_full_model(loaded):
     t = trace(model, ids, every, means, 5, 7)
     with torch.no_grad():
         logits, acts = model(torch.tensor([ids]), capture={"0.mlp.post_act", "1.attn.v"})
-    for node, (site, i) in {"0.mlp.post_act[3]": ("0.mlp.post_act", 3), "1.attn.v[9]": ("1.attn.v", 9)}.items():
+    for node, site, i in [("0.mlp.post_act[3]", "0.mlp.post_act", 3), ("1.attn.v[9]", "1.attn.v", 9)]:
         assert t.activations[node] == pytest.approx(acts[site][0, :, i].tolist(), abs=1e-5)
     expected = float(logits[0, -1, 5] - logits[0, -1, 7])
-    assert t.logit_diff == pytest.approx(expected, abs=1e-4) and t.full_logit_diff == pytest.approx(expected, abs=1e-4)
+    assert t.logit_diff == pytest.approx(expected, abs=1e-4)
+    assert t.full_logit_diff == pytest.approx(expected, abs=1e-4)
     assert len(t.heads) == model.cfg.n_layer * model.cfg.n_head
 
 
