@@ -70,6 +70,50 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/circuits/{circuit_id}/labels": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Circuit Labels
+         * @description A short automatic label for every node: the tokens it fires on most in its top profile examples,
+         *     its mean on class A vs class B test prompts (circuit running alone), and for residual writes the
+         *     sign of its direct weight on logit(A) - logit(B). q/k/v channels name their head.
+         */
+        get: operations["circuit_labels_api_v1_circuits__circuit_id__labels_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/circuits/{circuit_id}/trace": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Trace Circuit
+         * @description The circuit on one prompt or a pair (class A, class B): every node's value at every token with
+         *     the circuit running alone (`off` nodes mean-ablated too), the logit difference of the two
+         *     completions at the last token, and the attention of each of the circuit's heads from there.
+         */
+        post: operations["trace_circuit_api_v1_circuits__circuit_id__trace_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/health": {
         parameters: {
             query?: never;
@@ -453,13 +497,6 @@ export interface components {
         /** AblationRequest */
         AblationRequest: {
             /**
-             * Ablation
-             * @description what an ablated node is replaced by: its mean (as when pruned by default), zero, or its value on a random pretraining window (resample, drawn afresh per request); transcoder circuits' features are always switched off (zero)
-             * @default mean
-             * @enum {string}
-             */
-            ablation: "mean" | "zero" | "resample";
-            /**
              * Mode
              * @description keep: the node set runs, every other node is mean-ablated (sufficiency); ablate: the node set is mean-ablated in the full model (necessity)
              * @default keep
@@ -491,12 +528,6 @@ export interface components {
         };
         /** AblationResult */
         AblationResult: {
-            /**
-             * Ablation
-             * @description the ablation applied (transcoder features: always zero)
-             * @enum {string}
-             */
-            ablation: "mean" | "zero" | "resample";
             /** Accuracy */
             accuracy: number;
             /** Circuit Id */
@@ -684,6 +715,18 @@ export interface components {
              */
             weight_product?: number | null;
         };
+        /** CircuitLabels */
+        CircuitLabels: {
+            /** Circuit Id */
+            circuit_id: number;
+            /** Items */
+            items: components["schemas"]["NodeLabel"][];
+            /**
+             * Profiled
+             * @description false: the model has no profile, labels carry no top tokens
+             */
+            profiled: boolean;
+        };
         /** CircuitList */
         CircuitList: {
             /** Items */
@@ -713,11 +756,6 @@ export interface components {
         };
         /** CircuitRead */
         CircuitRead: {
-            /**
-             * Ablation
-             * @description what masked nodes were replaced by while pruning: mean, zero, resample
-             */
-            ablation: string;
             /** Calibration */
             calibration: {
                 [key: string]: number;
@@ -736,13 +774,6 @@ export interface components {
             }[];
             /** Edges */
             edges: components["schemas"]["CircuitEdgeRead"][];
-            /**
-             * Faithfulness
-             * @description {metric, pairs, modes: {mode: {m_full, m_empty, points: [{percent, nodes, m, f}], cpr, cmd}}}: the faithfulness curve f(C) = (m(C) - m(empty)) / (m(full) - m(empty)) per ablation mode
-             */
-            faithfulness: {
-                [key: string]: unknown;
-            };
             /** Id */
             id: number;
             /** Losses */
@@ -787,10 +818,7 @@ export interface components {
              * @description transcoder circuits: the transcoders behind its features
              */
             transcoder_id?: number | null;
-            /**
-             * Validation
-             * @description controls (random circuit, shuffled labels, nonsense task, generalisation gap) and `checks`: [{name, passed, value, criterion}]; empty when the circuit was not validated
-             */
+            /** Validation */
             validation: {
                 [key: string]: unknown;
             };
@@ -959,6 +987,31 @@ export interface components {
         HTTPValidationError: {
             /** Detail */
             detail?: components["schemas"]["ValidationError"][];
+        };
+        /** HeadRead */
+        HeadRead: {
+            /**
+             * Head
+             * @description q/k/v channel index // d_head
+             */
+            head: number;
+            /** Layer */
+            layer: number;
+            /**
+             * Nodes
+             * @description the circuit's q/k/v channels of this head
+             */
+            nodes: string[];
+            /**
+             * Pattern
+             * @description attention of the last position to every position
+             */
+            pattern: number[];
+            /**
+             * Sink
+             * @description attention to the sink slot (None: the model has no sink)
+             */
+            sink: number | null;
         };
         /** JobList */
         JobList: {
@@ -1265,6 +1318,41 @@ export interface components {
              */
             status: "training" | "ready" | "failed";
         };
+        /** NodeLabel */
+        NodeLabel: {
+            /**
+             * A Mean
+             * @description mean at the last token of class-A test prompts (circuit run)
+             */
+            a_mean: number | null;
+            /**
+             * B Mean
+             * @description the same on class-B prompts
+             */
+            b_mean: number | null;
+            /**
+             * Head
+             * @description q/k/v channels: their head (index // d_head)
+             */
+            head: number | null;
+            /**
+             * Label
+             * @description a short automatic label: top tokens, class sign, logit weight
+             */
+            label: string;
+            /**
+             * Logit Weight
+             * @description residual writes: direct weight on logit(A) - logit(B) (final norm gain x unembedding)
+             */
+            logit_weight: number | null;
+            /** Node */
+            node: string;
+            /**
+             * Top Tokens
+             * @description centre tokens of the top 0.1 % / 1 % profile examples, most frequent first
+             */
+            top_tokens: string[];
+        };
         /** NodeRead */
         NodeRead: {
             /**
@@ -1450,6 +1538,45 @@ export interface components {
              */
             prompt: string;
         };
+        /** PromptTrace */
+        PromptTrace: {
+            /**
+             * Activations
+             * @description circuit node -> its value at every token, the circuit running alone (rest mean-ablated)
+             */
+            activations: {
+                [key: string]: number[];
+            };
+            /**
+             * Full Logit Diff
+             * @description logit(A) - logit(B) of the full model
+             */
+            full_logit_diff: number;
+            /**
+             * Heads
+             * @description every head with q/k/v channels in the circuit
+             */
+            heads: components["schemas"]["HeadRead"][];
+            /**
+             * Logit Diff
+             * @description logit(A) - logit(B) at the last token, circuit run, uncalibrated
+             */
+            logit_diff: number;
+            /**
+             * Logit Diff Calibrated
+             * @description the same with the circuit's logit scale
+             */
+            logit_diff_calibrated: number;
+            /** Prompt */
+            prompt: string;
+            /**
+             * Tokens
+             * @description the prompt's tokens (the last n_ctx if it was longer)
+             */
+            tokens: components["schemas"]["TokenRead"][];
+            /** Truncated */
+            truncated: boolean;
+        };
         /** PruneJob */
         PruneJob: {
             /**
@@ -1464,13 +1591,6 @@ export interface components {
          * @description Prune a model to the smallest circuit that does a task (PruneConfig fields, bounded).
          */
         PruneParams: {
-            /**
-             * Ablation
-             * @description what masked nodes are replaced by: mean, zero or resample
-             * @default mean
-             * @enum {string}
-             */
-            ablation: "mean" | "zero" | "resample";
             /**
              * Batch Pairs
              * @default 32
@@ -1496,11 +1616,6 @@ export interface components {
              * @default 256
              */
             eval_pairs: number;
-            /**
-             * Faithfulness Pairs
-             * @default 128
-             */
-            faithfulness_pairs: number;
             /**
              * K Coef
              * @default 0.001
@@ -1539,7 +1654,7 @@ export interface components {
             task: string;
             /**
              * Validate Circuit
-             * @description also run the controls (random circuit, shuffled labels, nonsense task)
+             * @description also run the controls (random, shuffled labels)
              * @default false
              */
             validate_circuit: boolean;
@@ -1907,6 +2022,32 @@ export interface components {
             score: number;
             /** Text */
             text: string;
+        };
+        /** TraceRequest */
+        TraceRequest: {
+            /**
+             * Off
+             * @description circuit nodes to ablate
+             */
+            off?: string[];
+            /**
+             * Prompts
+             * @description one prompt, or a pair (class A, class B) shown side by side
+             */
+            prompts: string[];
+        };
+        /** TraceResult */
+        TraceResult: {
+            /** Circuit Id */
+            circuit_id: number;
+            /** Completion A */
+            completion_a: string;
+            /** Completion B */
+            completion_b: string;
+            /** Seconds */
+            seconds: number;
+            /** Traces */
+            traces: components["schemas"]["PromptTrace"][];
         };
         /** TrainJob */
         TrainJob: {
@@ -2430,6 +2571,110 @@ export interface operations {
                 };
             };
             /** @description invalid input (named) */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    circuit_labels_api_v1_circuits__circuit_id__labels_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description circuit id */
+                circuit_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CircuitLabels"];
+                };
+            };
+            /** @description no such circuit */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description the model is not trained yet */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description invalid input (named), or a transcoder circuit */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    trace_circuit_api_v1_circuits__circuit_id__trace_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description circuit id */
+                circuit_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TraceRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TraceResult"];
+                };
+            };
+            /** @description no such circuit */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description the model is not trained yet */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description invalid input (named), or a transcoder circuit */
             422: {
                 headers: {
                     [name: string]: unknown;
