@@ -185,16 +185,22 @@ Runs = Annotated[int | None, typer.Option(help="hyper-parameter search runs (def
 Steps = Annotated[int | None, typer.Option(help="mask optimisation steps per run (default: PruneConfig's)")]
 
 
-def prune_config(target_loss: float | None, runs: int | None, steps: int | None):
+Ablation = Annotated[
+    str | None,
+    typer.Option(help="what masked nodes are replaced by: mean | zero | resample (default: PruneConfig's)"),
+]
+
+
+def prune_config(target_loss: float | None, runs: int | None, steps: int | None, ablation: str | None = None):
     from worker.engine.prune import PruneConfig
 
-    given = {"target_loss": target_loss, "runs": runs, "steps": steps}
+    given = {"target_loss": target_loss, "runs": runs, "steps": steps, "ablation": ablation}
     return PruneConfig(**{k: v for k, v in given.items() if v is not None})
 
 
 def prune_one(model: Path, task: str, cfg, validate: bool = False):
-    """Load a model and its cached means, prune it on one task (with a progress bar) -> Circuit."""
-    from worker.engine.ablation import load_or_compute_means
+    """Load a model and its cached ablation statistics, prune it on one task (with a progress bar)."""
+    from worker.engine.ablation import load_ablation
     from worker.engine.checkpoints import load_model
     from worker.engine.prune import find_circuit
     from worker.engine.prune import validate as validate_circuit
@@ -202,13 +208,13 @@ def prune_one(model: Path, task: str, cfg, validate: bool = False):
 
     net, tok, run = load_model(model)
     data = load_task(task, tok)
-    means = load_or_compute_means(model, net, tok, run)
+    ablation = load_ablation(model, net, tok, run, cfg.ablation, cfg.seed)
     bar = FractionBar(f"prune {data.name} ({model.name})")
     try:
-        circuit = find_circuit(net, data, means, cfg, str(model), bar)
+        circuit = find_circuit(net, data, ablation, cfg, str(model), bar)
         if validate:
             bar(1.0, "controls")
-            circuit.validation = validate_circuit(net, data, means, circuit, cfg)
+            validate_circuit(net, data, ablation, circuit, cfg)
     finally:
         bar.close()
     return circuit
@@ -222,13 +228,14 @@ def prune(
     target_loss: TargetLoss = None,
     runs: Runs = None,
     steps: Steps = None,
+    ablation: Ablation = None,
     validate: Annotated[bool, typer.Option("--validate", help="also run the controls")] = False,
 ) -> None:
     """Prune a model to the smallest circuit that does a task."""
     from worker.engine.checkpoints import atomic_write_text
 
     try:
-        circuit = prune_one(model, task, prune_config(target_loss, runs, steps), validate)
+        circuit = prune_one(model, task, prune_config(target_loss, runs, steps, ablation), validate)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, json.dumps(circuit.to_json(), indent=1))
     except USER_ERRORS as e:
@@ -238,12 +245,12 @@ def prune(
         f"{circuit.task}: {len(circuit.nodes)} nodes, {len(circuit.edges)} edges; loss full "
         f"{losses['full']:.3f} circuit {losses['circuit']:.3f} ablated {losses['ablated']:.3f} -> {out}"
     )
+    for mode, curve in circuit.faithfulness["modes"].items():
+        typer.echo(f"faithfulness ({mode} ablation): CPR {curve['cpr']:.3f} CMD {curve['cmd']:.3f}")
     if validate:
-        rand, shuffled = circuit.validation["random_circuit"], circuit.validation["shuffled_labels"]
-        typer.echo(
-            f"random circuit of {rand['nodes']} nodes: loss {rand['mean_loss']:.3f}; "
-            f"shuffled labels: {shuffled['nodes']} nodes, loss {shuffled['circuit_loss']:.3f}"
-        )
+        for check in circuit.validation["checks"]:
+            verdict = "pass" if check["passed"] else "FAIL"
+            typer.echo(f"{verdict} {check['name']}: {check['value']:.3f} ({check['criterion']})")
 
 
 @app.command()

@@ -5,6 +5,7 @@ one or two forward passes."""
 
 from __future__ import annotations
 
+import random
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -16,7 +17,7 @@ import torch
 from fastapi import Request
 from tokenizers import Tokenizer
 
-from worker.engine.ablation import MEANS, load_or_compute_means
+from worker.engine.ablation import MEANS, Ablation, AblationMode, load_or_compute_means, load_or_make_windows
 from worker.engine.checkpoints import load_model, load_tokenizer
 from worker.engine.config import RunConfig
 from worker.engine.model import SparseGPT
@@ -54,6 +55,7 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
     _means: dict[str, torch.Tensor] | None = None
     _means_stamp: float | None = None
+    _windows: torch.Tensor | None = None
     _tasks: Lru = field(default_factory=lambda: Lru(TASKS_PER_MODEL))
     _memo: Lru = field(default_factory=lambda: Lru(4 * TASKS_PER_MODEL))
 
@@ -66,6 +68,16 @@ class LoadedModel:
                 self._means = load_or_compute_means(self.folder, self.model, self.tok, self.run)
                 self._means_stamp = path.stat().st_mtime if path.is_file() else None
             return self._means
+
+    def ablation(self, mode: AblationMode) -> Ablation:
+        """The model's Ablation of one mode (resample: its pretraining windows, loaded once, drawn from
+        afresh by every request)."""
+        means = self.means()
+        if mode == "resample":
+            with self.lock:
+                if self._windows is None:
+                    self._windows = load_or_make_windows(self.folder, self.model, self.tok, self.run)
+        return Ablation(mode, means, self._windows, random.randrange(2**31))
 
     def task(self, key: str, build: Callable[[Tokenizer], TaskData]) -> TaskData:
         """A task tokenised for this model, built once (built-in tasks scan the corpus: seconds)."""

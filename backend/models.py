@@ -136,6 +136,7 @@ class Circuit(Base):
     curve: Mapped[list]  # loss vs k: [{k, loss}]
     runs: Mapped[list]  # the hyper-parameter search
     validation: Mapped[dict] = mapped_column(default=dict)
+    faithfulness: Mapped[dict] = mapped_column(default=dict)  # per ablation mode: curve, CPR, CMD
     params: Mapped[dict] = mapped_column(default=dict)  # the PruneConfig (or transcoder CircuitConfig) used
     # Transcoder circuits: the transcoders whose features are the nodes (deleted with them).
     transcoder_id: Mapped[int | None] = mapped_column(

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
+from worker.engine.ablation import AblationMode
 from worker.engine.sites import Site
 from worker.engine.transcoders import Matched, Reference, SweepPoint, TranscoderRun
 
@@ -193,7 +194,17 @@ class CircuitRead(CircuitSummary):
     calibration: dict[str, float]
     curve: list[dict[str, float | int | None]] = Field(description="loss vs kept nodes: [{k, loss}]")
     runs: list[dict] = Field(description="the hyper-parameter search, one record per run")
-    validation: dict
+    validation: dict = Field(
+        description="controls (random circuit, shuffled labels, nonsense task, generalisation gap) and "
+        "`checks`: [{name, passed, value, criterion}]; empty when the circuit was not validated"
+    )
+    ablation: str = Field(
+        description="what masked nodes were replaced by while pruning: mean, zero, resample"
+    )
+    faithfulness: dict = Field(
+        description="{metric, pairs, modes: {mode: {m_full, m_empty, points: [{percent, nodes, m, f}], cpr, "
+        "cmd}}}: the faithfulness curve f(C) = (m(C) - m(empty)) / (m(full) - m(empty)) per ablation mode"
+    )
     params: dict = Field(description="the pruning configuration used")
     nodes: list[CircuitNodeRead]
     edges: list[CircuitEdgeRead]
@@ -298,6 +309,12 @@ class AblationRequest(Strict):
         description="keep: the node set runs, every other node is mean-ablated (sufficiency); "
         "ablate: the node set is mean-ablated in the full model (necessity)",
     )
+    ablation: AblationMode = Field(
+        "mean",
+        description="what an ablated node is replaced by: its mean (as when pruned by default), zero, or "
+        "its value on a random pretraining window (resample, drawn afresh per request); transcoder "
+        "circuits' features are always switched off (zero)",
+    )
     pairs: int = Field(64, ge=1, le=512, description="test pairs to evaluate")
     show: int = Field(8, ge=0, le=64, description="pairs to return prompt by prompt")
 
@@ -312,6 +329,7 @@ class PromptResult(BaseModel):
 class AblationResult(BaseModel):
     circuit_id: int
     mode: Literal["keep", "ablate"]
+    ablation: AblationMode = Field(description="the ablation applied (transcoder features: always zero)")
     n_nodes: int = Field(description="size of the node set after the toggles")
     pairs: int
     loss: float = Field(description="two-class cross-entropy per prompt (mean)")
@@ -330,6 +348,7 @@ class TraceRequest(Strict):
         min_length=1, max_length=2, description="one prompt, or a pair (class A, class B) shown side by side"
     )
     off: list[str] = Field(default_factory=list, max_length=4096, description="circuit nodes to ablate")
+    ablation: AblationMode = Field("mean", description="what the nodes outside the circuit are replaced by")
 
 
 class HeadRead(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from worker.engine.ablation import load_or_compute_means
+from worker.engine.ablation import load_ablation
 from worker.engine.checkpoints import load_model
 from worker.engine.prune import PruneConfig, find_circuit
 from worker.engine.tasks import build_task, get_task
@@ -22,13 +22,13 @@ def main():
     ap.add_argument("--wide-runs", type=int, default=32)
     args = ap.parse_args()
     model, tok, run = load_model(args.model)
-    means = load_or_compute_means(args.model, model, tok, run)
+    ablation = load_ablation(args.model, model, tok, run)
     for name in args.tasks.split(","):
         task = build_task(get_task(name), tok)
         rows = {}
         for label, cfg in (("default", PruneConfig()), ("wide", PruneConfig(runs=args.wide_runs))):
             t0 = time.perf_counter()
-            c = find_circuit(model, task, means, cfg, args.model)
+            c = find_circuit(model, task, ablation, cfg, args.model)
             rows[label] = (time.perf_counter() - t0, cfg.runs, len(c.nodes), len(c.edges))
             s, r, n, e = rows[label]
             held, test, ablated = (c.losses[k] for k in ("circuit_train_heldout", "circuit", "ablated"))

@@ -1,6 +1,6 @@
 """A Chromium screenshot of the circuit view, for the README.
 
-    .venv/bin/python bench/screenshot.py [--data DIR] [--circuit ID | --nodes 50] [--out docs/circuit-view.png]
+    .venv/bin/python bench/screenshot.py [--data DIR] [--circuit ID | --nodes 50] [--out FILE.png]
 
 Serves a data dir (default: the e2e seed, tests/e2e/seed.py, seeded first if needed) with the built
 frontend and opens a circuit page: --circuit ID, else a circuit of at most --nodes nodes made from the
@@ -41,7 +41,8 @@ def main() -> None:
         page.goto(f"{url}/#/circuits/{circuit_id}")
         page.wait_for_selector("#token-strip table.strip", timeout=180_000)
         page.wait_for_function(
-            "() => window.circuitGraph.nodes('.member').some((n) => n.data('auto') !== undefined)", timeout=180_000
+            "() => window.circuitGraph.nodes('.member').some((n) => n.data('auto') !== undefined)",
+            timeout=180_000,
         )
         page.wait_for_timeout(500)
         page.screenshot(path=str(args.out))

@@ -90,7 +90,7 @@ def api_world(test_model):
     import torch
 
     from worker.engine import activations as act
-    from worker.engine.ablation import prunable_sites
+    from worker.engine.ablation import Ablation, prunable_sites
     from worker.engine.checkpoints import load_model
     from worker.engine.circuit import Circuit, edges_from_weights, make_nodes
     from worker.engine.data import load_corpus, split_corpus
@@ -127,14 +127,15 @@ def api_world(test_model):
         site, index = parse_node(n)
         keep[masks.slices[site][0] + index] = 1
     train = task.train[:128]
-    scale, shift = calibrate(task_logits(model, task, train, keep, masks, means), pair_labels(len(train)))
+    ablation = Ablation("mean", means)
+    scale, shift = calibrate(task_logits(model, task, train, keep, masks, ablation), pair_labels(len(train)))
     circuit = Circuit(
         task=API_TASK,
         model="test",
         target_loss=PruneConfig().target_loss,
         nodes=make_nodes(names, {n: 1.0 - 0.01 * i for i, n in enumerate(names)}),
         edges=edges_from_weights(model, names),
-        losses=circuit_losses(model, task, means, masks, keep, scale, shift),
+        losses=circuit_losses(model, task, ablation, masks, keep, scale, shift),
         calibration={"scale": scale, "shift": shift},
         curve=[{"k": 0, "loss": 0.7}, {"k": len(names), "loss": 0.6}],
     )

@@ -5,6 +5,7 @@ from collections import Counter
 
 import pytest
 
+from worker.engine.ablation import Ablation
 from worker.engine.checkpoints import load_model
 from worker.engine.tasks import build_task, get_task
 from worker.engine.trace import class_means, trace
@@ -34,7 +35,7 @@ def test_trace_of_a_prompt_pair_matches_the_engine(api_backend, engine):
     for got, prompt in zip(out["traces"], prompts, strict=True):
         ids = [t["id"] for t in got["tokens"]]
         assert ids == tok.encode(prompt).ids and not got["truncated"]
-        want = trace(model, ids, names, world["means"], task.token_a, task.token_b, {off})
+        want = trace(model, ids, names, Ablation("mean", world["means"]), task.token_a, task.token_b, {off})
         assert set(got["activations"]) == set(names)
         for n in names:
             assert got["activations"][n] == pytest.approx(want.activations[n], abs=1e-5)
@@ -74,7 +75,7 @@ def test_labels_come_from_the_profile_and_the_task(api_backend, engine):
     out = r.json()
     names = sorted(n.name for n in world["circuit"].nodes)
     assert out["profiled"] and [i["node"] for i in out["items"]] == names
-    sides = class_means(model, task.test[:64], names, world["means"])
+    sides = class_means(model, task.test[:64], names, Ablation("mean", world["means"]))
     for item in out["items"]:
         n = item["node"]
         node = c.get(f"{API}/models/{api_backend.model_id}/nodes/{n.replace('[', '%5B').replace(']', '%5D')}")

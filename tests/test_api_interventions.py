@@ -80,6 +80,7 @@ def test_live_ablation_reproduces_the_circuits_losses(api_backend):
         ({"pairs": 0}, 422),
         ({"pairs": 100000}, 422),
         ({"mode": "sideways"}, 422),
+        ({"ablation": "median"}, 422),
         ({"off": "0.mlp.post_act[1]"}, 422),
         ({"unknown": True}, 422),
     ]:
@@ -88,3 +89,38 @@ def test_live_ablation_reproduces_the_circuits_losses(api_backend):
         assert r.json()["detail"]
     assert c.post(f"{API}/circuits/424242/ablate", json={}).status_code == 404
     assert c.post(url, content=b"[1, 2", headers={"content-type": "application/json"}).status_code == 422
+
+
+def test_live_ablation_modes_follow_the_engine(api_backend):
+    from worker.engine.ablation import Ablation, load_or_make_windows, prunable_sites
+    from worker.engine.prune import NodeMasks, task_logits
+    from worker.engine.sites import parse_node
+    from worker.engine.tasks import build_task, get_task
+    from worker.engine.tasks.base import pair_labels
+
+    c, circuit_id, world = api_backend.client, api_backend.circuit_id, api_backend.world
+    url = f"{API}/circuits/{circuit_id}/ablate"
+    model, tok, run = load_model(world["folder"])
+    task = build_task(get_task(world["circuit"].task), tok)
+    dims = model.site_dims()
+    masks = NodeMasks({s: dims[s] for s in prunable_sites(model)}, 0.0, 0.0, None)
+    keep = torch.zeros(masks.tau.numel())
+    for n in world["circuit"].nodes:
+        site, index = parse_node(n.name)
+        keep[masks.slices[site][0] + index] = 1
+    prompts = task.test[:32]
+    labels = pair_labels(len(prompts))
+    answers = {}
+    for mode in ("mean", "zero"):
+        r = c.post(url, json={"pairs": 32, "ablation": mode})
+        assert r.status_code == 200, r.text
+        answers[mode] = r.json()
+        assert answers[mode]["ablation"] == mode
+        logits = task_logits(model, task, prompts, keep, masks, Ablation(mode, world["means"]))
+        ce = torch.nn.functional.cross_entropy(logits, labels).item()
+        assert answers[mode]["loss"] == pytest.approx(ce, abs=1e-5)
+    assert answers["zero"]["loss"] != pytest.approx(answers["mean"]["loss"], abs=1e-4)
+    # resample draws afresh per request from the model folder's cached pretraining windows
+    first, second = (c.post(url, json={"pairs": 32, "ablation": "resample"}).json() for _ in range(2))
+    assert first["ablation"] == "resample" and first["loss"] != second["loss"]
+    assert load_or_make_windows(world["folder"], model, tok, run).shape[1] == model.cfg.n_ctx

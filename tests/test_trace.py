@@ -4,7 +4,7 @@ attention of its heads, and the numbers behind its node labels."""
 import pytest
 import torch
 
-from worker.engine.ablation import prunable_sites
+from worker.engine.ablation import Ablation, prunable_sites
 from worker.engine.checkpoints import load_model
 from worker.engine.model import causal_attention
 from worker.engine.sites import node_name
@@ -17,8 +17,9 @@ def loaded(test_model):
     ids = tok.encode("def f(x):\n    return x + 'a'\n").ids
     dims = model.site_dims()
     means = {s: torch.randn(d, generator=torch.Generator().manual_seed(1)) for s, d in dims.items()}
+    mean = Ablation("mean", means)
     every = [node_name(s, i) for s in prunable_sites(model) for i in range(dims[s])]
-    return model, ids, means, every
+    return model, ids, mean, every
 
 
 def test_head_of_groups_qkv_channels_by_d_head():
@@ -28,8 +29,8 @@ def test_head_of_groups_qkv_channels_by_d_head():
 
 
 def test_a_circuit_of_every_node_traces_the_full_model(loaded):
-    model, ids, means, every = loaded
-    t = trace(model, ids, every, means, 5, 7)
+    model, ids, ablation, every = loaded
+    t = trace(model, ids, every, ablation, 5, 7)
     with torch.no_grad():
         logits, acts = model(torch.tensor([ids]), capture={"0.mlp.post_act", "1.attn.v"})
     for node, site, i in [("0.mlp.post_act[3]", "0.mlp.post_act", 3), ("1.attn.v[9]", "1.attn.v", 9)]:
@@ -41,10 +42,11 @@ def test_a_circuit_of_every_node_traces_the_full_model(loaded):
 
 
 def test_nodes_off_and_outside_the_circuit_are_their_means(loaded):
-    model, ids, means, _ = loaded
+    model, ids, ablation, _ = loaded
     nodes = ["0.mlp.post_act[3]", "0.mlp.post_act[4]", "1.mlp.resid_delta[2]"]
-    t = trace(model, ids, nodes, means, 5, 7, off={"0.mlp.post_act[4]"})
-    assert t.activations["0.mlp.post_act[4]"] == pytest.approx([float(means["0.mlp.post_act"][4])] * len(ids))
+    t = trace(model, ids, nodes, ablation, 5, 7, off={"0.mlp.post_act[4]"})
+    mean = float(ablation.means["0.mlp.post_act"][4])
+    assert t.activations["0.mlp.post_act[4]"] == pytest.approx([mean] * len(ids))
     # The MLP input of layer 0 is its mean at every position, so post_act[3] is the same everywhere.
     assert len(set(round(v, 5) for v in t.activations["0.mlp.post_act[3]"])) == 1
     assert t.logit_diff != pytest.approx(t.full_logit_diff, abs=1e-3)
@@ -52,9 +54,9 @@ def test_nodes_off_and_outside_the_circuit_are_their_means(loaded):
 
 
 def test_head_pattern_is_the_attention_of_the_last_position(loaded):
-    model, ids, means, every = loaded
+    model, ids, ablation, every = loaded
     nodes = [n for n in every if n.startswith(("1.attn.", "0."))]
-    t = trace(model, ids, nodes, means, 5, 7)
+    t = trace(model, ids, nodes, ablation, 5, 7)
     head = next(h for h in t.heads if h.layer == 1 and h.head == 1)
     assert head.nodes and all(head_of(n, model.cfg.d_head) == (1, 1) for n in head.nodes)
     with torch.no_grad():
@@ -72,10 +74,10 @@ def test_head_pattern_is_the_attention_of_the_last_position(loaded):
 
 
 def test_class_means_and_logit_weights(loaded):
-    model, ids, means, every = loaded
+    model, ids, ablation, every = loaded
     prompts = torch.tensor([ids, ids[:-1] + [ids[0]]] * 3).view(3, 2, len(ids))
     nodes = ["0.mlp.post_act[3]", "1.mlp.resid_delta[2]"]
-    sides = class_means(model, prompts, every, means, chunk=2)
+    sides = class_means(model, prompts, every, ablation, chunk=2)
     with torch.no_grad():
         _, acts = model(prompts.flatten(0, 1), capture={"0.mlp.post_act"})
     last = acts["0.mlp.post_act"][:, -1, 3].view(3, 2)

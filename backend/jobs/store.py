@@ -184,6 +184,7 @@ def write_circuit(
         curve=circuit.curve,
         runs=circuit.runs,
         validation=circuit.validation,
+        faithfulness=circuit.faithfulness,
         params=cfg.model_dump(mode="json"),
         job_id=job_id,
     )

@@ -141,6 +141,8 @@ def render(request: Request, circuit_id: int) -> bytes:
                 curve=c.curve,
                 runs=c.runs,
                 validation=c.validation,
+                ablation=c.params.get("ablation", "mean"),
+                faithfulness=c.faithfulness,
                 params=c.params,
                 nodes=[CircuitNodeRead.model_validate(n) for n in c.nodes],
                 edges=[CircuitEdgeRead.model_validate(e) for e in c.edges],
@@ -181,8 +183,8 @@ def node_circuit(session: Session, circuit_id: int) -> Circuit:
 @router.post("/{circuit_id}/trace", response_model=TraceResult, responses=VIEW_ERRORS)
 def trace_circuit(circuit_id: CircuitId, body: TraceRequest, request: Request, session: SessionDep):
     """The circuit on one prompt or a pair (class A, class B): every node's value at every token with
-    the circuit running alone (`off` nodes mean-ablated too), the logit difference of the two
-    completions at the last token, and the attention of each of the circuit's heads from there."""
+    the circuit running alone (the rest and the `off` nodes ablated as `ablation` says), the logit
+    difference of the two completions at the last token, and each of its heads' attention from there."""
     t0 = time.perf_counter()
     c = node_circuit(session, circuit_id)
     model = c.model
@@ -193,7 +195,7 @@ def trace_circuit(circuit_id: CircuitId, body: TraceRequest, request: Request, s
             raise HTTPException(422, f"off: {name} is not a node of circuit {circuit_id}")
     lm = loaded(request, model)
     data = task_data(request, model, c.task.name, c.task)
-    means, n_ctx = lm.means(), lm.model.cfg.n_ctx
+    ablation, n_ctx = lm.ablation(body.ablation), lm.model.cfg.n_ctx
     scale = c.calibration.get("scale", 1.0)
     traces = []
     for prompt in body.prompts:
@@ -201,7 +203,7 @@ def trace_circuit(circuit_id: CircuitId, body: TraceRequest, request: Request, s
         if not ids:
             raise HTTPException(422, f"prompt {prompt[:40]!r}: encodes to no tokens")
         kept = ids[-n_ctx:]
-        t = trace(lm.model, kept, sorted(names), means, data.token_a, data.token_b, set(body.off))
+        t = trace(lm.model, kept, sorted(names), ablation, data.token_a, data.token_b, set(body.off))
         traces.append(
             PromptTrace(
                 prompt=prompt,
@@ -255,15 +257,16 @@ def label_text(tokens: list[str], a: float | None, b: float | None, logit: float
 @router.get("/{circuit_id}/labels", response_model=CircuitLabels, responses=VIEW_ERRORS)
 def circuit_labels(circuit_id: CircuitId, request: Request, session: SessionDep) -> CircuitLabels:
     """A short automatic label for every node: the tokens it fires on most in its top profile examples,
-    its mean on class A vs class B test prompts (circuit running alone), and for residual writes the
-    sign of its direct weight on logit(A) - logit(B). q/k/v channels name their head."""
+    its mean on class A vs class B test prompts (circuit running alone, the rest mean-ablated), and for
+    residual writes the sign of its direct weight on logit(A) - logit(B). q/k/v channels name their head."""
     c = node_circuit(session, circuit_id)
     model = c.model
     names = sorted(n.name for n in c.nodes)
     lm = loaded(request, model)
     data = task_data(request, model, c.task.name, c.task)
     prompts = data.test[:LABEL_PAIRS]
-    sides = lm.memo(("class-means", circuit_id), lambda: class_means(lm.model, prompts, names, lm.means()))
+    mean = lm.ablation("mean")
+    sides = lm.memo(("class-means", circuit_id), lambda: class_means(lm.model, prompts, names, mean))
     logit = logit_weights(lm.model, names, data.token_a, data.token_b)
     tokens = top_tokens(request, session, model, names)
     items = []

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from fastapi import APIRouter, HTTPException, Request
 
-from worker.engine.ablation import prunable_sites
+from worker.engine.ablation import Ablation, prunable_sites
 from worker.engine.prune import NodeMasks, calibrated_loss, task_logits
 from worker.engine.sites import catalog, site_layer
 from worker.engine.tasks.base import pair_labels
@@ -98,7 +98,7 @@ def live_ablation(circuit_id: CircuitId, body: AblationRequest, request: Request
     prompts = data.test[: body.pairs]
     labels = pair_labels(len(prompts))
     if features is None:
-        logits2, full = node_ablation(lm, model, data, prompts, kept, body.mode)
+        logits2, full = node_ablation(lm, model, data, prompts, kept, body.mode, lm.ablation(body.ablation))
     else:
         tr = loaded_transcoders(request, features, model)
         logits2, full = feature_ablation(lm, tr.selected, data, prompts, kept, body.mode)
@@ -118,6 +118,7 @@ def live_ablation(circuit_id: CircuitId, body: AblationRequest, request: Request
     return AblationResult(
         circuit_id=circuit_id,
         mode=body.mode,
+        ablation=body.ablation if features is None else "zero",
         n_nodes=len(kept),
         pairs=len(prompts),
         loss=F.cross_entropy(logits2, labels).item(),
@@ -132,9 +133,8 @@ def live_ablation(circuit_id: CircuitId, body: AblationRequest, request: Request
     )
 
 
-def node_ablation(lm, model: Model, data, prompts, kept: set[str], mode: str):
-    """(two-class logits with the node set kept or mean-ablated, those of the full model)."""
-    means = lm.means()
+def node_ablation(lm, model: Model, data, prompts, kept: set[str], mode: str, ablation: Ablation):
+    """(two-class logits with the node set kept or ablated, those of the full model)."""
     dims = lm.model.site_dims()
     masks = NodeMasks({s: dims[s] for s in prunable_sites(lm.model)}, 0.0, 0.0, torch.Generator())
     chosen = torch.zeros(masks.tau.numel())
@@ -143,9 +143,9 @@ def node_ablation(lm, model: Model, data, prompts, kept: set[str], mode: str):
         chosen[masks.slices[site][0] + index] = 1
     keep = chosen if mode == "keep" else 1 - chosen
     full = lm.memo(
-        ("full", data.name, len(prompts)), lambda: task_logits(lm.model, data, prompts, None, masks, means)
+        ("full", data.name, len(prompts)), lambda: task_logits(lm.model, data, prompts, None, masks, ablation)
     )
-    return task_logits(lm.model, data, prompts, keep, masks, means), full
+    return task_logits(lm.model, data, prompts, keep, masks, ablation), full
 
 
 def feature_ablation(lm, coders, data, prompts, kept: set[str], mode: str):

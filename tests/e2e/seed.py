@@ -83,7 +83,6 @@ def seed(data_dir: Path) -> dict:
     with TestClient(create_app(settings)) as client:
         model_id = run_job(client, key, "train", TRAIN)["result"]["model_id"]
         run_job(client, key, "profile", {"model_id": model_id, **PROFILE})
-        # The controls too, for the circuit page's validation badges.
         prune = {"model_id": model_id, **PRUNE, "curve_pairs": PRUNE_CURVE_PAIRS, "validate_circuit": True}
         circuit_id = run_job(client, key, "prune", prune)["result"]["circuit_id"]
     (data_dir / "api-key.txt").write_text(key + "\n")

@@ -113,6 +113,33 @@ def test_live_ablation_changes_probabilities(page: Page, live):
     assert "off=" in page.url
 
 
+def test_faithfulness_scores_controls_and_ablation_kind(page: Page, live):
+    circuit = httpx.get(f"{live.url}/api/v1/circuits/{live.circuit_id}").json()
+    open_circuit(page, live)
+    scores = page.locator("#faithfulness-scores tr[data-mode]")
+    expect(scores).to_have_count(3, timeout=TIMEOUT)
+    for mode in ("mean", "zero", "resample"):
+        cpr = circuit["faithfulness"]["modes"][mode]["cpr"]
+        expect(page.locator(f"#faithfulness-scores tr[data-mode={mode}] td").nth(1)).to_have_text(
+            f"{cpr:.3f}"
+        )
+    expect(page.locator("#faithfulness-plot .main-svg").first).to_be_visible(timeout=60_000)
+    checks = circuit["validation"]["checks"]
+    assert [c["name"] for c in checks][-2:] == ["nonsense_task", "generalisation"]
+    for check in checks:
+        verdict = "pass" if check["passed"] else "FAIL"
+        expect(page.locator(f"#controls tr[data-check={check['name']}] td").nth(1)).to_have_text(verdict)
+    # Live ablation under zero ablation: the page shows what the API computes for it.
+    p_a = page.locator("#ablation-table td[data-key=p_a]")
+    expect(p_a).to_have_attribute("data-value", re.compile(r"\d"), timeout=60_000)
+    with page.expect_response(lambda r: r.url.endswith("/ablate") and r.request.method == "POST") as answer:
+        page.select_option("#ablation-kind", "zero")
+    assert json.loads(answer.value.request.post_data)["ablation"] == "zero"
+    assert answer.value.json()["ablation"] == "zero"
+    expect(p_a).to_have_attribute("data-value", str(answer.value.json()["p_a"]), timeout=TIMEOUT)
+    assert "ablation=zero" in page.url
+
+
 def test_export_png_and_json(page: Page, live):
     open_circuit(page, live)
     with page.expect_download() as dl:

@@ -13,12 +13,18 @@ JSON schema (version 1), top-level keys:
                   "attribution" (transcoder circuits: feature -> later feature, with two more fields,
                   weight = activation x weight_product, see worker/engine/transcoders.py)
   losses          {full, circuit, ablated, circuit_uncalibrated}: mean per-prompt CE on the test split;
+                  circuit_train_masks: the calibrated CE on (up to eval_pairs of) the pairs the masks
+                  trained on (test minus this = the generalisation gap);
                   circuit_train_heldout: the circuit's calibrated CE on the held-out train pairs
                   (transcoder circuits add `replacement` and the mean logit differences `logit_diff_*`)
   calibration     {scale, shift} on the two-class logit difference
   curve           [{k, loss}]  calibrated test loss of the top-k nodes by tau
   runs            the hyper-parameter search, one record per run
-  validation      optional: controls (random circuit, shuffled labels)
+  validation      optional: controls (random circuit, shuffled labels, nonsense task, generalisation
+                  gap) and `checks`, each control judged pass/fail against its stated criterion
+  ablation        what masked nodes were replaced by while pruning: mean | zero | resample
+  faithfulness    {metric, pairs, modes: {mode: {m_full, m_empty, points: [{percent, nodes, m, f}],
+                  cpr, cmd}}}: the MIB faithfulness curve over the pruner's node order, per ablation
 """
 
 from __future__ import annotations
@@ -65,6 +71,8 @@ class Circuit:
     curve: list[dict]
     runs: list[dict] = field(default_factory=list)
     validation: dict = field(default_factory=dict)
+    ablation: str = "mean"
+    faithfulness: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         out = {"schema_version": SCHEMA_VERSION, **asdict(self)}

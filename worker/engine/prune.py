@@ -1,7 +1,8 @@
 """Learned node masks -> the smallest circuit that does a task (PAPERS.md section 4).
 
 One mask logit tau per node at every site of every layer, clamped to [-1, 1]. The forward pass uses
-Heaviside(tau) (masked nodes are mean-ablated); the backward pass uses the gradient of sigmoid(tau / T).
+Heaviside(tau) (masked nodes are ablated: by their mean as in the paper, zero or resampled); the
+backward pass uses the gradient of sigmoid(tau / T).
 Objective: two-class task CE + k_coef * (number of active nodes). Then bisection on the number of kept
 nodes (largest tau first) for the smallest circuit whose calibrated task loss <= target.
 """
@@ -20,7 +21,15 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from .ablation import ablation_edits, prunable_sites, shuffled_labels
+from .ablation import (
+    ABLATION_MODES,
+    Ablation,
+    AblationMode,
+    nonsense_task,
+    prunable_sites,
+    shuffled_labels,
+    validation_checks,
+)
 from .circuit import Circuit, edges_from_weights, make_nodes
 from .model import SparseGPT
 from .search import drop_greedily, smallest_top_k
@@ -47,6 +56,8 @@ class PruneConfig(BaseModel):
     curve_points: int = Field(10, ge=2, le=64)  # loss-vs-k curve: k values on a geometric grid
     curve_pairs: int = Field(256, ge=1)  # test pairs each curve point is measured on
     seed: int = 0
+    ablation: AblationMode = "mean"  # what masked nodes are replaced by (worker/engine/ablation.py)
+    faithfulness_pairs: int = Field(128, ge=1)  # test pairs of each faithfulness-curve point
 
 
 class HeavisideSTE(torch.autograd.Function):
@@ -114,12 +125,15 @@ def calibrated_loss(logits2: torch.Tensor, labels: torch.Tensor, scale: float, s
 
 
 @torch.no_grad()
-def task_logits(model: SparseGPT, task: TaskData, prompts: torch.Tensor, keep_flat, masks, means, chunk=128):
-    """Two-class logits of every prompt (pairs flattened) with nodes outside keep mean-ablated."""
-    edits = None if keep_flat is None else ablation_edits(masks.by_site(keep_flat), means)
+def task_logits(
+    model: SparseGPT, task: TaskData, prompts: torch.Tensor, keep_flat, masks, ablation: Ablation, chunk=128
+):
+    """Two-class logits of every prompt (pairs flattened) with nodes outside keep ablated."""
     device, out = next(model.parameters()).device, []
     for i in range(0, len(prompts), chunk):
-        logits, _ = model(prompts[i : i + chunk].flatten(0, 1).to(device), edits=edits, last_only=True)
+        x = prompts[i : i + chunk].flatten(0, 1).to(device)
+        edits = None if keep_flat is None else ablation.edits(model, masks.by_site(keep_flat), *x.shape)
+        logits, _ = model(x, edits=edits, last_only=True)
         out.append(two_class_logits(logits, task).cpu())
     return torch.cat(out)
 
@@ -148,7 +162,7 @@ class PruneResult:
 
 
 def learn_masks(
-    model, task, prompts, means, cfg: PruneConfig, k_coef: float, lr: float, seed: int, progress=None
+    model, task, prompts, ablation, cfg: PruneConfig, k_coef: float, lr: float, seed: int, progress=None
 ):
     """Mask logits trained on `prompts` (pairs) with the task CE + k_coef * active nodes objective."""
     g = torch.Generator().manual_seed(seed)
@@ -160,8 +174,8 @@ def learn_masks(
     for step in range(cfg.steps):
         idx = torch.randint(0, len(prompts), (min(cfg.batch_pairs, len(prompts)),), generator=g)
         keep = masks.keep(cfg.temperature)
-        edits = ablation_edits(masks.by_site(keep), means)
-        logits, _ = model(prompts[idx].flatten(0, 1).to(device), edits=edits, last_only=True)
+        x = prompts[idx].flatten(0, 1).to(device)
+        logits, _ = model(x, edits=ablation.edits(model, masks.by_site(keep), *x.shape), last_only=True)
         task_ce = F.cross_entropy(two_class_logits(logits, task), pair_labels(len(idx), device))
         loss = task_ce.cpu() + k_coef * keep.sum()
         opt.zero_grad(set_to_none=True)
@@ -174,11 +188,11 @@ def learn_masks(
     return masks
 
 
-def bisect_nodes(model, task, means, masks: NodeMasks, order: list[int], hi: int, target: float, prompts):
+def bisect_nodes(model, task, ablation, masks: NodeMasks, order: list[int], hi: int, target: float, prompts):
     """Smallest k (top-k nodes by tau) whose calibrated loss <= target; (k, loss, scale, shift)."""
 
     def fit(nodes: list[int]):
-        return calibrated_fit(model, task, means, masks, keep_top(masks, nodes, len(nodes)), prompts)
+        return calibrated_fit(model, task, ablation, masks, keep_top(masks, nodes, len(nodes)), prompts)
 
     k, found = smallest_top_k(order, fit, lambda f: f[0] <= target, start=hi)
     return (k, *found)
@@ -223,16 +237,16 @@ def frozen(model: torch.nn.Module):
         model.train(was_training)
 
 
-def calibrated_fit(model, task, means, masks: NodeMasks, keep: torch.Tensor, prompts):
+def calibrated_fit(model, task, ablation, masks: NodeMasks, keep: torch.Tensor, prompts):
     """Calibrate the kept-node model on `prompts`; its calibrated loss there: (loss, scale, shift)."""
     labels = pair_labels(len(prompts))
-    l2 = task_logits(model, task, prompts, keep, masks, means)
+    l2 = task_logits(model, task, prompts, keep, masks, ablation)
     scale, shift = calibrate(l2, labels)
     return calibrated_loss(l2, labels, scale, shift), scale, shift
 
 
 def drop_unneeded(
-    model, task, means, masks: NodeMasks, order: list[int], k: int, target: float, prompts, tries
+    model, task, ablation, masks: NodeMasks, order: list[int], k: int, target: float, prompts, tries
 ):
     """One greedy pass after bisection: try leaving out each of the circuit's `tries` lowest-ranked nodes
     (lowest tau first) and keep it out while the calibrated loss stays <= target. Short mask training
@@ -240,7 +254,7 @@ def drop_unneeded(
     with the kept nodes first in `order`."""
 
     def fit(nodes: list[int]):
-        return calibrated_fit(model, task, means, masks, keep_top(masks, nodes, len(nodes)), prompts)
+        return calibrated_fit(model, task, ablation, masks, keep_top(masks, nodes, len(nodes)), prompts)
 
     circuit, dropped, found = drop_greedily(order[:k], fit, lambda f: f[0] <= target, tries)
     return [*circuit, *dropped, *order[k:]], len(circuit), *found
@@ -257,7 +271,7 @@ def search_grid(runs: int) -> list[tuple[float, float]]:
 def prune(
     model: SparseGPT,
     task: TaskData,
-    means: dict[str, torch.Tensor],
+    ablation: Ablation,
     cfg: PruneConfig,
     on_progress: Callable[[float, str], None] | None = None,
 ) -> PruneResult:
@@ -274,12 +288,12 @@ def prune(
             report(0.95 * (r + step / total) / cfg.runs, f"run {r + 1}/{cfg.runs}: mask step {step}/{total}")
 
         with frozen(model):
-            masks = learn_masks(model, task, mask_train, means, cfg, k_coef, lr, cfg.seed + r, progress)
+            masks = learn_masks(model, task, mask_train, ablation, cfg, k_coef, lr, cfg.seed + r, progress)
         tau = masks.tau.detach().clone()
         order = torch.argsort(tau, descending=True, stable=True).tolist()
         active = int((tau > 0).sum())
         target = cfg.target_loss
-        k, loss, scale, shift = bisect_nodes(model, task, means, masks, order, active, target, held_out)
+        k, loss, scale, shift = bisect_nodes(model, task, ablation, masks, order, active, target, held_out)
         runs.append(SearchRun(k_coef, lr, active, k, loss, loss <= target))
         key = (runs[-1].reached_target, -k, -loss)  # meets the target, then fewest nodes, then lowest loss
         if best is None or key > best_key:
@@ -287,7 +301,7 @@ def prune(
     if best_key[0] and cfg.refine_nodes:  # the greedy pass, once, on the best run's circuit
         report(0.95, f"dropping unneeded nodes of {best.k}")
         best.order, best.k, best.selection_loss, best.scale, best.shift = drop_unneeded(
-            model, task, means, best.masks, best.order, best.k, cfg.target_loss, held_out, cfg.refine_nodes
+            model, task, ablation, best.masks, best.order, best.k, cfg.target_loss, held_out, cfg.refine_nodes
         )
         greedy = SearchRun(
             best_run.k_coef, best_run.lr, best_run.nodes_active, best.k, best.selection_loss, True, "greedy"
@@ -308,51 +322,114 @@ def ce(logits2: torch.Tensor, labels: torch.Tensor) -> float:
     return F.cross_entropy(logits2, labels).item()
 
 
-def circuit_losses(model, task: TaskData, means, masks: NodeMasks, keep: torch.Tensor, scale, shift) -> dict:
+def circuit_losses(
+    model, task: TaskData, ablation, masks: NodeMasks, keep: torch.Tensor, scale, shift
+) -> dict:
     """Test-split losses: full model, circuit alone (calibrated and not), circuit's nodes ablated."""
     test = task.test
     labels = pair_labels(len(test))
-    circuit = task_logits(model, task, test, keep, masks, means)
+    circuit = task_logits(model, task, test, keep, masks, ablation)
     return {
-        "full": ce(task_logits(model, task, test, None, masks, means), labels),
+        "full": ce(task_logits(model, task, test, None, masks, ablation), labels),
         "circuit": calibrated_loss(circuit, labels, scale, shift),
         "circuit_uncalibrated": ce(circuit, labels),
-        "ablated": ce(task_logits(model, task, test, 1 - keep, masks, means), labels),
+        "ablated": ce(task_logits(model, task, test, 1 - keep, masks, ablation), labels),
     }
 
 
 def loss_curve(
-    model, task: TaskData, means, masks: NodeMasks, order: list[int], k_max: int, points: int, pairs: int
+    model, task: TaskData, ablation, masks: NodeMasks, order: list[int], k_max: int, points: int, pairs: int
 ):
     """Calibrated test loss (first `pairs` test pairs) of the top-k circuit for k on a geometric grid."""
     ks = sorted({int(round(k_max ** (i / (points - 1)))) for i in range(points)} | {0})
     return [
-        {"k": k, "loss": calibrated_test_loss(model, task, means, masks, keep_top(masks, order, k), pairs)}
+        {"k": k, "loss": calibrated_test_loss(model, task, ablation, masks, keep_top(masks, order, k), pairs)}
         for k in ks
     ]
 
 
 def calibrated_test_loss(
-    model, task: TaskData, means, masks: NodeMasks, keep: torch.Tensor, pairs: int | None = None
+    model, task: TaskData, ablation, masks: NodeMasks, keep: torch.Tensor, pairs: int | None = None
 ) -> float:
     """Calibrate the kept-node model on 128 train pairs, report its calibrated loss on the test split
     (or its first `pairs` pairs)."""
     train, test = task.train[:128], task.test[:pairs]
-    scale, shift = calibrate(task_logits(model, task, train, keep, masks, means), pair_labels(len(train)))
-    test_logits = task_logits(model, task, test, keep, masks, means)
+    scale, shift = calibrate(task_logits(model, task, train, keep, masks, ablation), pair_labels(len(train)))
+    test_logits = task_logits(model, task, test, keep, masks, ablation)
     return calibrated_loss(test_logits, pair_labels(len(test)), scale, shift)
 
 
-def find_circuit(model, task: TaskData, means, cfg: PruneConfig, model_ref: str, on_progress=None) -> Circuit:
-    """prune() -> a Circuit with edges, test losses and the loss-vs-k curve."""
+FAITHFULNESS_PERCENTS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
+
+
+def mean_logit_difference(logits2: torch.Tensor, labels: torch.Tensor) -> float:
+    """The faithfulness metric m: mean over prompts of the right completion's logit minus the wrong one's."""
+    d = logits2[:, 0] - logits2[:, 1]
+    return float(torch.where(labels == 0, d, -d).mean())
+
+
+def curve_areas(points: list[dict]) -> tuple[float, float]:
+    """MIB's scores of a faithfulness curve over the fraction x of nodes kept, with f(x=0) = 0 (the empty
+    circuit, by definition) prepended: CPR = area under f, CMD = area under |1 - f| (trapezoid rule)."""
+    xs = [0.0] + [p["percent"] / 100 for p in points]
+    fs = [0.0] + [p["f"] for p in points]
+    return trapezoid(xs, fs), trapezoid(xs, [abs(1 - f) for f in fs])
+
+
+def trapezoid(xs: list[float], ys: list[float]) -> float:
+    return sum((xs[i + 1] - xs[i]) * (ys[i] + ys[i + 1]) / 2 for i in range(len(xs) - 1))
+
+
+def faithfulness_curve(
+    model, task: TaskData, ablation: Ablation, masks: NodeMasks, order, pairs: int
+) -> dict:
+    """f(C) = (m(C) - m(empty)) / (m(N) - m(empty)) on the first `pairs` test pairs, for circuits of the
+    top FAITHFULNESS_PERCENTS % of all nodes in the pruner's order, and its CPR / CMD."""
+    test = task.test[:pairs]
+    labels = pair_labels(len(test))
+
+    def m(keep):
+        return mean_logit_difference(task_logits(model, task, test, keep, masks, ablation), labels)
+
+    m_full, m_empty = m(None), m(torch.zeros(masks.tau.numel()))
+    points = []
+    for percent in FAITHFULNESS_PERCENTS:
+        k = max(1, round(len(order) * percent / 100))
+        mk = m(keep_top(masks, order, k))
+        points.append({"percent": percent, "nodes": k, "m": mk, "f": (mk - m_empty) / (m_full - m_empty)})
+    cpr, cmd = curve_areas(points)
+    return {"m_full": m_full, "m_empty": m_empty, "points": points, "cpr": cpr, "cmd": cmd}
+
+
+def faithfulness(model, task: TaskData, ablation: Ablation, masks: NodeMasks, order, pairs: int) -> dict:
+    """The faithfulness curve under every ablation mode the Ablation can take (resample needs its
+    windows), in the same node order."""
+    modes = [m for m in ABLATION_MODES if m != "resample" or ablation.windows is not None]
+    return {
+        "metric": "mean logit difference, right minus wrong completion, test split",
+        "pairs": min(pairs, len(task.test)),
+        "modes": {
+            mode: faithfulness_curve(model, task, ablation.as_mode(mode), masks, order, pairs)
+            for mode in modes
+        },
+    }
+
+
+def find_circuit(
+    model, task: TaskData, ablation: Ablation, cfg: PruneConfig, model_ref: str, on_progress=None
+) -> Circuit:
+    """prune() -> a Circuit with edges, test losses, the loss-vs-k curve and the faithfulness curves."""
     report = on_progress or (lambda f, m: None)
-    result = prune(model, task, means, cfg, lambda f, m: report(0.9 * f, m))
+    result = prune(model, task, ablation, cfg, lambda f, m: report(0.85 * f, m))
     masks, order, k = result.masks, result.order, result.k
-    report(0.9, "losses and loss-vs-k curve")
+    report(0.85, "losses and loss-vs-k curve")
     keep = keep_top(masks, order, k)
     names = [masks.node(i) for i in order[:k]]
     tau = {masks.node(i): float(result.tau[i]) for i in order[:k]}
     active = max(k, int((result.tau > 0).sum()))
+    _, mask_train = split_train(task, cfg.eval_pairs, cfg.seed)
+    own_pairs = mask_train[: cfg.eval_pairs]
+    own = task_logits(model, task, own_pairs, keep, masks, ablation)
     circuit = Circuit(
         task=task.name,
         model=model_ref,
@@ -360,14 +437,17 @@ def find_circuit(model, task: TaskData, means, cfg: PruneConfig, model_ref: str,
         nodes=make_nodes(names, tau),
         edges=edges_from_weights(model, names),
         losses={
-            **circuit_losses(model, task, means, masks, keep, result.scale, result.shift),
+            **circuit_losses(model, task, ablation, masks, keep, result.scale, result.shift),
             "circuit_train_heldout": result.selection_loss,
+            "circuit_train_masks": calibrated_loss(
+                own, pair_labels(len(own_pairs)), result.scale, result.shift
+            ),
         },
         calibration={"scale": result.scale, "shift": result.shift},
         curve=loss_curve(
             model,
             task,
-            means,
+            ablation,
             masks,
             order,
             min(len(order), max(2 * active, 4)),
@@ -375,12 +455,15 @@ def find_circuit(model, task: TaskData, means, cfg: PruneConfig, model_ref: str,
             cfg.curve_pairs,
         ),
         runs=[asdict(r) for r in result.runs],
+        ablation=ablation.mode,
     )
+    report(0.92, "faithfulness curves")
+    circuit.faithfulness = faithfulness(model, task, ablation, masks, order, cfg.faithfulness_pairs)
     report(1.0, "done")
     return circuit
 
 
-def random_control(model, task: TaskData, means, circuit: Circuit, draws: int = 3, seed: int = 0) -> dict:
+def random_control(model, task: TaskData, ablation, circuit: Circuit, draws: int = 3, seed: int = 0) -> dict:
     """Circuits of the same size drawn at random (same number of nodes per site): calibrated test loss."""
     dims = {s: d for s, d in model.site_dims().items() if s in prunable_sites(model)}
     masks = NodeMasks(dims, 0.0, 0.0, torch.Generator())
@@ -394,22 +477,34 @@ def random_control(model, task: TaskData, means, circuit: Circuit, draws: int = 
         for site, count in per_site.items():
             a, b = masks.slices[site]
             keep[a + torch.randperm(b - a, generator=g)[:count]] = 1
-        losses.append(calibrated_test_loss(model, task, means, masks, keep))
+        losses.append(calibrated_test_loss(model, task, ablation, masks, keep))
     return {"nodes": len(circuit.nodes), "losses": losses, "mean_loss": sum(losses) / len(losses)}
 
 
-def validate(model, task: TaskData, means, circuit: Circuit, cfg: PruneConfig) -> dict:
-    """Necessity and sufficiency (from the circuit's losses), a random circuit of equal size, and the
-    same pruning on a shuffled-label control task (a faithful method should find nothing small)."""
-    control = find_circuit(model, shuffled_labels(task, cfg.seed), means, cfg, circuit.model)
+def control_summary(control: Circuit, target: float) -> dict:
     return {
+        "nodes": len(control.nodes),
+        "edges": len(control.edges),
+        "circuit_loss": control.losses["circuit"],
+        "reached_target": control.losses["circuit"] <= target,
+    }
+
+
+def validate(model, task: TaskData, ablation: Ablation, circuit: Circuit, cfg: PruneConfig) -> dict:
+    """Necessity and sufficiency (from the circuit's losses), a random circuit of equal size, the same
+    pruning on two control tasks a faithful method should find nothing small for (shuffled labels, a
+    nonsense task), the generalisation gap, and each judged pass/fail (ablation.validation_checks)."""
+    quick = cfg.model_copy(update={"faithfulness_pairs": 1})  # the controls' own curves are not shown
+    shuffled = find_circuit(model, shuffled_labels(task, cfg.seed), ablation, quick, circuit.model)
+    nonsense = find_circuit(model, nonsense_task(task, cfg.seed), ablation, quick, circuit.model)
+    circuit.validation = {
+        "ablation": ablation.mode,
         "necessity_ablated_loss": circuit.losses["ablated"],
         "sufficiency_circuit_loss": circuit.losses["circuit"],
-        "random_circuit": random_control(model, task, means, circuit),
-        "shuffled_labels": {
-            "nodes": len(control.nodes),
-            "edges": len(control.edges),
-            "circuit_loss": control.losses["circuit"],
-            "reached_target": control.losses["circuit"] <= cfg.target_loss,
-        },
+        "generalisation_gap": circuit.losses["circuit"] - circuit.losses["circuit_train_masks"],
+        "random_circuit": random_control(model, task, ablation, circuit),
+        "shuffled_labels": control_summary(shuffled, cfg.target_loss),
+        "nonsense_task": control_summary(nonsense, cfg.target_loss),
     }
+    circuit.validation["checks"] = validation_checks(circuit, cfg.target_loss)
+    return circuit.validation

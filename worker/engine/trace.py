@@ -1,5 +1,5 @@
 """What a circuit computes, for the circuit view: its nodes' activations at every position of one prompt
-(the circuit running alone, every other node mean-ablated, as when it was pruned), the logit difference
+(the circuit running alone, every other node ablated, as when it was pruned), the logit difference
 it writes, the attention pattern of its heads from the last position, and per node the numbers its
 automatic label is made of (mean on class A vs class B prompts, direct weight on the logit difference).
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .ablation import ablation_edits, prunable_sites
+from .ablation import Ablation, prunable_sites
 from .model import SparseGPT
 from .sites import layer_site, parse_node, site_kind, site_layer
 
@@ -44,14 +44,14 @@ class Trace:
     heads: list[HeadPattern]
 
 
-def circuit_edits(model: SparseGPT, kept: set[str], means: dict[str, torch.Tensor]):
-    """Edits that run only the `kept` nodes; every other node of the 8 layer sites is mean-ablated."""
+def circuit_edits(model: SparseGPT, kept: set[str], ablation: Ablation, batch: int, length: int):
+    """Edits that run only the `kept` nodes; every other node of the 8 layer sites is ablated."""
     dims = model.site_dims()
     keep = {s: torch.zeros(dims[s]) for s in prunable_sites(model)}
     for n in kept:
         site, index = parse_node(n)
         keep[site][index] = 1.0
-    return ablation_edits(keep, means)
+    return ablation.edits(model, keep, batch, length)
 
 
 def _pattern(
@@ -75,7 +75,7 @@ def trace(
     model: SparseGPT,
     ids: list[int],
     nodes: list[str],
-    means: dict[str, torch.Tensor],
+    ablation: Ablation,
     token_a: int,
     token_b: int,
     off: set[str] = frozenset(),
@@ -88,7 +88,8 @@ def trace(
     capture = {parse_node(n)[0] for n in nodes}
     capture |= {layer_site(layer, kind) for layer, _ in heads for kind in ("attn.q", "attn.k")}
     x = torch.tensor([ids])
-    logits, acts = model(x, edits=circuit_edits(model, set(nodes) - set(off), means), capture=capture)
+    edits = circuit_edits(model, set(nodes) - set(off), ablation, 1, len(ids))
+    logits, acts = model(x, edits=edits, capture=capture)
     full, _ = model(x, last_only=True)
     out = []
     for (layer, head), members in sorted(heads.items()):
@@ -105,15 +106,15 @@ def trace(
 
 @torch.no_grad()
 def class_means(
-    model: SparseGPT, prompts: torch.Tensor, nodes: list[str], means: dict[str, torch.Tensor], chunk: int = 64
+    model: SparseGPT, prompts: torch.Tensor, nodes: list[str], ablation: Ablation, chunk: int = 64
 ) -> dict[str, tuple[float, float]]:
     """Per node, its mean at the last position on the class-A and the class-B prompts of task pairs
     (pairs, 2, length), with the circuit running alone."""
     sites = {parse_node(n)[0] for n in nodes}
-    edits = circuit_edits(model, set(nodes), means)
     sums = {s: torch.zeros(2, model.site_dims()[s], dtype=torch.float64) for s in sites}
     for i in range(0, len(prompts), chunk):
         batch = prompts[i : i + chunk]
+        edits = circuit_edits(model, set(nodes), ablation, 2 * len(batch), prompts.shape[-1])
         _, acts = model(batch.flatten(0, 1), edits=edits, capture=sites)
         for s in sites:
             last = acts[s][:, -1].double().view(len(batch), 2, -1)

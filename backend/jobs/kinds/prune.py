@@ -7,6 +7,7 @@ from dataclasses import replace as with_tensors
 
 from pydantic import Field
 
+from worker.engine.ablation import AblationMode
 from worker.engine.prune import PruneConfig
 
 from ...models import JobStatus
@@ -36,7 +37,13 @@ class PruneParams(Strict):
     curve_points: int = from_engine(PruneConfig, "curve_points")
     curve_pairs: int = from_engine(PruneConfig, "curve_pairs", le=PAIRS)
     seed: Seed = from_engine(PruneConfig, "seed")
-    validate_circuit: bool = Field(False, description="also run the controls (random, shuffled labels)")
+    ablation: AblationMode = from_engine(
+        PruneConfig, "ablation", description="what masked nodes are replaced by: mean, zero or resample"
+    )
+    faithfulness_pairs: int = from_engine(PruneConfig, "faithfulness_pairs", le=PAIRS)
+    validate_circuit: bool = Field(
+        False, description="also run the controls (random circuit, shuffled labels, nonsense task)"
+    )
     device: str | None = Field(
         None,
         pattern=r"^(cpu|auto|cuda(:\d+)?)$",
@@ -58,7 +65,7 @@ def check(session, settings: Settings, params: PruneParams) -> None:
 
 
 def run(ctx, job, params: PruneParams, attempt) -> None:
-    from worker.engine.ablation import load_or_compute_means
+    from worker.engine.ablation import load_ablation
     from worker.engine.checkpoints import load_model
     from worker.engine.prune import find_circuit, validate
 
@@ -72,15 +79,17 @@ def run(ctx, job, params: PruneParams, attempt) -> None:
     net, tok, run = load_model(folder, device)
     data = task_data(params.task, spec, builtin, tok)
     data = with_tensors(data, train=data.train.to(device), test=data.test.to(device))
-    attempt.progress(0.02, "means", "mean activations", force=True)
-    means = {site: m.to(device) for site, m in load_or_compute_means(folder, net, tok, run).items()}
-    span = 0.75 if params.validate_circuit else 0.95
+    attempt.progress(0.02, "means", "ablation statistics (means, resample windows)", force=True)
+    ablation = load_ablation(folder, net, tok, run, cfg.ablation, cfg.seed)
+    span = 0.5 if params.validate_circuit else 0.93
     circuit = find_circuit(
-        net, data, means, cfg, str(model.id), lambda f, m: attempt.progress(0.05 + span * f, "prune", m)
+        net, data, ablation, cfg, str(model.id), lambda f, m: attempt.progress(0.05 + span * f, "prune", m)
     )
     if params.validate_circuit:
-        attempt.progress(0.8, "validate", "controls: random circuit, shuffled labels", force=True)
-        circuit.validation = validate(net, data, means, circuit, cfg)
+        attempt.progress(
+            0.55, "validate", "controls: random circuit, shuffled labels, nonsense task", force=True
+        )
+        validate(net, data, ablation, circuit, cfg)
     attempt.progress(0.98, "store", "writing the circuit", force=True)
     with ctx.db.session() as s:
         circuit_id = write_circuit(s, model.id, task_id, circuit, cfg, job.id)

@@ -80,8 +80,8 @@ export interface paths {
         /**
          * Circuit Labels
          * @description A short automatic label for every node: the tokens it fires on most in its top profile examples,
-         *     its mean on class A vs class B test prompts (circuit running alone), and for residual writes the
-         *     sign of its direct weight on logit(A) - logit(B). q/k/v channels name their head.
+         *     its mean on class A vs class B test prompts (circuit running alone, the rest mean-ablated), and for
+         *     residual writes the sign of its direct weight on logit(A) - logit(B). q/k/v channels name their head.
          */
         get: operations["circuit_labels_api_v1_circuits__circuit_id__labels_get"];
         put?: never;
@@ -104,8 +104,8 @@ export interface paths {
         /**
          * Trace Circuit
          * @description The circuit on one prompt or a pair (class A, class B): every node's value at every token with
-         *     the circuit running alone (`off` nodes mean-ablated too), the logit difference of the two
-         *     completions at the last token, and the attention of each of the circuit's heads from there.
+         *     the circuit running alone (the rest and the `off` nodes ablated as `ablation` says), the logit
+         *     difference of the two completions at the last token, and each of its heads' attention from there.
          */
         post: operations["trace_circuit_api_v1_circuits__circuit_id__trace_post"];
         delete?: never;
@@ -497,6 +497,13 @@ export interface components {
         /** AblationRequest */
         AblationRequest: {
             /**
+             * Ablation
+             * @description what an ablated node is replaced by: its mean (as when pruned by default), zero, or its value on a random pretraining window (resample, drawn afresh per request); transcoder circuits' features are always switched off (zero)
+             * @default mean
+             * @enum {string}
+             */
+            ablation: "mean" | "zero" | "resample";
+            /**
              * Mode
              * @description keep: the node set runs, every other node is mean-ablated (sufficiency); ablate: the node set is mean-ablated in the full model (necessity)
              * @default keep
@@ -528,6 +535,12 @@ export interface components {
         };
         /** AblationResult */
         AblationResult: {
+            /**
+             * Ablation
+             * @description the ablation applied (transcoder features: always zero)
+             * @enum {string}
+             */
+            ablation: "mean" | "zero" | "resample";
             /** Accuracy */
             accuracy: number;
             /** Circuit Id */
@@ -756,6 +769,11 @@ export interface components {
         };
         /** CircuitRead */
         CircuitRead: {
+            /**
+             * Ablation
+             * @description what masked nodes were replaced by while pruning: mean, zero, resample
+             */
+            ablation: string;
             /** Calibration */
             calibration: {
                 [key: string]: number;
@@ -774,6 +792,13 @@ export interface components {
             }[];
             /** Edges */
             edges: components["schemas"]["CircuitEdgeRead"][];
+            /**
+             * Faithfulness
+             * @description {metric, pairs, modes: {mode: {m_full, m_empty, points: [{percent, nodes, m, f}], cpr, cmd}}}: the faithfulness curve f(C) = (m(C) - m(empty)) / (m(full) - m(empty)) per ablation mode
+             */
+            faithfulness: {
+                [key: string]: unknown;
+            };
             /** Id */
             id: number;
             /** Losses */
@@ -818,7 +843,10 @@ export interface components {
              * @description transcoder circuits: the transcoders behind its features
              */
             transcoder_id?: number | null;
-            /** Validation */
+            /**
+             * Validation
+             * @description controls (random circuit, shuffled labels, nonsense task, generalisation gap) and `checks`: [{name, passed, value, criterion}]; empty when the circuit was not validated
+             */
             validation: {
                 [key: string]: unknown;
             };
@@ -1592,6 +1620,13 @@ export interface components {
          */
         PruneParams: {
             /**
+             * Ablation
+             * @description what masked nodes are replaced by: mean, zero or resample
+             * @default mean
+             * @enum {string}
+             */
+            ablation: "mean" | "zero" | "resample";
+            /**
              * Batch Pairs
              * @default 32
              */
@@ -1616,6 +1651,11 @@ export interface components {
              * @default 256
              */
             eval_pairs: number;
+            /**
+             * Faithfulness Pairs
+             * @default 128
+             */
+            faithfulness_pairs: number;
             /**
              * K Coef
              * @default 0.001
@@ -1654,7 +1694,7 @@ export interface components {
             task: string;
             /**
              * Validate Circuit
-             * @description also run the controls (random, shuffled labels)
+             * @description also run the controls (random circuit, shuffled labels, nonsense task)
              * @default false
              */
             validate_circuit: boolean;
@@ -2025,6 +2065,13 @@ export interface components {
         };
         /** TraceRequest */
         TraceRequest: {
+            /**
+             * Ablation
+             * @description what the nodes outside the circuit are replaced by
+             * @default mean
+             * @enum {string}
+             */
+            ablation: "mean" | "zero" | "resample";
             /**
              * Off
              * @description circuit nodes to ablate

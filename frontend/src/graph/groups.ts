@@ -7,9 +7,10 @@ import type { CatalogSite, Position } from "./layout";
 export const READABLE_MAX = 60;
 export const EMBED = "io:embed";
 export const LOGIT = "io:logit";
-const SPACING = 120; // px between neighbours of a row: a label of ~18 characters at 10 px
-const ROW_GAP = 90;
-const LAYER_GAP = 70;
+const SPACING = 100; // px between neighbours of a row: a label of ~15 characters at 10 px
+const ROW_GAP = 80;
+const LAYER_GAP = 60;
+export const ROW_MAX = 10; // nodes per line: a site with more wraps onto further lines
 const HEAD_KINDS = new Set(["attn.q", "attn.k", "attn.v"]);
 
 export interface GroupNode {
@@ -53,16 +54,20 @@ export function readableLayout(
     y -= prevLayer !== undefined && layer !== prevLayer ? ROW_GAP + LAYER_GAP : ROW_GAP;
     if (layer !== prevLayer) layers.push({ y, label: layer === null ? "" : `layer ${layer}` });
     prevLayer = layer;
-    let x = (-(members.length - 1) * SPACING) / 2;
-    let lastHead: number | null = null;
-    for (const n of members) {
-      const head = groupOf(n, dHead).head;
-      if (lastHead !== null && head !== lastHead) x += SPACING / 3; // heads apart
-      positions[n.name] = { x, y };
-      lastHead = head;
-      x += SPACING;
-    }
     rows.push({ y, label: site });
+    for (let start = 0; start < members.length; start += ROW_MAX) {
+      if (start > 0) y -= ROW_GAP * 0.8;
+      const line = members.slice(start, start + ROW_MAX);
+      let x = (-(line.length - 1) * SPACING) / 2;
+      let lastHead: number | null = null;
+      for (const n of line) {
+        const head = groupOf(n, dHead).head;
+        if (lastHead !== null && head !== lastHead) x += SPACING / 4; // heads apart
+        positions[n.name] = { x, y };
+        lastHead = head;
+        x += SPACING;
+      }
+    }
   }
   positions[EMBED] = { x: 0, y: ROW_GAP };
   positions[LOGIT] = { x: 0, y: y - ROW_GAP - LAYER_GAP };

@@ -11,6 +11,7 @@ import { keptAtK, layoutCircuit, positionsBox, strongestEdges, type Position } f
 import { currentRoute, updateQuery } from "../router";
 import { newPlot } from "../plot";
 import { download, errorBox, fmt, h } from "../util";
+import { faithfulnessBox, validationChecks } from "./faithfulness";
 import { nodePanel } from "./node";
 import { playgroundBox } from "./playground";
 import { heat, tokenStrip, type Trace } from "./tokenstrip";
@@ -22,6 +23,7 @@ const STRIP_PAIRS = 8; // task prompt pairs offered in the token strip
 export const POSITIVE = "#0072b2";
 export const NEGATIVE = "#d55e00";
 const DEFAULT_EDGES = 2000;
+const ABLATION_KINDS = ["mean", "zero", "resample"];
 
 export async function circuitPage(root: HTMLElement, id: number): Promise<void> {
   const circuit = await api<Circuit>(`/circuits/${id}`);
@@ -48,6 +50,7 @@ class CircuitView {
   baseline: Ablation | null = null;
   ablationSeq = 0;
   ablationTimer = 0;
+  ablationKind: string;
   traceSeq = 0;
   trace: Trace | null = null;
   labels = new Map<string, Schemas["NodeLabel"]>();
@@ -69,6 +72,7 @@ class CircuitView {
     const names = new Set(circuit.nodes.map((n) => n.name));
     this.off = new Set((query.get("off") ?? "").split(",").filter((n) => names.has(n)));
     this.edgeLimit = Math.max(1, Number(query.get("edges")) || DEFAULT_EDGES);
+    this.ablationKind = ABLATION_KINDS.includes(query.get("ablation") ?? "") ? query.get("ablation")! : "mean";
     const k = query.get("k");
     const last = Math.max(circuit.curve.length - 1, 0);
     this.curveIndex = k === null ? ownPoint(circuit.curve, circuit.n_nodes) : Math.min(Math.max(Number(k) || 0, 0), last);
@@ -119,8 +123,10 @@ class CircuitView {
     );
     this.mountPanel(this.ablationBox);
     this.mountPanel(this.panel);
-    this.root.append(toolbar, h("div", { class: "circuit-body" }, graph, this.sidePanels), this.stripBox, curve, playground);
+    const faithfulness = faithfulnessBox(c);
+    this.root.append(toolbar, h("div", { class: "circuit-body" }, graph, this.sidePanels), this.stripBox, curve, faithfulness.box, playground);
     this.drawGraph(graph);
+    this.afterFirstFrame(() => void faithfulness.plot());
     this.applyCurve();
     this.renderAblation();
     // The forward passes share the machine with the browser: ask for them once the graph is on screen.
@@ -278,7 +284,7 @@ class CircuitView {
         { selector: "node.layerlabel", style: { "font-size": 18, "font-weight": "bold", color: "#333" } },
         ...(this.readable
           ? [
-              { selector: "node.member", style: { label: "data(label)", width: 14, height: 14, "font-size": 10, "text-wrap": "wrap", "text-max-width": "110px", "text-valign": "bottom", "text-margin-y": 3, color: "#222" } },
+              { selector: "node.member", style: { label: "data(label)", width: 14, height: 14, "font-size": 11, "text-wrap": "wrap", "text-max-width": "92px", "text-valign": "bottom", "text-margin-y": 3, color: "#222" } },
               { selector: "node.head", style: { label: "data(label)", "font-size": 10, "text-valign": "top", "background-color": "#f4f0e6", "border-color": "#c9b98f", "border-width": 1, shape: "round-rectangle", padding: "6px", color: "#7a6520" } },
               { selector: "node.io", style: { label: "data(label)", shape: "round-rectangle", width: 220, height: 22, "background-color": "#eee", "border-width": 1, "border-color": "#888", "font-size": 12, "text-valign": "center", color: "#222" } },
             ]
@@ -287,6 +293,7 @@ class CircuitView {
         { selector: "edge", style: { width: "mapData(w, 0, 1, 0.4, 5)", "curve-style": "haystack", "haystack-radius": 0, opacity: 0.55 } },
         { selector: "edge.pos", style: { "line-color": POSITIVE } },
         { selector: "edge.neg", style: { "line-color": NEGATIVE } },
+        ...(this.readable ? [{ selector: "edge", style: { "curve-style": "straight" } }] : []),
         { selector: "edge.residual", style: { "line-style": "dashed" } },
         { selector: "edge.io-edge", style: { "line-color": "#bbb", "line-style": "dashed", width: 0.8 } },
         { selector: "node.off", style: { "background-color": "#fff", "border-width": 2, "border-color": "#999", "border-style": "dashed" } },
@@ -533,7 +540,7 @@ class CircuitView {
     const status = this.ablationBox.querySelector(".status");
     if (status) status.textContent = "computing …";
     try {
-      const body = { off: [...this.off], mode: "keep", pairs: 64, show: 4 };
+      const body = { off: [...this.off], mode: "keep", ablation: this.ablationKind, pairs: 64, show: 4 };
       const res = await api<Ablation>(`/circuits/${this.circuit.id}/ablate`, { body });
       if (seq !== this.ablationSeq) return;
       if (this.off.size === 0) this.baseline = res;
@@ -550,7 +557,8 @@ class CircuitView {
       h("tr", {}, h("th", {}, label), h("td", { class: "num", "data-key": String(key), "data-value": res ? String(res[key]) : undefined }, res ? fmt(res[key] as number, digits) : "…"), h("td", { class: "num base" }, b ? fmt(b[key] as number, digits) : "…"));
     this.ablationBox.replaceChildren(
       h("h3", {}, "Live ablation"),
-      h("p", { class: "hint" }, this.circuit.transcoder_id == null ? `${this.off.size} node(s) ablated to their means (circuit kept, the rest mean-ablated). ` : `${this.off.size} feature(s) switched off (the circuit's features kept, every other feature off, in the replacement model). `, this.off.size ? h("button", { id: "restore-all", onclick: () => { for (const n of [...this.off]) this.toggle(n); } }, "restore all") : ""),
+      this.circuit.transcoder_id == null ? this.ablationKindSelect() : "",
+      h("p", { class: "hint" }, this.circuit.transcoder_id == null ? `${this.off.size} node(s) ablated (circuit kept, the rest ${this.ablationKind}-ablated). ` : `${this.off.size} feature(s) switched off (the circuit's features kept, every other feature off, in the replacement model). `, this.off.size ? h("button", { id: "restore-all", onclick: () => { for (const n of [...this.off]) this.toggle(n); } }, "restore all") : ""),
       h("span", { class: "status" }, res ? `${res.pairs} pairs, ${fmt(res.seconds, 2)} s` : error ? "" : "computing …"),
       error ? errorBox(error) : "",
       h(
@@ -574,6 +582,17 @@ class CircuitView {
           )
         : "",
     );
+  }
+
+  ablationKindSelect(): HTMLElement {
+    const select = h("select", { id: "ablation-kind", title: "what an ablated node is replaced by" }, ...ABLATION_KINDS.map((k) => h("option", { value: k, selected: k === this.ablationKind }, k))) as HTMLSelectElement;
+    select.addEventListener("change", () => {
+      this.ablationKind = select.value;
+      updateQuery({ ablation: this.ablationKind === "mean" ? null : this.ablationKind });
+      this.baseline = null;
+      void this.runAblation();
+    });
+    return h("label", {}, "ablate to ", select, this.ablationKind === "resample" ? " (values from random pretraining text, redrawn per request)" : "");
   }
 
   completion(which: "a" | "b"): string {
@@ -682,36 +701,20 @@ export interface Badge {
   detail: string;
 }
 
-const CHANCE = Math.LN2; // two-class loss of a guess
-
-/** The validation checks of a circuit as pass/fail: sufficient on the test split (meets its target),
- * necessary (ablating it costs at least half the way from the full model's loss to chance), a random
- * circuit of the same size fails, the same pruning on shuffled labels finds nothing, and any
- * faithfulness scores recorded under validation.faithfulness (each with a `passed` flag). */
-export function checkBadges(c: { target_loss: number; losses: Record<string, number | null | undefined>; validation: Record<string, unknown> }): Badge[] {
-  const v = c.validation as {
-    necessity_ablated_loss?: number;
-    random_circuit?: { mean_loss?: number; nodes?: number };
-    shuffled_labels?: { reached_target?: boolean; nodes?: number; circuit_loss?: number };
-    faithfulness?: Record<string, { passed?: boolean; score?: number } | unknown>;
-  };
-  const L = c.losses;
-  const t = fmt(c.target_loss, 3);
-  const out: Badge[] = [];
-  const test = L.circuit;
-  out.push({ id: "sufficiency", label: "sufficient (test)", pass: test == null ? null : test <= c.target_loss, detail: test == null ? "no test-split loss" : `circuit ${fmt(test, 3)} vs target ${t}` });
-  const ablated = v.necessity_ablated_loss ?? L.ablated;
-  const full = L.full;
-  const bar = full == null ? null : (full + CHANCE) / 2;
-  out.push({ id: "necessity", label: "necessary", pass: ablated == null || bar == null ? null : ablated >= bar, detail: ablated == null || bar == null ? "not measured" : `ablated ${fmt(ablated, 3)} vs ≥ ${fmt(bar, 3)} (halfway from full ${fmt(full, 3)} to chance)` });
-  const random = v.random_circuit?.mean_loss;
-  out.push({ id: "random", label: "random control", pass: random == null ? null : random > c.target_loss, detail: random == null ? "not run (prune with validate_circuit)" : `random ${v.random_circuit?.nodes}-node circuits: ${fmt(random, 3)} (must miss ${t})` });
-  const shuffled = v.shuffled_labels;
-  out.push({ id: "shuffled", label: "shuffled labels", pass: shuffled?.reached_target == null ? null : !shuffled.reached_target, detail: shuffled == null ? "not run (prune with validate_circuit)" : `shuffled-label pruning: ${shuffled.nodes} nodes, loss ${fmt(shuffled.circuit_loss, 3)} (must miss ${t})` });
-  for (const [name, f] of Object.entries(v.faithfulness ?? {})) {
-    const r = f as { passed?: boolean; score?: number };
-    if (typeof r === "object" && r !== null && "passed" in r) out.push({ id: `faithfulness-${name}`, label: `faithfulness: ${name}`, pass: r.passed ?? null, detail: r.score == null ? "" : `score ${fmt(r.score, 3)}` });
+/** The header's pass/fail badges: the validation checks the engine judged (sufficiency, necessity, random
+ * circuit, shuffled labels, nonsense task, generalisation; validation.checks), else sufficiency from the
+ * test loss alone with the controls marked as not run; then the faithfulness scores (CPR per ablation
+ * mode, no pass/fail of their own). */
+export function checkBadges(c: Circuit): Badge[] {
+  const checks = validationChecks(c);
+  const out: Badge[] = checks.map((k) => ({ id: k.name, label: k.name.replace(/_/g, " "), pass: k.passed, detail: `${fmt(k.value, 3)}: ${k.criterion}` }));
+  if (checks.length === 0) {
+    const test = c.losses.circuit;
+    out.push({ id: "sufficiency", label: "sufficiency", pass: test == null ? null : test <= c.target_loss, detail: test == null ? "no test-split loss" : `circuit test loss ${fmt(test, 3)} vs target ${fmt(c.target_loss, 3)}` });
+    out.push({ id: "controls", label: "controls not run", pass: null, detail: "prune with validate to run necessity, random, shuffled-label and nonsense controls" });
   }
+  const modes = ((c.faithfulness ?? {}) as { modes?: Record<string, { cpr: number; cmd: number }> }).modes ?? {};
+  for (const [mode, cv] of Object.entries(modes)) out.push({ id: `faithfulness-${mode}`, label: `faithfulness ${mode}: CPR ${fmt(cv.cpr, 2)}, CMD ${fmt(cv.cmd, 2)}`, pass: null, detail: "area under f(C) (higher is better) / under |1 − f| (0 is best)" });
   return out;
 }
 
