@@ -439,7 +439,7 @@ class CircuitView {
     const seq = ++this.traceSeq;
     this.renderStripFrame("computing …");
     try {
-      const res = await api<Trace>(`/circuits/${this.circuit.id}/trace`, { body: { prompts: [sample.prompt_a, sample.prompt_b], off: [...this.off] } });
+      const res = await api<Trace>(`/circuits/${this.circuit.id}/trace`, { body: { prompts: [sample.prompt_a, sample.prompt_b], off: [...this.off], ablation: this.ablationKind } });
       if (seq !== this.traceSeq) return;
       this.trace = res;
       this.renderStrip();
@@ -591,6 +591,7 @@ class CircuitView {
       updateQuery({ ablation: this.ablationKind === "mean" ? null : this.ablationKind });
       this.baseline = null;
       void this.runAblation();
+      if (this.samples.length) void this.runTrace();
     });
     return h("label", {}, "ablate to ", select, this.ablationKind === "resample" ? " (values from random pretraining text, redrawn per request)" : "");
   }
