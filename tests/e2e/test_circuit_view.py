@@ -31,7 +31,8 @@ def strip_values(page: Page, side: str) -> dict[str, list[float]]:
 
 def wait_for_labels(page: Page) -> None:
     page.wait_for_function(
-        "() => window.circuitGraph.nodes('.member').every((n) => n.data('auto') !== undefined)", timeout=TIMEOUT
+        "() => window.circuitGraph.nodes('.member').every((n) => n.data('auto') !== undefined)",
+        timeout=TIMEOUT,
     )
 
 
@@ -54,8 +55,8 @@ def test_token_strip_shows_every_nodes_activation_on_the_chosen_pair(page: Page,
         assert tokens.count() == len(trace["tokens"])
         for n in names:
             assert len(got[n]) == len(trace["tokens"])
-            close = [abs(a - b) <= 1e-5 * max(1, abs(b)) for a, b in zip(got[n], trace["activations"][n], strict=True)]
-            assert all(close), n
+            pairs = zip(got[n], trace["activations"][n], strict=True)
+            assert all(abs(a - b) <= 1e-5 * max(1, abs(b)) for a, b in pairs), n
         diff = page.locator(f".strip-pane[data-side={side}] .logit-diff")
         assert abs(float(diff.get_attribute("data-value")) - trace["logit_diff_calibrated"]) < 1e-5
     # Hovering a graph node marks its row; hovering a token colours the graph by that position.
@@ -78,8 +79,9 @@ def test_token_strip_shows_every_nodes_activation_on_the_chosen_pair(page: Page,
     expect(page.locator("#toggle-node")).to_have_text("Ablate node", timeout=TIMEOUT)
     page.locator("#toggle-node").click()
     page.wait_for_function(
-        """(n) => { const tr = document.querySelector(`#token-strip table.strip[data-side=A] tr[data-node="${n}"]`);
-            if (!tr) return false; const v = [...tr.querySelectorAll('td.cell')].map((td) => td.dataset.value);
+        """(n) => { const sel = `#token-strip table.strip[data-side=A] tr[data-node="${n}"]`;
+            const tr = document.querySelector(sel); if (!tr) return false;
+            const v = [...tr.querySelectorAll('td.cell')].map((td) => td.dataset.value);
             return new Set(v).size === 1; }""",
         arg=off,
         timeout=TIMEOUT,
@@ -120,8 +122,8 @@ def test_nodes_say_what_they_are_heads_and_inputs_outputs_drawn(page: Page, live
     assert "embed" in kinds and "logit" in kinds
     # Uncluttered at the default zoom: no two node labels overlap.
     overlaps = page.evaluate(
-        """() => { const bs = window.circuitGraph.nodes('.member').map((n) => n.boundingBox({includeNodes: false,
-            includeLabels: true})); let k = 0;
+        """() => { const bs = window.circuitGraph.nodes('.member').map((n) =>
+            n.boundingBox({includeNodes: false, includeLabels: true})); let k = 0;
             for (let i = 0; i < bs.length; i++) for (let j = i + 1; j < bs.length; j++) {
               const a = bs[i], b = bs[j];
               if (a.x1 < b.x2 && b.x1 < a.x2 && a.y1 < b.y2 && b.y1 < a.y2) k++; }
