@@ -29,6 +29,10 @@ def strip_values(page: Page, side: str) -> dict[str, list[float]]:
     )
 
 
+def model_d_head(live) -> int:
+    return httpx.get(f"{live.url}{API}/models/{live.model_id}", timeout=60).json()["config"]["model"]["d_head"]
+
+
 def wait_for_labels(page: Page) -> None:
     page.wait_for_function(
         "() => window.circuitGraph.nodes('.member').every((n) => n.data('auto') !== undefined)",
@@ -37,13 +41,14 @@ def wait_for_labels(page: Page) -> None:
 
 
 def test_token_strip_shows_every_nodes_activation_on_the_chosen_pair(page: Page, live):
-    circuit = httpx.get(f"{live.url}{API}/circuits/{live.view_circuit_id}").json()
+    circuit = httpx.get(f"{live.url}{API}/circuits/{live.view_circuit_id}", timeout=120).json()
     names = sorted(n["name"] for n in circuit["nodes"])
     assert 0 < len(names) <= 50
     open_view(page, live, live.view_circuit_id, "?pair=1")
     expect(page.locator("#token-strip table.strip[data-side=B]")).to_be_visible(timeout=TIMEOUT)
     samples = httpx.get(
-        f"{live.url}{API}/tasks/{circuit['task']}/samples", params={"model_id": circuit["model_id"], "n": 8}
+        f"{live.url}{API}/tasks/{circuit['task']}/samples", params={"model_id": circuit["model_id"], "n": 8},
+        timeout=120,
     ).json()["items"]
     pair = samples[1]  # ?pair=1: the second pair of the task view
     body = {"prompts": [pair["prompt_a"], pair["prompt_b"]], "off": []}
@@ -93,13 +98,13 @@ def test_token_strip_shows_every_nodes_activation_on_the_chosen_pair(page: Page,
 def test_nodes_say_what_they_are_heads_and_inputs_outputs_drawn(page: Page, live):
     open_view(page, live, live.view_circuit_id)
     wait_for_labels(page)
-    labels = httpx.get(f"{live.url}{API}/circuits/{live.view_circuit_id}/labels").json()["items"]
+    labels = httpx.get(f"{live.url}{API}/circuits/{live.view_circuit_id}/labels", timeout=120).json()["items"]
     assert any(item["top_tokens"] for item in labels)  # the seeded model is profiled
     drawn = page.evaluate(
         """() => Object.fromEntries(window.circuitGraph.nodes('.member').map((n) => [n.id(),
             {label: n.data('label'), parent: n.parent().length ? n.parent().id() : null}]))"""
     )
-    d_head = httpx.get(f"{live.url}{API}/models/{live.model_id}").json()["config"]["model"]["d_head"]
+    d_head = model_d_head(live)
     for item in labels:
         n = item["node"]
         index = int(n.split("[")[1][:-1])
@@ -141,7 +146,7 @@ def test_nodes_say_what_they_are_heads_and_inputs_outputs_drawn(page: Page, live
 
 
 def test_failing_circuit_badges_and_slider_at_its_own_k(page: Page, live):
-    circuit = httpx.get(f"{live.url}{API}/circuits/{live.circuit_id}").json()
+    circuit = httpx.get(f"{live.url}{API}/circuits/{live.circuit_id}", timeout=120).json()
     assert circuit["meets_target"] is False  # the 40-step seeded model cannot do the task
     open_view(page, live, live.circuit_id)
     badge = page.locator("#check-badges .badge[data-check=sufficiency]")
@@ -163,7 +168,7 @@ def test_failing_circuit_badges_and_slider_at_its_own_k(page: Page, live):
     page.wait_for_function("() => window.circuitGraph.nodes('.member').length > 0", timeout=TIMEOUT)
     members = page.evaluate("() => window.circuitGraph.nodes('.member').map((n) => n.id())")
     layer, head = group.removeprefix("head:").split(".")
-    d_head = httpx.get(f"{live.url}{API}/models/{live.model_id}").json()["config"]["model"]["d_head"]
+    d_head = model_d_head(live)
     assert all(m.startswith(f"{layer}.attn.") for m in members)
     assert all(int(m.split("[")[1][:-1]) // d_head == int(head) for m in members)
     assert f"expand={group}".replace(":", "%3A") in page.url or f"expand={group}" in page.url
