@@ -30,7 +30,8 @@ def strip_values(page: Page, side: str) -> dict[str, list[float]]:
 
 
 def model_d_head(live) -> int:
-    return httpx.get(f"{live.url}{API}/models/{live.model_id}", timeout=60).json()["config"]["model"]["d_head"]
+    model = httpx.get(f"{live.url}{API}/models/{live.model_id}", timeout=60).json()
+    return model["config"]["model"]["d_head"]
 
 
 def wait_for_labels(page: Page) -> None:
@@ -47,7 +48,8 @@ def test_token_strip_shows_every_nodes_activation_on_the_chosen_pair(page: Page,
     open_view(page, live, live.view_circuit_id, "?pair=1")
     expect(page.locator("#token-strip table.strip[data-side=B]")).to_be_visible(timeout=TIMEOUT)
     samples = httpx.get(
-        f"{live.url}{API}/tasks/{circuit['task']}/samples", params={"model_id": circuit["model_id"], "n": 8},
+        f"{live.url}{API}/tasks/{circuit['task']}/samples",
+        params={"model_id": circuit["model_id"], "n": 8},
         timeout=120,
     ).json()["items"]
     pair = samples[1]  # ?pair=1: the second pair of the task view
