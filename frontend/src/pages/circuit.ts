@@ -293,9 +293,15 @@ class CircuitView {
         { selector: "edge", style: { width: "mapData(w, 0, 1, 0.4, 5)", "curve-style": "haystack", "haystack-radius": 0, opacity: 0.55 } },
         { selector: "edge.pos", style: { "line-color": POSITIVE } },
         { selector: "edge.neg", style: { "line-color": NEGATIVE } },
-        ...(this.readable ? [{ selector: "edge", style: { "curve-style": "straight" } }] : []),
-        { selector: "edge.residual", style: { "line-style": "dashed" } },
-        { selector: "edge.io-edge", style: { "line-color": "#bbb", "line-style": "dashed", width: 0.8 } },
+        // Readable layout only: straight edges, residual links and embedding reads dashed (dashes cost too
+        // much drawing time for thousands of edges).
+        ...(this.readable
+          ? [
+              { selector: "edge", style: { "curve-style": "straight" } },
+              { selector: "edge.residual", style: { "line-style": "dashed" } },
+              { selector: "edge.io-edge", style: { "line-color": "#bbb", "line-style": "dashed", width: 0.8 } },
+            ]
+          : []),
         { selector: "node.off", style: { "background-color": "#fff", "border-width": 2, "border-color": "#999", "border-style": "dashed" } },
         { selector: "node.dropped", style: { opacity: 0.15 } },
         // No z-index here: changing it re-sorts every element on each hover.
