@@ -234,7 +234,7 @@ class CircuitView {
         elements.push({ group: "nodes", data: { id: LOGIT, label: `logit(${JSON.stringify(this.completion("a"))}) − logit(${JSON.stringify(this.completion("b"))})` }, position: positions[LOGIT], classes: "io" });
         readers.forEach((n) => elements.push({ group: "edges", data: { id: `embed:${n.name}`, source: EMBED, target: n.name, kind: "embed", weight: 1, w: 0.2 }, classes: "io-edge" }));
       }
-      for (const l of lay.layers) elements.push({ group: "nodes", data: { id: `layer:${l.label}`, label: l.label }, position: { x: ROW_LABEL_X - 160, y: l.y }, classes: "rowlabel layerlabel", selectable: false, grabbable: false });
+      for (const l of lay.layers) elements.push({ group: "nodes", data: { id: `layer:${l.label}`, label: l.label }, position: { x: rowLabelX(positions), y: l.y - 28 }, classes: "rowlabel layerlabel", selectable: false, grabbable: false });
       edges.forEach((e, i) => elements.push(edgeElement(`e${i}`, e.src, e.dst, e.weight, e.rel, e.kind, e, 1)));
     } else {
       const lay = layoutCircuit(c.nodes, this.model.sites, this.dHead);
