@@ -343,6 +343,63 @@ class AblationResult(BaseModel):
     seconds: float
 
 
+class TraceRequest(Strict):
+    prompts: list[Annotated[str, Field(min_length=1, max_length=4000)]] = Field(
+        min_length=1, max_length=2, description="one prompt, or a pair (class A, class B) shown side by side"
+    )
+    off: list[str] = Field(default_factory=list, max_length=4096, description="circuit nodes to ablate")
+    ablation: AblationMode = Field("mean", description="what the nodes outside the circuit are replaced by")
+
+
+class HeadRead(BaseModel):
+    layer: int
+    head: int = Field(description="q/k/v channel index // d_head")
+    nodes: list[str] = Field(description="the circuit's q/k/v channels of this head")
+    pattern: list[float] = Field(description="attention of the last position to every position")
+    sink: float | None = Field(description="attention to the sink slot (None: the model has no sink)")
+
+
+class PromptTrace(BaseModel):
+    prompt: str
+    tokens: list[TokenRead] = Field(description="the prompt's tokens (the last n_ctx if it was longer)")
+    truncated: bool
+    activations: dict[str, list[float]] = Field(
+        description="circuit node -> its value at every token, the circuit running alone (rest mean-ablated)"
+    )
+    logit_diff: float = Field(description="logit(A) - logit(B) at the last token, circuit run, uncalibrated")
+    logit_diff_calibrated: float = Field(description="the same with the circuit's logit scale")
+    full_logit_diff: float = Field(description="logit(A) - logit(B) of the full model")
+    heads: list[HeadRead] = Field(description="every head with q/k/v channels in the circuit")
+
+
+class TraceResult(BaseModel):
+    circuit_id: int
+    completion_a: str
+    completion_b: str
+    traces: list[PromptTrace]
+    seconds: float
+
+
+class NodeLabel(BaseModel):
+    node: str
+    label: str = Field(description="a short automatic label: top tokens, class sign, logit weight")
+    top_tokens: list[str] = Field(
+        description="centre tokens of the top 0.1 % / 1 % profile examples, most frequent first"
+    )
+    a_mean: float | None = Field(description="mean at the last token of class-A test prompts (circuit run)")
+    b_mean: float | None = Field(description="the same on class-B prompts")
+    logit_weight: float | None = Field(
+        description="residual writes: direct weight on logit(A) - logit(B) (final norm gain x unembedding)"
+    )
+    head: int | None = Field(description="q/k/v channels: their head (index // d_head)")
+
+
+class CircuitLabels(BaseModel):
+    circuit_id: int
+    profiled: bool = Field(description="false: the model has no profile, labels carry no top tokens")
+    items: list[NodeLabel]
+
+
 class SteerRequest(Strict):
     task: str = Field(min_length=1, max_length=128, description="task whose test prompts are steered")
     node: str = Field(min_length=4, max_length=64, description=NODE_DESCRIPTION)

@@ -1,6 +1,7 @@
 """How fast a 2,000-edge circuit renders and becomes interactive in headless Chromium.
 
-    .venv/bin/python bench/render.py [--data DIR] [--edges 2000] [--reference 200] [--repeat 7] [--cold]
+    .venv/bin/python bench/render.py [--data DIR] [--edges 2000] [--reference 200] [--nodes 50] [--repeat 7]
+                                     [--cold] [--query expand=all]
 
 Serves a seeded data dir (tests/e2e/seed.py; seeded first if needed) with the built frontend. The measured
 circuits are sub-circuits of the seeded one (its `edges` strongest edges and their endpoints, written once
@@ -11,7 +12,9 @@ frame, hovers the busiest node:
   ready   navigation start -> the hover answered: its neighbourhood highlighted and drawn (target <= 1000 ms)
   fetch / build / draw: the page's own split of `frame` (data in, Cytoscape built, first frame drawn)
 A `reference`-edge circuit is measured in the same runs, interleaved, to tell a slow machine from a slow
-page: its ready time and the ratio are printed too.
+page: its ready time and the ratio are printed too; and a circuit of at most `nodes` nodes
+(seed.node_circuit), which the page draws in its readable layout (labels, heads, embedding and logit
+nodes). Circuits of more than 60 nodes are drawn collapsed by head/site unless `--query expand=all`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))  # the browser tests' helpers
 from live import CHROMIUM, CHROMIUM_ARGS, DIST, serve  # noqa: E402
-from seed import load_or_seed, sub_circuit  # noqa: E402
+from seed import load_or_seed, node_circuit, sub_circuit  # noqa: E402
 
 # Runs in the page before the app: when the app publishes its Cytoscape instance, wait for the first frame,
 # then hover the node with the most edges and record when its highlighted neighbourhood has been drawn.
@@ -35,7 +38,7 @@ PROBE = """(() => {
         cy = v;
         cy.one('render', () => {
             const frame = performance.now();
-            const node = cy.nodes().not('.rowlabel').max((n) => n.degree()).ele;
+            const node = cy.nodes('.member, .group').max((n) => n.degree()).ele;
             node.emit('mouseover');
             requestAnimationFrame(() => requestAnimationFrame(() => {
                 const ok = node.hasClass('hl') && node.connectedEdges().every((e) => e.hasClass('hl'));
@@ -57,9 +60,10 @@ def measure(page, url: str) -> dict:
     # Let the page finish what it does next (the live-ablation forward passes on the server, the loss curve)
     # so that it does not slow down the next run.
     page.wait_for_selector("#ablation-table td[data-key=p_a][data-value]", timeout=60_000)
-    page.wait_for_selector("#curve-plot .main-svg", timeout=60_000)
+    if page.locator("#curve-plot").count():
+        page.wait_for_selector("#curve-plot .main-svg", timeout=60_000)
     n_nodes, n_edges = page.evaluate(
-        "() => [window.circuitGraph.nodes().not('.rowlabel').length, window.circuitGraph.edges().length]"
+        "() => [window.circuitGraph.nodes('.member, .group').length, window.circuitGraph.edges().length]"
     )
     return {
         "frame": probe["frame"],
@@ -77,6 +81,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("/tmp/circuits-dev"))
     ap.add_argument("--edges", type=int, default=2000)
     ap.add_argument("--reference", type=int, default=200, help="edges of the reference circuit")
+    ap.add_argument("--nodes", type=int, default=50, help="nodes of the readable circuit")
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--query", default="", help="extra query parameters for the circuit page")
     ap.add_argument("--cold", action="store_true", help="a new browser context (empty cache) for every load")
@@ -84,9 +89,11 @@ def main() -> None:
     if not (DIST / "index.html").exists():
         raise SystemExit("frontend/dist is missing: run `cd frontend && npm ci && npm run build` first")
     seeded = load_or_seed(args.data)
-    sizes = [args.edges, args.reference]
-    ids = {n: sub_circuit(args.data, seeded["circuit_id"], n) for n in sizes}
-    rows: dict[int, list[dict]] = {n: [] for n in sizes}
+    readable = f"{args.nodes}n"
+    sizes = [args.edges, args.reference, readable]
+    ids = {n: sub_circuit(args.data, seeded["circuit_id"], n) for n in sizes[:2]}
+    ids[readable] = node_circuit(args.data, seeded["circuit_id"], args.nodes)
+    rows: dict[int | str, list[dict]] = {n: [] for n in sizes}
     with serve(args.data) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
 
@@ -97,7 +104,7 @@ def main() -> None:
 
         page = new_page()
         extra = f"&{args.query}" if args.query else ""
-        targets = {n: f"{url}/#/circuits/{ids[n]}?edges={n}{extra}" for n in sizes}
+        targets = {n: f"{url}/#/circuits/{ids[n]}?edges={args.edges}{extra}" for n in sizes}
         for n in sizes:  # warm-up: the server's circuit cache, the browser's bundle cache and JIT
             measure(page, targets[n])
         for i in range(args.repeat):
@@ -108,7 +115,7 @@ def main() -> None:
                 m = measure(page, targets[n])
                 rows[n].append(m)
                 print(
-                    f"run {i} {n:5d} edges ({m['nodes']} nodes, {m['edges']} drawn):"
+                    f"run {i} {n:>5} ({m['nodes']} nodes/groups, {m['edges']} edges drawn):"
                     f" frame {m['frame']:4.0f} ms ready {m['ready']:4.0f} ms"
                     f" | fetch {m['fetch']:4.0f} build {m['build']:4.0f} draw {m['draw']:4.0f}"
                 )
@@ -117,7 +124,7 @@ def main() -> None:
     for n in sizes:
         m = med[n]
         print(
-            f"median {n:5d} edges: frame {m['frame']:.0f} ms, ready {m['ready']:.0f} ms"
+            f"median {n:>5}: frame {m['frame']:.0f} ms, ready {m['ready']:.0f} ms"
             f" (fetch {m['fetch']:.0f}, build {m['build']:.0f}, draw {m['draw']:.0f})"
         )
     ratio = med[args.edges]["ready"] / med[args.reference]["ready"]

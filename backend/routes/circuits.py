@@ -1,4 +1,5 @@
-"""Circuits: list and filter, and the full graph (nodes, edges, losses, loss-vs-k curve).
+"""Circuits: list and filter, the full graph (nodes, edges, losses, loss-vs-k curve), and what the circuit
+view draws beside it: a trace of the circuit on chosen prompts and automatic node labels.
 
 A circuit never changes once its prune job wrote it, so the API process keeps the rendered JSON of
 recently read circuits (an LRU by id): a repeated read costs one dictionary lookup."""
@@ -7,31 +8,43 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import Counter
 from dataclasses import asdict
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from worker.engine.probes import PROBES
+from worker.engine.trace import class_means, head_of, logit_weights, trace
 
 from ..db import SessionDep
 from ..model_cache import Lru
-from ..models import Circuit, Job, JobStatus, Model, ModelStatus, Task
+from ..models import ActivationExample, Circuit, Job, JobStatus, Model, ModelStatus, Task
 from ..schemas import (
     CircuitEdgeRead,
+    CircuitLabels,
     CircuitList,
     CircuitNodeRead,
     CircuitProbes,
     CircuitRead,
     CircuitSummary,
     ErrorBody,
+    HeadRead,
+    NodeLabel,
     ProbeResultRead,
     ProbeSpecRead,
+    PromptTrace,
+    TokenRead,
+    TraceRequest,
+    TraceResult,
 )
 from .models import loaded
+from .nodes import check_node
 from .tasks import task_data
 
 router = APIRouter(prefix="/circuits", tags=["circuits"])
@@ -39,6 +52,13 @@ log = logging.getLogger("circuits.api")
 NOT_FOUND = {404: {"model": ErrorBody, "description": "no such circuit"}}
 CircuitId = Annotated[int, Path(ge=1, le=2**31 - 1, description="circuit id")]
 RENDERED = 256  # circuits whose JSON is kept
+VIEW_ERRORS = NOT_FOUND | {
+    409: {"model": ErrorBody, "description": "the model is not trained yet"},
+    422: {"model": ErrorBody, "description": "invalid input (named), or a transcoder circuit"},
+}
+LABEL_BINS = ("top_0.1", "top_1")  # the profile examples a label's tokens come from
+LABEL_TOKENS = 3
+LABEL_PAIRS = 64  # test pairs behind a label's class means
 
 
 def get_circuit_row(session: Session, circuit_id: int, graph: bool = False) -> Circuit:
@@ -184,3 +204,120 @@ def circuit_probes(circuit_id: CircuitId, session: SessionDep) -> CircuitProbes:
         if p.task == c.task.name and c.transcoder_id is None
     ]
     return CircuitProbes(circuit_id=circuit_id, available=available, results=results)
+
+
+def node_circuit(session: Session, circuit_id: int) -> Circuit:
+    """A circuit of model nodes (the trace and the labels run the sparse model itself)."""
+    c = get_circuit_row(session, circuit_id, graph=True)
+    if c.transcoder_id is not None:
+        raise HTTPException(
+            422, f"circuit {circuit_id} is a transcoder circuit: its nodes are features, not traced"
+        )
+    return c
+
+
+@router.post("/{circuit_id}/trace", response_model=TraceResult, responses=VIEW_ERRORS)
+def trace_circuit(circuit_id: CircuitId, body: TraceRequest, request: Request, session: SessionDep):
+    """The circuit on one prompt or a pair (class A, class B): every node's value at every token with
+    the circuit running alone (the rest and the `off` nodes ablated as `ablation` says), the logit
+    difference of the two completions at the last token, and each of its heads' attention from there."""
+    t0 = time.perf_counter()
+    c = node_circuit(session, circuit_id)
+    model = c.model
+    names = {n.name for n in c.nodes}
+    for name in body.off:
+        check_node(model, name)
+        if name not in names:
+            raise HTTPException(422, f"off: {name} is not a node of circuit {circuit_id}")
+    lm = loaded(request, model)
+    data = task_data(request, model, c.task.name, c.task)
+    ablation, n_ctx = lm.ablation(body.ablation), lm.model.cfg.n_ctx
+    scale = c.calibration.get("scale", 1.0)
+    traces = []
+    for prompt in body.prompts:
+        ids = lm.tok.encode(prompt).ids
+        if not ids:
+            raise HTTPException(422, f"prompt {prompt[:40]!r}: encodes to no tokens")
+        kept = ids[-n_ctx:]
+        t = trace(lm.model, kept, sorted(names), ablation, data.token_a, data.token_b, set(body.off))
+        traces.append(
+            PromptTrace(
+                prompt=prompt,
+                tokens=[TokenRead(id=i, text=lm.tok.decode([i])) for i in kept],
+                truncated=len(ids) > n_ctx,
+                activations=t.activations,
+                logit_diff=t.logit_diff,
+                logit_diff_calibrated=scale * t.logit_diff,
+                full_logit_diff=t.full_logit_diff,
+                heads=[HeadRead(**vars(hp)) for hp in t.heads],
+            )
+        )
+    return TraceResult(
+        circuit_id=circuit_id,
+        completion_a=data.completion_a,
+        completion_b=data.completion_b,
+        traces=traces,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def top_tokens(request: Request, session: Session, model: Model, nodes: list[str]) -> dict[str, list[str]]:
+    """Per node, the centre tokens of its top profile examples, most frequent first."""
+    rows = session.execute(
+        select(ActivationExample.node, ActivationExample.center, ActivationExample.token_ids).where(
+            ActivationExample.model_id == model.id,
+            ActivationExample.node.in_(nodes),
+            ActivationExample.bin.in_(LABEL_BINS),
+        )
+    ).all()
+    if not rows:
+        return {}
+    tok = loaded(request, model).tok
+    counts: dict[str, Counter] = {}
+    for node, center, ids in rows:
+        token = int(np.frombuffer(ids, dtype="<i4")[center])
+        counts.setdefault(node, Counter())[tok.decode([token])] += 1
+    return {n: [t for t, _ in cnt.most_common(LABEL_TOKENS)] for n, cnt in counts.items()}
+
+
+def label_text(tokens: list[str], a: float | None, b: float | None, logit: float | None) -> str:
+    """e.g. `'"' '(' A>B →A`: what the node fires on, which class drives it more, which answer it writes."""
+    parts = [" ".join(repr(t) for t in tokens[:2])] if tokens else []
+    if a is not None and b is not None and a != b:
+        parts.append("A>B" if a > b else "B>A")
+    if logit:
+        parts.append("→A" if logit > 0 else "→B")
+    return " ".join(parts) or "–"
+
+
+@router.get("/{circuit_id}/labels", response_model=CircuitLabels, responses=VIEW_ERRORS)
+def circuit_labels(circuit_id: CircuitId, request: Request, session: SessionDep) -> CircuitLabels:
+    """A short automatic label for every node: the tokens it fires on most in its top profile examples,
+    its mean on class A vs class B test prompts (circuit running alone, the rest mean-ablated), and for
+    residual writes the sign of its direct weight on logit(A) - logit(B). q/k/v channels name their head."""
+    c = node_circuit(session, circuit_id)
+    model = c.model
+    names = sorted(n.name for n in c.nodes)
+    lm = loaded(request, model)
+    data = task_data(request, model, c.task.name, c.task)
+    prompts = data.test[:LABEL_PAIRS]
+    mean = lm.ablation("mean")
+    sides = lm.memo(("class-means", circuit_id), lambda: class_means(lm.model, prompts, names, mean))
+    logit = logit_weights(lm.model, names, data.token_a, data.token_b)
+    tokens = top_tokens(request, session, model, names)
+    items = []
+    for n in names:
+        a, b = sides[n]
+        lh = head_of(n, lm.model.cfg.d_head)
+        items.append(
+            NodeLabel(
+                node=n,
+                label=label_text(tokens.get(n, []), a, b, logit.get(n)),
+                top_tokens=tokens.get(n, []),
+                a_mean=a,
+                b_mean=b,
+                logit_weight=logit.get(n),
+                head=None if lh is None else lh[1],
+            )
+        )
+    return CircuitLabels(circuit_id=circuit_id, profiled=model.profiled, items=items)

@@ -14,24 +14,27 @@ from types import SimpleNamespace
 import httpx
 import pytest
 from live import CHROMIUM, CHROMIUM_ARGS, DIST, serve
-from seed import load_or_seed, sub_circuit
+from seed import load_or_seed, node_circuit, sub_circuit
 
 SMALL_EDGES = 200
+VIEW_NODES = 50
 
 
 @pytest.fixture(scope="session")
 def live(tmp_path_factory):
     """SimpleNamespace(url, key, model_id, circuit_id, small_circuit_id, bridged_model_id, bridged_circuit_id,
-    transcoder_id, transcoder_circuit_id): the app serving frontend/dist over HTTP; small_circuit_id is the
-    seeded circuit's 200 strongest edges and their nodes (for comparisons)."""
+    transcoder_id, transcoder_circuit_id, view_circuit_id): the app serving frontend/dist over HTTP;
+    small_circuit_id is the seeded circuit's 200 strongest edges and their nodes (for comparisons),
+    view_circuit_id a circuit of at most 50 of its nodes (drawn in the readable layout)."""
     if not (DIST / "index.html").exists():
         pytest.fail("frontend/dist is missing: run `cd frontend && npm ci && npm run build` first")
     data = Path(os.environ.get("CIRCUITS_E2E_DATA") or tmp_path_factory.mktemp("e2e-data"))
     seeded = load_or_seed(data, extras=True)
     small = sub_circuit(data, seeded["circuit_id"], SMALL_EDGES)
+    view = node_circuit(data, seeded["circuit_id"], VIEW_NODES)
     with serve(data) as url:
         warm_up(url, seeded["key"], seeded["circuit_id"])
-        yield SimpleNamespace(url=url, small_circuit_id=small, **seeded)
+        yield SimpleNamespace(url=url, small_circuit_id=small, view_circuit_id=view, **seeded)
 
 
 def warm_up(url: str, key: str, circuit_id: int) -> None:

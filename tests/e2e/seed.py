@@ -192,6 +192,36 @@ def sub_circuit(data_dir: Path, circuit_id: int, n_edges: int) -> int:
     return new_id
 
 
+def node_circuit(data_dir: Path, circuit_id: int, n_nodes: int) -> int:
+    """Id of a circuit of at most n_nodes nodes of circuit_id (made once): the endpoints of its strongest
+    edges, taken while they fit, with every edge of circuit_id between them (a circuit the readable
+    layout draws; no curve, its own k is its size)."""
+    marker = data_dir / f"nodes-circuit-{circuit_id}-{n_nodes}.txt"
+    if marker.exists():
+        return int(marker.read_text())
+    db = Database(Settings(data_dir=data_dir))
+    with db.session() as s:
+        row = s.get(CircuitRow, circuit_id)
+        names: set[str] = set()
+        for e in sorted(row.edges, key=lambda e: -abs(e.weight)):
+            if len(names | {e.src, e.dst}) <= n_nodes:
+                names |= {e.src, e.dst}
+        circuit = Circuit(
+            task=row.task.name,
+            model=str(row.model_id),
+            target_loss=row.target_loss,
+            nodes=[Node(n.name, n.site, n.layer, n.index, n.tau) for n in row.nodes if n.name in names],
+            edges=[Edge(e.src, e.dst, e.weight, e.kind) for e in row.edges if {e.src, e.dst} <= names],
+            losses=row.losses,
+            calibration=row.calibration,
+            curve=[],
+        )
+        new_id = write_circuit(s, row.model_id, row.task_id, circuit, PruneConfig(), "bench")
+    db.dispose()
+    marker.write_text(str(new_id))
+    return new_id
+
+
 if __name__ == "__main__":
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/circuits-dev")
     out.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,8 @@ def strongest_source(page: Page) -> str:
     )
 
 
-def open_circuit(page: Page, live, query: str = "") -> None:
+def open_circuit(page: Page, live, query: str = "?expand=all") -> None:
+    """The seeded circuit (1,408 nodes) with every node drawn (by default it is collapsed by head/site)."""
     page.goto(f"{live.url}/#/circuits/{live.circuit_id}{query}")
     expect(page.locator("#circuit-header h1")).to_contain_text(f"Circuit {live.circuit_id}", timeout=TIMEOUT)
     page.wait_for_function("window.circuitRenderMs !== undefined", timeout=TIMEOUT)
@@ -382,7 +383,7 @@ def test_compare_shows_both_circuits_side_by_side_with_overlap(page: Page, live)
     assert not page.page_errors
 
 
-def open_circuit_id(page: Page, live, circuit_id: int, query: str = "") -> None:
+def open_circuit_id(page: Page, live, circuit_id: int, query: str = "?expand=all") -> None:
     page.goto(f"{live.url}/#/circuits/{circuit_id}{query}")
     expect(page.locator("#circuit-header h1")).to_contain_text(f"Circuit {circuit_id}", timeout=TIMEOUT)
     page.wait_for_function("window.circuitRenderMs !== undefined", timeout=TIMEOUT)

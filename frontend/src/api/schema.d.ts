@@ -70,6 +70,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/circuits/{circuit_id}/labels": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Circuit Labels
+         * @description A short automatic label for every node: the tokens it fires on most in its top profile examples,
+         *     its mean on class A vs class B test prompts (circuit running alone, the rest mean-ablated), and for
+         *     residual writes the sign of its direct weight on logit(A) - logit(B). q/k/v channels name their head.
+         */
+        get: operations["circuit_labels_api_v1_circuits__circuit_id__labels_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/circuits/{circuit_id}/probes": {
         parameters: {
             query?: never;
@@ -85,6 +107,28 @@ export interface paths {
         get: operations["circuit_probes_api_v1_circuits__circuit_id__probes_get"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/circuits/{circuit_id}/trace": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Trace Circuit
+         * @description The circuit on one prompt or a pair (class A, class B): every node's value at every token with
+         *     the circuit running alone (the rest and the `off` nodes ablated as `ablation` says), the logit
+         *     difference of the two completions at the last token, and each of its heads' attention from there.
+         */
+        post: operations["trace_circuit_api_v1_circuits__circuit_id__trace_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -705,6 +749,18 @@ export interface components {
              */
             weight_product?: number | null;
         };
+        /** CircuitLabels */
+        CircuitLabels: {
+            /** Circuit Id */
+            circuit_id: number;
+            /** Items */
+            items: components["schemas"]["NodeLabel"][];
+            /**
+             * Profiled
+             * @description false: the model has no profile, labels carry no top tokens
+             */
+            profiled: boolean;
+        };
         /** CircuitList */
         CircuitList: {
             /** Items */
@@ -995,6 +1051,31 @@ export interface components {
         HTTPValidationError: {
             /** Detail */
             detail?: components["schemas"]["ValidationError"][];
+        };
+        /** HeadRead */
+        HeadRead: {
+            /**
+             * Head
+             * @description q/k/v channel index // d_head
+             */
+            head: number;
+            /** Layer */
+            layer: number;
+            /**
+             * Nodes
+             * @description the circuit's q/k/v channels of this head
+             */
+            nodes: string[];
+            /**
+             * Pattern
+             * @description attention of the last position to every position
+             */
+            pattern: number[];
+            /**
+             * Sink
+             * @description attention to the sink slot (None: the model has no sink)
+             */
+            sink: number | null;
         };
         /** JobList */
         JobList: {
@@ -1301,6 +1382,41 @@ export interface components {
              */
             status: "training" | "ready" | "failed";
         };
+        /** NodeLabel */
+        NodeLabel: {
+            /**
+             * A Mean
+             * @description mean at the last token of class-A test prompts (circuit run)
+             */
+            a_mean: number | null;
+            /**
+             * B Mean
+             * @description the same on class-B prompts
+             */
+            b_mean: number | null;
+            /**
+             * Head
+             * @description q/k/v channels: their head (index // d_head)
+             */
+            head: number | null;
+            /**
+             * Label
+             * @description a short automatic label: top tokens, class sign, logit weight
+             */
+            label: string;
+            /**
+             * Logit Weight
+             * @description residual writes: direct weight on logit(A) - logit(B) (final norm gain x unembedding)
+             */
+            logit_weight: number | null;
+            /** Node */
+            node: string;
+            /**
+             * Top Tokens
+             * @description centre tokens of the top 0.1 % / 1 % profile examples, most frequent first
+             */
+            top_tokens: string[];
+        };
         /** NodeRead */
         NodeRead: {
             /**
@@ -1605,6 +1721,45 @@ export interface components {
              * @description the prompt's last tokens, decoded
              */
             prompt: string;
+        };
+        /** PromptTrace */
+        PromptTrace: {
+            /**
+             * Activations
+             * @description circuit node -> its value at every token, the circuit running alone (rest mean-ablated)
+             */
+            activations: {
+                [key: string]: number[];
+            };
+            /**
+             * Full Logit Diff
+             * @description logit(A) - logit(B) of the full model
+             */
+            full_logit_diff: number;
+            /**
+             * Heads
+             * @description every head with q/k/v channels in the circuit
+             */
+            heads: components["schemas"]["HeadRead"][];
+            /**
+             * Logit Diff
+             * @description logit(A) - logit(B) at the last token, circuit run, uncalibrated
+             */
+            logit_diff: number;
+            /**
+             * Logit Diff Calibrated
+             * @description the same with the circuit's logit scale
+             */
+            logit_diff_calibrated: number;
+            /** Prompt */
+            prompt: string;
+            /**
+             * Tokens
+             * @description the prompt's tokens (the last n_ctx if it was longer)
+             */
+            tokens: components["schemas"]["TokenRead"][];
+            /** Truncated */
+            truncated: boolean;
         };
         /** PruneJob */
         PruneJob: {
@@ -2063,6 +2218,39 @@ export interface components {
             score: number;
             /** Text */
             text: string;
+        };
+        /** TraceRequest */
+        TraceRequest: {
+            /**
+             * Ablation
+             * @description what the nodes outside the circuit are replaced by
+             * @default mean
+             * @enum {string}
+             */
+            ablation: "mean" | "zero" | "resample";
+            /**
+             * Off
+             * @description circuit nodes to ablate
+             */
+            off?: string[];
+            /**
+             * Prompts
+             * @description one prompt, or a pair (class A, class B) shown side by side
+             */
+            prompts: string[];
+        };
+        /** TraceResult */
+        TraceResult: {
+            /** Circuit Id */
+            circuit_id: number;
+            /** Completion A */
+            completion_a: string;
+            /** Completion B */
+            completion_b: string;
+            /** Seconds */
+            seconds: number;
+            /** Traces */
+            traces: components["schemas"]["PromptTrace"][];
         };
         /** TrainJob */
         TrainJob: {
@@ -2596,6 +2784,56 @@ export interface operations {
             };
         };
     };
+    circuit_labels_api_v1_circuits__circuit_id__labels_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description circuit id */
+                circuit_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CircuitLabels"];
+                };
+            };
+            /** @description no such circuit */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description the model is not trained yet */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description invalid input (named), or a transcoder circuit */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     circuit_probes_api_v1_circuits__circuit_id__probes_get: {
         parameters: {
             query?: never;
@@ -2633,6 +2871,60 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    trace_circuit_api_v1_circuits__circuit_id__trace_post: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description circuit id */
+                circuit_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TraceRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TraceResult"];
+                };
+            };
+            /** @description no such circuit */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description the model is not trained yet */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description invalid input (named), or a transcoder circuit */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
