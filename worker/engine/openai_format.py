@@ -274,6 +274,12 @@ def n_weights(cfg: ModelConfig) -> int:
         return sum(p.numel() for p in SparseGPT(cfg).parameters())
 
 
+def weight_density(model: SparseGPT) -> float:
+    """Nonzero fraction of the weight matrices of the blocks (what weight sparsity prunes)."""
+    mats = [p for n, p in model.blocks.named_parameters() if p.ndim == 2]
+    return sum(int((p != 0).sum()) for p in mats) / sum(p.numel() for p in mats)
+
+
 def load_released(folder: Path, max_params: int | None = None) -> tuple[SparseGPT, ModelConfig, dict]:
     """A released model folder -> (our model in eval mode, its config, the raw beeg_config)."""
     folder = Path(folder)
@@ -343,7 +349,11 @@ def import_released(
             f"the tokenizer has {tok.get_vocab_size()} tokens, the model only {cfg.vocab_size} "
             f"({raw.get('tokenizer_name', 'its tokenizer')} is the one it was trained with)"
         )
-    run = RunConfig(model=cfg, train=TrainConfig(), imported_from=f"openai/circuit_sparsity: {src.resolve()}")
+    run = RunConfig(
+        model=cfg,
+        train=TrainConfig(dense=weight_density(model) > 0.5),  # the release has dense baselines too
+        imported_from=f"openai/circuit_sparsity: {src.resolve()}",
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
