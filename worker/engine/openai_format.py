@@ -57,9 +57,10 @@ IGNORED_KEYS = {
     "enable_sparse_kernels",
     "learnable_bigram_table",
     "tokenizer_name",
+    "bigram_table_rank",
 }
 # Switches we cannot reproduce: refused when set.
-UNSUPPORTED = ("d_pos_emb", "dropout_cat_pos_emb", "sinusoidal_cat_pos_emb")
+UNSUPPORTED = ("d_pos_emb", "dropout_cat_pos_emb", "sinusoidal_cat_pos_emb", "use_tied_aux_matrix")
 KNOWN_KEYS = {
     "block_size",
     "vocab_size",
@@ -103,8 +104,10 @@ def model_config(raw: dict) -> ModelConfig:
     for key in UNSUPPORTED:
         if raw.get(key):
             raise ReleaseFormatError(
-                f"{CONFIG_FILE}: {key}={raw[key]!r} is not supported (positional embeddings concatenated "
-                "to every sublayer's input); only models that add them to the token embedding import"
+                f"{CONFIG_FILE}: {key}={raw[key]!r} is not supported (of the positional embeddings, only "
+                "learned ones added to the token embedding import)"
+                if "pos_emb" in key
+                else f"{CONFIG_FILE}: {key}={raw[key]!r} is not supported"
             )
     unknown = sorted(k for k in set(raw) - KNOWN_KEYS - IGNORED_KEYS - set(UNSUPPORTED) if raw[k])
     if unknown:

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field
 from sqlalchemy import select
 
+from worker.engine.config import ModelConfig
+
 from ...models import JobStatus, Model, ModelKind, ModelStatus
 from ...schemas import Strict
 from ...settings import Settings
@@ -175,3 +177,37 @@ def cleanup(ctx, session, job_id: str) -> None:
 
 
 KIND = JobKind("import", ImportParams, run, check=check, cleanup=cleanup)
+
+
+def task_from_path(path: Path) -> str:
+    """The task a released viz_data.pt belongs to, from its folders (…/bracket_counting_beeg/…)."""
+    from worker.engine.tasks import REGISTRY
+
+    for part in reversed(path.parts[:-1]):
+        for name in sorted(REGISTRY, key=len, reverse=True):
+            if part == name or part.startswith(f"{name}_"):
+                return name
+    raise ValueError(f"cannot tell the task of {path} from its folders; give it (--task)")
+
+
+def import_circuit(session, model_id: int, viz_path: Path, task: str | None = None) -> int:
+    """A released viz_data.pt as a circuit of model `model_id` (an imported released model)."""
+    from worker.engine.openai_circuits import circuit_from_viz, read_viz_data
+
+    from ..store import task_row, write_circuit
+
+    model = session.get(Model, model_id)
+    if model is None:
+        raise ValueError(f"model {model_id} does not exist")
+    task = task or task_from_path(Path(viz_path))
+    row = task_row(session, task)
+    cfg = ModelConfig.model_validate(model.config["model"])
+    source = f"openai/circuit_sparsity viz_data: {Path(viz_path).resolve()}"
+    circuit = circuit_from_viz(read_viz_data(viz_path), cfg, task, str(model_id), source)
+    return write_circuit(session, model_id, row.id, circuit, ReleasedCircuit(source=source), job_id=None)
+
+
+class ReleasedCircuit(Strict):
+    """The params of an imported circuit: where it came from."""
+
+    source: str

@@ -6,6 +6,7 @@ import { keptAtK, layoutCircuit, positionsBox, strongestEdges, type Position } f
 import { currentRoute, updateQuery } from "../router";
 import { newPlot } from "../plot";
 import { download, errorBox, fmt, h } from "../util";
+import { graphExportButton } from "./graphExport";
 import { nodePanel } from "./node";
 import { playgroundBox } from "./playground";
 
@@ -122,6 +123,7 @@ class CircuitView {
       h("button", { id: "export-json", onclick: () => download(`circuit-${c.id}.json`, new Blob([JSON.stringify(c, null, 1)], { type: "application/json" })) }, "Export JSON"),
       h("button", { id: "export-png", onclick: () => this.exportPng() }, "Export PNG"),
       h("button", { id: "export-svg", onclick: () => void this.exportSvg().catch((e) => this.root.prepend(errorBox(e))) }, "Export SVG"),
+      graphExportButton(c.id, this.root),
     );
   }
 
