@@ -453,6 +453,13 @@ export interface components {
         /** AblationRequest */
         AblationRequest: {
             /**
+             * Ablation
+             * @description what an ablated node is replaced by: its mean (as when pruned by default), zero, or its value on a random pretraining window (resample, drawn afresh per request); transcoder circuits' features are always switched off (zero)
+             * @default mean
+             * @enum {string}
+             */
+            ablation: "mean" | "zero" | "resample";
+            /**
              * Mode
              * @description keep: the node set runs, every other node is mean-ablated (sufficiency); ablate: the node set is mean-ablated in the full model (necessity)
              * @default keep
@@ -484,6 +491,12 @@ export interface components {
         };
         /** AblationResult */
         AblationResult: {
+            /**
+             * Ablation
+             * @description the ablation applied (transcoder features: always zero)
+             * @enum {string}
+             */
+            ablation: "mean" | "zero" | "resample";
             /** Accuracy */
             accuracy: number;
             /** Circuit Id */
@@ -700,6 +713,11 @@ export interface components {
         };
         /** CircuitRead */
         CircuitRead: {
+            /**
+             * Ablation
+             * @description what masked nodes were replaced by while pruning: mean, zero, resample
+             */
+            ablation: string;
             /** Calibration */
             calibration: {
                 [key: string]: number;
@@ -718,6 +736,13 @@ export interface components {
             }[];
             /** Edges */
             edges: components["schemas"]["CircuitEdgeRead"][];
+            /**
+             * Faithfulness
+             * @description {metric, pairs, modes: {mode: {m_full, m_empty, points: [{percent, nodes, m, f}], cpr, cmd}}}: the faithfulness curve f(C) = (m(C) - m(empty)) / (m(full) - m(empty)) per ablation mode
+             */
+            faithfulness: {
+                [key: string]: unknown;
+            };
             /** Id */
             id: number;
             /** Losses */
@@ -762,7 +787,10 @@ export interface components {
              * @description transcoder circuits: the transcoders behind its features
              */
             transcoder_id?: number | null;
-            /** Validation */
+            /**
+             * Validation
+             * @description controls (random circuit, shuffled labels, nonsense task, generalisation gap) and `checks`: [{name, passed, value, criterion}]; empty when the circuit was not validated
+             */
             validation: {
                 [key: string]: unknown;
             };
@@ -1437,6 +1465,13 @@ export interface components {
          */
         PruneParams: {
             /**
+             * Ablation
+             * @description what masked nodes are replaced by: mean, zero or resample
+             * @default mean
+             * @enum {string}
+             */
+            ablation: "mean" | "zero" | "resample";
+            /**
              * Batch Pairs
              * @default 32
              */
@@ -1461,6 +1496,11 @@ export interface components {
              * @default 256
              */
             eval_pairs: number;
+            /**
+             * Faithfulness Pairs
+             * @default 128
+             */
+            faithfulness_pairs: number;
             /**
              * K Coef
              * @default 0.001
@@ -1499,7 +1539,7 @@ export interface components {
             task: string;
             /**
              * Validate Circuit
-             * @description also run the controls (random, shuffled labels)
+             * @description also run the controls (random circuit, shuffled labels, nonsense task)
              * @default false
              */
             validate_circuit: boolean;
