@@ -89,6 +89,10 @@ def test_import_job_under_the_root_only(release, make_api, tmp_path):
     assert api.post_job("import", {"source": "openai", "path": "../"}).status_code == 422
     r = api.post_job("import", {"source": "openai", "path": "csp_test/../../etc"})
     assert r.status_code == 422 and "outside the import root" in r.text
+    (release.parent / "unknown").mkdir()
+    (release.parent / "unknown" / of.CONFIG_FILE).write_text(json.dumps({"n_layer": 1, "shiny_switch": 1}))
+    r = api.post_job("import", {"source": "openai", "path": "unknown"})
+    assert r.status_code == 422 and "unknown architecture switch(es) shiny_switch" in r.text
     off = make_api(data_dir=tmp_path / "other")
     r = off.post_job("import", {"source": "openai", "path": "csp_test"})
     assert r.status_code == 422 and "CIRCUITS_IMPORT_ROOT" in r.text

@@ -54,10 +54,21 @@ def under_root(root: Path | None, relative: str, what: str = "params.path") -> P
 
 
 def check(session, settings: Settings, params: ImportParams) -> None:
-    under_root(settings.import_root, params.path)
+    """The folder and its config (cheap; the weights are checked by the job)."""
+    from worker.engine.checkpoints import read_run_config
+    from worker.engine.openai_format import read_config
+
+    path = under_root(settings.import_root, params.path)
     if params.tokenizer_path is not None:
         under_root(settings.import_root, params.tokenizer_path, "params.tokenizer_path")
     name_free(session, params.name)
+    try:
+        if params.source == "openai":
+            read_config(path)
+        else:
+            read_run_config(path)
+    except ValueError as e:
+        raise ValueError(f"params.path: {e}") from None
 
 
 def model_row(folder: Path, name: str) -> Model:
