@@ -102,3 +102,71 @@ def test_bad_inputs_leave_nothing_behind(released, tmp_path, spoil, message):
         of.import_released(released, tmp_path / "out" / "model")
     assert message in str(e.value)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_variant_switches_import(tmp_path):
+    """LayerNorm with bias, ReLU MLP and residual, tied unembedding, 3 heads x 8 on d_model 16 (q/k/v wider
+    than the residual), AbsTopK on q/k/v and the residual only, no bias file: the release's other switches."""
+    raw = {
+        "block_size": 8,
+        "vocab_size": 40,
+        "n_layer": 1,
+        "n_head": 3,
+        "d_head": 8,
+        "d_model": 16,
+        "d_mlp": 24,
+        "bias": False,
+        "ln_bias": True,
+        "rms_norm": False,
+        "residual_activation_type": "relu",
+        "activation_type": "relu",
+        "afrac": 0.5,
+        "afrac_loctypes": "attn_q,attn_k,attn_v,resid_post_mlp",
+        "tied_unembed": True,
+        "enable_bigram_table": False,
+        "sink": False,
+    }
+    cfg = of.model_config(raw)
+    assert (cfg.d_attn, cfg.norm, cfg.norm_eps, cfg.tied_unembed) == (24, "layer", 1e-5, True)
+    g = torch.Generator().manual_seed(0)
+    shapes = {
+        "transformer.wte.weight": (40, 16),
+        "transformer.wpe.weight": (8, 16),
+        "transformer.h.0.ln_1.weight": (16,),
+        "transformer.h.0.ln_1.bias": (16,),
+        "transformer.h.0.attn.c_attn.weight": (72, 16),
+        "transformer.h.0.attn.c_proj.weight": (16, 24),
+        "transformer.h.0.ln_2.weight": (16,),
+        "transformer.h.0.ln_2.bias": (16,),
+        "transformer.h.0.mlp.c_fc.weight": (24, 16),
+        "transformer.h.0.mlp.c_proj.weight": (16, 24),
+        "transformer.ln_f.weight": (16,),
+        "transformer.ln_f.bias": (16,),
+    }
+    sd = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]  # a tied state dict holds both names
+    src = tmp_path / "variant"
+    src.mkdir()
+    (src / of.CONFIG_FILE).write_text(json.dumps(raw))
+    torch.save(sd, src / of.WEIGHTS_FILE)
+    model, _, _ = of.load_released(src)
+    assert model.lm_head.weight is model.wte.weight
+    assert torch.equal(model.blocks[0].attn.q_proj.weight, sd["transformer.h.0.attn.c_attn.weight"][:24])
+    ids = torch.randint(0, 40, (2, 8), generator=g)
+    with torch.no_grad():
+        logits, acts = model(ids, capture=["0.attn.q", "0.attn.act_in", "final_resid"])
+    assert (acts["0.attn.q"] != 0).sum(-1).max() == 12 and (acts["0.attn.act_in"] != 0).all()
+    assert (acts["final_resid"] >= 0).all() and (acts["final_resid"] != 0).sum(-1).max() == 8
+    ln = torch.nn.functional.layer_norm(
+        acts["final_resid"], (16,), sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"]
+    )
+    assert torch.allclose(logits, ln @ sd["transformer.wte.weight"].T, atol=1e-5)
+    # the tie survives our folder format (safetensors stores one copy each)
+    from worker.engine.checkpoints import save_model
+
+    out = tmp_path / "ours"
+    out.mkdir()
+    save_model(out, model)
+    from safetensors.torch import load_file as load
+
+    assert torch.equal(load(str(out / "model.safetensors"))["lm_head.weight"], sd["transformer.wte.weight"])
