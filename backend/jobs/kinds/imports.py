@@ -173,7 +173,9 @@ def import_folder(
 def run(ctx, job, params: ImportParams, attempt) -> None:
     settings = ctx.settings
     path = under_root(settings.import_root, params.path)
-    tokenizer = under_root(settings.import_root, params.tokenizer_path) if params.tokenizer_path else None
+    tokenizer = None
+    if params.tokenizer_path is not None:
+        tokenizer = under_root(settings.import_root, params.tokenizer_path, "params.tokenizer_path")
     attempt.progress(0.0, "import", f"reading {params.path}", force=True)
     model_id = import_folder(ctx.db, settings, params.source, path, tokenizer, params.name, job.id, job.id)
     with ctx.db.session() as s:
