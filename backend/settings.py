@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     max_prune_runs: int = Field(16, ge=1)
     max_profile_tokens: int = Field(2_000_000, ge=1)
     max_transcoder_steps: int = Field(20_000, ge=1)  # training steps of a transcoder sweep
+    max_import_params: int = Field(600_000_000, ge=1)  # weights of a released model to import
+
+    # Imports (the `import` job): server-side folders under this root only; None = imports are off.
+    import_root: Path | None = None
 
     # The API process's LRU cache of loaded models for interactive forward passes.
     model_cache_size: int = Field(4, ge=1)

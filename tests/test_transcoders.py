@@ -178,7 +178,7 @@ def test_attribution_edges_are_activation_times_weight_product(trained):
     rep(x)
     r1 = rep.resid_in[1].flatten(0, 1)
     z0, z1 = coders[0].encode(rep.inputs[0]).flatten(0, 1), coders[1].encode(rep.inputs[1]).flatten(0, 1)
-    s1 = torch.rsqrt(r1.pow(2).mean(-1) + model.blocks[1].mlp.norm.eps)
+    s1 = torch.rsqrt(r1.pow(2).mean(-1) + model.blocks[1].mlp.norm.eps_for(r1.dtype))
     g1 = model.blocks[1].mlp.norm.weight
     src = [int(i) for i in (z0 > 0).any(0).nonzero().flatten()[:5]]
     dst = [int(j) for j in (z1 > 0).any(0).nonzero().flatten()[:5]]

@@ -321,3 +321,36 @@ def circuit_labels(circuit_id: CircuitId, request: Request, session: SessionDep)
             )
         )
     return CircuitLabels(circuit_id=circuit_id, profiled=model.profiled, items=items)
+
+
+def engine_circuit(c: Circuit):
+    """A circuit row as the engine's Circuit (what the graph export reads)."""
+    from worker.engine.circuit import Circuit as EngineCircuit
+    from worker.engine.circuit import Edge, Node
+
+    return EngineCircuit(
+        task=c.task.name,
+        model=str(c.model_id),
+        target_loss=c.target_loss,
+        nodes=[Node(n.name, n.site, n.layer, n.index, n.tau) for n in c.nodes],
+        edges=[Edge(e.src, e.dst, e.weight, e.kind, e.activation, e.weight_product) for e in c.edges],
+        losses=c.losses,
+        calibration=c.calibration,
+        curve=c.curve,
+    )
+
+
+def circuit_graph_json(c: Circuit) -> dict:
+    """The circuit-tracer / Neuronpedia graph JSON of a circuit row."""
+    from worker.engine.graph_export import graph_json
+
+    n_layer = int((c.model.config or {}).get("model", {}).get("n_layer", 0))
+    slug = f"{c.model.name}-{c.task.name}-{c.id}".lower()
+    return graph_json(engine_circuit(c), slug, c.model.name, n_layer)
+
+
+@router.get("/{circuit_id}/graph", responses=NOT_FOUND)
+def get_circuit_graph(circuit_id: CircuitId, session: SessionDep) -> dict:
+    """The circuit as a circuit-tracer / Neuronpedia graph JSON (`metadata`, `qParams`, `nodes`,
+    `links`), to open in that graph viewer; nodes sit at the task's last position."""
+    return circuit_graph_json(get_circuit_row(session, circuit_id, graph=True))

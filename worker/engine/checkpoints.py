@@ -41,7 +41,14 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    out, seen = {}, set()
+    for k, v in tensors.items():
+        v = v.detach().contiguous().cpu()
+        if v.data_ptr() in seen:  # a tied weight: safetensors stores each tensor once, so copy it
+            v = v.clone()
+        seen.add(v.data_ptr())
+        out[k] = v
+    save_file(out, str(tmp), metadata=metadata)
     os.replace(tmp, path)
 
 

@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Where AbsTopK can act: the 8 node sites of a layer (sites.LAYER_SITES), and the residual stream after
+# each sublayer's write (the released code's `resid_post_attn` / `resid_post_mlp`).
+TopkLocation = Literal[
+    "attn.act_in",
+    "attn.q",
+    "attn.k",
+    "attn.v",
+    "attn.resid_delta",
+    "mlp.act_in",
+    "mlp.post_act",
+    "mlp.resid_delta",
+    "resid_post_attn",
+    "resid_post_mlp",
+]
 
 
 class ModelConfig(BaseModel):
@@ -21,20 +38,37 @@ class ModelConfig(BaseModel):
     bigram_table: bool = True
     pos_emb: bool = False
     bias: bool = True
+    # Switches the released openai/circuit_sparsity models need (worker/engine/openai_format.py); the
+    # defaults are this project's own architecture.
+    head_count: int | None = Field(None, ge=1, le=4096)  # None: d_model // d_head (q/k/v width = d_model)
+    mlp_width: int | None = Field(None, ge=1, le=262_144)  # None: mlp_ratio * d_model
+    norm: Literal["rms", "layer"] = "rms"
+    norm_bias: bool = False  # a LayerNorm's bias
+    norm_eps: float | None = Field(1e-6, ge=0, le=0.1)  # None: the activation dtype's machine epsilon
+    activation: Literal["gelu", "relu"] = "gelu"
+    resid_activation: Literal["identity", "relu"] = "identity"  # applied to the residual after each write
+    topk_at: list[TopkLocation] | None = Field(None, max_length=10)  # None: the 8 node sites
+    tied_unembed: bool = False  # lm_head.weight is wte.weight
+    logits_bias: bool | None = None  # a bias on the unembedding; None: as `bias`
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:
-        if self.d_model % self.d_head:
+        if self.head_count is None and self.d_model % self.d_head:
             raise ValueError(f"d_model {self.d_model} is not a multiple of d_head {self.d_head}")
         return self
 
     @property
     def n_head(self) -> int:
-        return self.d_model // self.d_head
+        return self.head_count or self.d_model // self.d_head
+
+    @property
+    def d_attn(self) -> int:
+        """Width of q, k and v: all heads side by side."""
+        return self.n_head * self.d_head
 
     @property
     def d_mlp(self) -> int:
-        return self.mlp_ratio * self.d_model
+        return self.mlp_width or self.mlp_ratio * self.d_model
 
 
 class TrainConfig(BaseModel):
@@ -123,6 +157,7 @@ class RunConfig(BaseModel):
     model: ModelConfig
     train: TrainConfig
     bridge: BridgeConfig | None = None  # set for a sparse model trained with bridges to a dense one
+    imported_from: str | None = Field(None, max_length=1024)  # e.g. "openai/circuit_sparsity: DIR"
 
 
 PRESETS: dict[str, RunConfig] = {

@@ -16,7 +16,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .kernels import topk_threshold
-from .sites import resid_locations, site_dims
+from .sites import LAYER_SITES, resid_locations, site_dims
 
 
 def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -85,26 +85,41 @@ def causal_attention(q, k, v, sink: torch.Tensor | None) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)[:, :, 1:, :D]
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6):
+class Norm(nn.Module):
+    """Pre-norm: RMSNorm (the default) or LayerNorm, with a learnt gain (and optionally a bias).
+    eps None is the activation dtype's machine epsilon (torch's RMSNorm default)."""
+
+    def __init__(self, dim: int, kind: str = "rms", bias: bool = False, eps: float | None = 1e-6):
         super().__init__()
-        self.eps = eps
+        self.kind, self.eps = kind, eps
         self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def eps_for(self, dtype: torch.dtype) -> float:
+        return torch.finfo(dtype).eps if self.eps is None else self.eps
 
     def forward(self, x):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        eps = self.eps_for(x.dtype)
+        if self.kind == "layer":
+            return F.layer_norm(x, self.weight.shape, self.weight, self.bias, eps)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * self.weight
+        return x if self.bias is None else x + self.bias
+
+
+def make_norm(cfg: ModelConfig) -> Norm:
+    return Norm(cfg.d_model, cfg.norm, cfg.norm_bias, cfg.norm_eps)
 
 
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.cfg, self.layer = cfg, layer
-        d = cfg.d_model
-        self.norm = RMSNorm(d)
-        self.q_proj = nn.Linear(d, d, bias=cfg.bias)
-        self.k_proj = nn.Linear(d, d, bias=cfg.bias)
-        self.v_proj = nn.Linear(d, d, bias=cfg.bias)
-        self.o_proj = nn.Linear(d, d, bias=cfg.bias)
+        d, a = cfg.d_model, cfg.d_attn
+        self.norm = make_norm(cfg)
+        self.q_proj = nn.Linear(d, a, bias=cfg.bias)
+        self.k_proj = nn.Linear(d, a, bias=cfg.bias)
+        self.v_proj = nn.Linear(d, a, bias=cfg.bias)
+        self.o_proj = nn.Linear(a, d, bias=cfg.bias)
         # The sink is an extra always-visible slot with zero key and value: only its logit is learnt.
         self.sink = nn.Parameter(torch.zeros(cfg.n_head)) if cfg.attn_sink else None
 
@@ -112,28 +127,30 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, Dh = self.cfg.n_head, self.cfg.d_head
         s = f"{self.layer}.attn"
-        h = p.site(f"{s}.act_in", topk(self.norm(x)))
-        q = p.site(f"{s}.q", topk(self.q_proj(h)))
-        k = p.site(f"{s}.k", topk(self.k_proj(h)))
-        v = p.site(f"{s}.v", topk(self.v_proj(h)))
+        h = p.site(f"{s}.act_in", topk(self.norm(x), "attn.act_in"))
+        q = p.site(f"{s}.q", topk(self.q_proj(h), "attn.q"))
+        k = p.site(f"{s}.k", topk(self.k_proj(h), "attn.k"))
+        v = p.site(f"{s}.v", topk(self.v_proj(h), "attn.v"))
         q, k, v = (t.view(B, T, H, Dh).transpose(1, 2) for t in (q, k, v))
         y = causal_attention(q, k, v, self.sink).transpose(1, 2).reshape(B, T, H * Dh)
-        return p.site(f"{s}.resid_delta", topk(self.o_proj(y)))
+        y = p.site(f"{s}.y", y)  # the heads' outputs side by side: a capture point, not a node site
+        return p.site(f"{s}.resid_delta", topk(self.o_proj(y), "attn.resid_delta"))
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.layer = layer
-        self.norm = RMSNorm(cfg.d_model)
+        self.norm = make_norm(cfg)
+        self.act = F.gelu if cfg.activation == "gelu" else F.relu
         self.fc_in = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
         self.fc_out = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor, p: Pass, topk) -> torch.Tensor:
         s = f"{self.layer}.mlp"
-        h = p.site(f"{s}.act_in", topk(self.norm(x)))
-        h = p.site(f"{s}.post_act", topk(F.gelu(self.fc_in(h))))
-        return p.site(f"{s}.resid_delta", topk(self.fc_out(h)))
+        h = p.site(f"{s}.act_in", topk(self.norm(x), "mlp.act_in"))
+        h = p.site(f"{s}.post_act", topk(self.act(self.fc_in(h)), "mlp.post_act"))
+        return p.site(f"{s}.resid_delta", topk(self.fc_out(h), "mlp.resid_delta"))
 
 
 class Block(nn.Module):
@@ -142,14 +159,18 @@ class Block(nn.Module):
         self.layer = layer
         self.attn = Attention(cfg, layer)
         self.mlp = MLP(cfg, layer)
+        self.resid_relu = cfg.resid_activation == "relu"
+
+    def _after_write(self, x, topk, location: str):
+        return topk(torch.relu(x) if self.resid_relu else x, location)
 
     def forward(self, x, p: Pass, topk, from_mlp: bool = False):
         """`from_mlp`: x is the MLP's input (a pass started at `{layer}.mlp.resid_in`)."""
         if not from_mlp:
             x = p.site(f"{self.layer}.attn.resid_in", x)
-            x = x + self.attn(x, p, topk)
+            x = self._after_write(x + self.attn(x, p, topk), topk, "resid_post_attn")
         x = p.site(f"{self.layer}.mlp.resid_in", x)
-        return x + self.mlp(x, p, topk)
+        return self._after_write(x + self.mlp(x, p, topk), topk, "resid_post_mlp")
 
 
 class SparseGPT(nn.Module):
@@ -159,10 +180,14 @@ class SparseGPT(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.wpe = nn.Embedding(cfg.n_ctx, cfg.d_model) if cfg.pos_emb else None
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
-        self.final_norm = RMSNorm(cfg.d_model)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.bias)
+        self.final_norm = make_norm(cfg)
+        logits_bias = cfg.bias if cfg.logits_bias is None else cfg.logits_bias
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=logits_bias)
         self.bigram = nn.Embedding(cfg.vocab_size, cfg.vocab_size) if cfg.bigram_table else None
         self._init_weights()
+        if cfg.tied_unembed:
+            self.lm_head.weight = self.wte.weight
+        self.topk_at = set(LAYER_SITES if cfg.topk_at is None else cfg.topk_at)
 
     def _init_weights(self):
         out_std = 0.02 / math.sqrt(2 * self.cfg.n_layer)
@@ -190,8 +215,8 @@ class SparseGPT(nn.Module):
         layer, kind, _ = location.split(".")
         return int(layer), kind == "mlp"
 
-    def _topk(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.act_frac is None:
+    def _topk(self, x: torch.Tensor, location: str) -> torch.Tensor:
+        if self.cfg.act_frac is None or location not in self.topk_at:
             return x
         return abs_topk(x, int(self.cfg.act_frac * x.shape[-1]))
 

@@ -5,7 +5,8 @@ and `{l}.mlp.{act_in,post_act,resid_delta}`, then `final_resid`. A node is one c
 `site[index]`, e.g. `1.mlp.post_act[7]`. The residual stream at sublayer boundaries is a site too,
 `{l}.attn.resid_in` / `{l}.mlp.resid_in` (the bridge locations), but it holds no nodes. The features of a
 layer's transcoder, `{l}.mlp.transcoder[j]`, are nodes of a site that replaces the MLP: in forward order it
-sits after `{l}.mlp.act_in` (what it reads) and before `{l}.mlp.post_act`.
+sits after `{l}.mlp.act_in` (what it reads) and before `{l}.mlp.post_act`. `{l}.attn.y` (the heads'
+outputs side by side, before the output projection) can be captured but is no site of the catalog.
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ def catalog(c: ModelConfig, feature_dim: int | None = None) -> list[Site]:
             if kind == FEATURE_KIND and feature_dim is None:
                 continue
             dim = {"mlp.post_act": c.d_mlp, FEATURE_KIND: feature_dim}.get(kind, d)
+            if kind in ("attn.q", "attn.k", "attn.v"):
+                dim = c.d_attn
             out.append(
                 Site(
                     name=layer_site(i, kind),

@@ -70,6 +70,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/circuits/{circuit_id}/graph": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Circuit Graph
+         * @description The circuit as a circuit-tracer / Neuronpedia graph JSON (`metadata`, `qParams`, `nodes`,
+         *     `links`), to open in that graph viewer; nodes sit at the task's last position.
+         */
+        get: operations["get_circuit_graph_api_v1_circuits__circuit_id__graph_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/circuits/{circuit_id}/labels": {
         parameters: {
             query?: never;
@@ -1077,6 +1098,43 @@ export interface components {
              */
             sink: number | null;
         };
+        /** ImportJob */
+        ImportJob: {
+            /**
+             * @description discriminator enum property added by openapi-typescript
+             * @enum {string}
+             */
+            kind: "import";
+            params: components["schemas"]["ImportParams"];
+        };
+        /**
+         * ImportParams
+         * @description Register a model folder from CIRCUITS_IMPORT_ROOT: a released openai/circuit_sparsity model
+         *     (beeg_config.json + final_model.pt + encoder.json + vocab.bpe) or a folder `circuits train` wrote.
+         */
+        ImportParams: {
+            /**
+             * Name
+             * @description unique model name (default: the folder's name)
+             */
+            name?: string | null;
+            /**
+             * Path
+             * @description the folder, relative to CIRCUITS_IMPORT_ROOT on the server
+             */
+            path: string;
+            /**
+             * Source
+             * @description openai: a released model folder; model: a folder the circuits CLI trained
+             * @enum {string}
+             */
+            source: "openai" | "model";
+            /**
+             * Tokenizer Path
+             * @description openai: the folder of encoder.json + vocab.bpe, relative to the root (default: path)
+             */
+            tokenizer_path?: string | null;
+        };
         /** JobList */
         JobList: {
             /** Items */
@@ -1268,6 +1326,8 @@ export interface components {
         ModelOverrides: {
             /** Act Frac */
             act_frac?: number | null;
+            /** Activation */
+            activation?: ("gelu" | "relu") | null;
             /** Attn Sink */
             attn_sink?: boolean | null;
             /** Bias */
@@ -1278,14 +1338,32 @@ export interface components {
             d_head?: number | null;
             /** D Model */
             d_model?: number | null;
+            /** Head Count */
+            head_count?: number | null;
+            /** Logits Bias */
+            logits_bias?: boolean | null;
             /** Mlp Ratio */
             mlp_ratio?: number | null;
+            /** Mlp Width */
+            mlp_width?: number | null;
             /** N Ctx */
             n_ctx?: number | null;
             /** N Layer */
             n_layer?: number | null;
+            /** Norm */
+            norm?: ("rms" | "layer") | null;
+            /** Norm Bias */
+            norm_bias?: boolean | null;
+            /** Norm Eps */
+            norm_eps?: number | null;
             /** Pos Emb */
             pos_emb?: boolean | null;
+            /** Resid Activation */
+            resid_activation?: ("identity" | "relu") | null;
+            /** Tied Unembed */
+            tied_unembed?: boolean | null;
+            /** Topk At */
+            topk_at?: ("attn.act_in" | "attn.q" | "attn.k" | "attn.v" | "attn.resid_delta" | "mlp.act_in" | "mlp.post_act" | "mlp.resid_delta" | "resid_post_attn" | "resid_post_mlp")[] | null;
             /** Vocab Size */
             vocab_size?: number | null;
         };
@@ -2784,6 +2862,49 @@ export interface operations {
             };
         };
     };
+    get_circuit_graph_api_v1_circuits__circuit_id__graph_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description circuit id */
+                circuit_id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        [key: string]: unknown;
+                    };
+                };
+            };
+            /** @description no such circuit */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
     circuit_labels_api_v1_circuits__circuit_id__labels_get: {
         parameters: {
             query?: never;
@@ -2955,7 +3076,7 @@ export interface operations {
         parameters: {
             query?: {
                 status?: ("queued" | "running" | "succeeded" | "failed" | "cancelled") | null;
-                kind?: ("bridge" | "probe" | "profile" | "prune" | "train" | "transcoder") | null;
+                kind?: ("bridge" | "import" | "probe" | "profile" | "prune" | "train" | "transcoder") | null;
                 limit?: number;
                 offset?: number;
             };
@@ -2994,7 +3115,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["BridgeJob"] | components["schemas"]["ProbeJob"] | components["schemas"]["ProfileJob"] | components["schemas"]["PruneJob"] | components["schemas"]["TrainJob"] | components["schemas"]["TranscoderJob"];
+                "application/json": components["schemas"]["BridgeJob"] | components["schemas"]["ImportJob"] | components["schemas"]["ProbeJob"] | components["schemas"]["ProfileJob"] | components["schemas"]["PruneJob"] | components["schemas"]["TrainJob"] | components["schemas"]["TranscoderJob"];
             };
         };
         responses: {

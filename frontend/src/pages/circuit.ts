@@ -12,6 +12,7 @@ import { currentRoute, updateQuery } from "../router";
 import { newPlot } from "../plot";
 import { download, errorBox, fmt, h } from "../util";
 import { faithfulnessBox, validationChecks } from "./faithfulness";
+import { graphExportButton } from "./graphExport";
 import { nodePanel } from "./node";
 import { probesBox } from "./probes";
 import { playgroundBox } from "./playground";
@@ -168,6 +169,7 @@ class CircuitView {
       h("button", { id: "export-json", onclick: () => download(`circuit-${c.id}.json`, new Blob([JSON.stringify(c, null, 1)], { type: "application/json" })) }, "Export JSON"),
       h("button", { id: "export-png", onclick: () => this.exportPng() }, "Export PNG"),
       h("button", { id: "export-svg", onclick: () => void this.exportSvg().catch((e) => this.root.prepend(errorBox(e))) }, "Export SVG"),
+      graphExportButton(c.id, this.root),
     );
   }
 

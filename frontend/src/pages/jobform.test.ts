@@ -13,7 +13,7 @@ const field = (kind: string, path: string) => {
 
 describe("job forms from the OpenAPI schema", () => {
   it("has a form for every kind of the request body", () => {
-    expect(Object.keys(forms).sort()).toEqual(["bridge", "probe", "profile", "prune", "train", "transcoder"]);
+    expect(Object.keys(forms).sort()).toEqual(["bridge", "import", "probe", "profile", "prune", "train", "transcoder"]);
   });
 
   it("takes types, defaults, bounds and choices from the params schema", () => {

@@ -34,7 +34,7 @@ def mlp_io(model: SparseGPT, idx: torch.Tensor) -> list[tuple[torch.Tensor, torc
 
 def norm_scale(norm: nn.Module, resid: torch.Tensor) -> torch.Tensor:
     """The input-dependent factor of RMSNorm: norm(r) = r * scale(r) * weight."""
-    return torch.rsqrt(resid.pow(2).mean(-1, keepdim=True) + norm.eps)
+    return torch.rsqrt(resid.pow(2).mean(-1, keepdim=True) + norm.eps_for(resid.dtype))
 
 
 ReplaceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (MLP input, true MLP output) -> output
