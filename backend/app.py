@@ -14,11 +14,13 @@ from pydantic import ValidationError
 from sqlalchemy import inspect
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 
 from worker.engine.errors import UserError
 
 from .auth import read_access
 from .db import Database
+from .interactive import Interactive
 from .jobs.service import JobService
 from .routes import discover
 from .settings import Settings, get_settings
@@ -78,6 +80,16 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, unexpected)
 
 
+class FrontendMount(Mount):
+    """The built frontend at /, except under /api: there the API's own 404 and 405 (with its Allow
+    header) answer, not the static files'."""
+
+    def matches(self, scope):
+        if scope["type"] == "http" and (scope["path"] + "/").startswith(API + "/"):
+            return Match.NONE, {}
+        return super().matches(scope)
+
+
 def check_schema(db: Database) -> None:
     if not inspect(db.engine).has_table("jobs"):
         raise RuntimeError(f"database {db.engine.url!r} has no tables: run `circuits db upgrade` first")
@@ -94,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.jobs.stop()
+            app.state.interactive.stop()
             app.state.db.dispose()
 
     app = FastAPI(
@@ -106,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.db = Database(settings)
     app.state.jobs = JobService(settings, app.state.db)
+    app.state.interactive = Interactive(settings)
     add_error_handlers(app)
 
     @app.get(f"{API}/health", tags=["meta"])
@@ -116,5 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in discover():
         app.include_router(router, prefix=API, dependencies=[Depends(read_access)])
     if FRONTEND.is_dir():
-        app.mount("/", StaticFiles(directory=FRONTEND, html=True), name="frontend")
+        app.router.routes.append(
+            FrontendMount("/", StaticFiles(directory=FRONTEND, html=True), name="frontend")
+        )
     return app

@@ -16,7 +16,7 @@ from worker.engine.transcoders import Matched, Reference, SweepPoint, Transcoder
 class Strict(BaseModel):
     """A request body: unknown fields are named, not ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -329,7 +329,7 @@ class SteerRequest(Strict):
     task: str = Field(min_length=1, max_length=128, description="task whose test prompts are steered")
     node: str = Field(min_length=4, max_length=64, description=NODE_DESCRIPTION)
     mode: Literal["add", "set"] = Field("add", description="add the strength to the node, or set it to it")
-    strengths: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
+    strengths: list[Annotated[float, Field(allow_inf_nan=False, ge=-1e6, le=1e6)]] | None = Field(
         None,
         min_length=1,
         max_length=64,

@@ -39,19 +39,43 @@ def name_free(session: Session, name: str | None) -> None:
         raise Conflict(f"params.name: a model named {name!r} already exists")
 
 
-def train_caps(settings: Settings, run) -> None:
-    """The caps on a training run (train and bridge jobs)."""
-    from .training import count_params
+def budget_caps(settings: Settings, budget) -> None:
+    """The caps every job's estimated cost must meet (worker/engine/budget.py)."""
+    cap(budget.params, settings.max_model_params, "model parameters", "max_model_params")
+    gib = budget.peak_bytes / 2**30
+    if budget.peak_bytes > settings.max_job_memory_bytes:
+        raise LimitExceeded(
+            f"estimated peak memory {gib:,.1f} GiB exceeds the limit "
+            f"{settings.max_job_memory_bytes / 2**30:,.1f} GiB (CIRCUITS_MAX_JOB_MEMORY_BYTES); "
+            "lower batch_size, n_ctx, n_layer or the number of heads (d_model / d_head)"
+        )
+    if budget.flops > settings.max_job_flops:
+        raise LimitExceeded(
+            f"estimated compute {budget.flops:.2e} FLOP exceeds the limit {settings.max_job_flops:.2e} "
+            "(CIRCUITS_MAX_JOB_FLOPS); lower steps, batch_size or the model's size"
+        )
+
+
+def train_caps(settings: Settings, run, data_of_a_model: bool = False) -> None:
+    """The caps on a training run (train and bridge jobs), on the run after every override.
+    `data_of_a_model`: the data settings are those of a trained model (bridges), which may be the
+    whole corpus (max_corpus_bytes None) if that model was trained on it."""
+    from worker.engine.budget import train_budget
 
     s = settings
     cap(run.train.steps, s.max_train_steps, "params.steps", "max_train_steps")
-    cap(count_params(run.model), s.max_model_params, "model parameters", "max_model_params")
     corpus_bytes = run.train.max_corpus_bytes
+    if corpus_bytes is None and not data_of_a_model:
+        raise LimitExceeded(
+            f"params.train.max_corpus_bytes: must be set (at most {s.max_corpus_bytes:,}, "
+            "CIRCUITS_MAX_CORPUS_BYTES)"
+        )
     if corpus_bytes is not None:
         cap(corpus_bytes, s.max_corpus_bytes, "params.train.max_corpus_bytes", "max_corpus_bytes")
     step_tokens = run.train.batch_size * run.model.n_ctx
     cap(step_tokens, s.max_batch_tokens, "batch_size * n_ctx", "max_batch_tokens")
     cap(run.train.eval_batches, 64, "params.train.eval_batches", "(fixed limit)")
+    budget_caps(s, train_budget(run))
 
 
 def engine_config(cls: type[BaseModel], values: dict, section: str = ""):
