@@ -38,6 +38,9 @@ def test_steer_sweep_matches_the_engine_and_rejects_bad_input(bridged_api, bridg
     c, url = api.client, f"{API}/models/{ids['bridged']}/steer"
     body = {"task": TASK, "node": "0.mlp.post_act[5]", "strengths": [0, 2, 8], "pairs": 12}
     r = c.post(url, json=body)
+    assert r.status_code == 401 and "x-api-key" in r.json()["detail"]  # steering needs a key
+    c.headers["x-api-key"] = api.key
+    r = c.post(url, json=body)
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["model_id"] == ids["bridged"] and out["dense_model_id"] == ids["dense"]

@@ -56,22 +56,20 @@ def budget_caps(settings: Settings, budget) -> None:
         )
 
 
-def train_caps(settings: Settings, run, data_of_a_model: bool = False) -> None:
-    """The caps on a training run (train and bridge jobs), on the run after every override.
-    `data_of_a_model`: the data settings are those of a trained model (bridges), which may be the
-    whole corpus (max_corpus_bytes None) if that model was trained on it."""
+def train_caps(settings: Settings, run) -> None:
+    """The caps on a training run (train and bridge jobs), on the run after every override (a
+    bridge's data settings are its dense model's: a model trained on the whole corpus is refused)."""
     from worker.engine.budget import train_budget
 
     s = settings
     cap(run.train.steps, s.max_train_steps, "params.steps", "max_train_steps")
     corpus_bytes = run.train.max_corpus_bytes
-    if corpus_bytes is None and not data_of_a_model:
+    if corpus_bytes is None:
         raise LimitExceeded(
-            f"params.train.max_corpus_bytes: must be set (at most {s.max_corpus_bytes:,}, "
-            "CIRCUITS_MAX_CORPUS_BYTES)"
+            f"train.max_corpus_bytes: the whole corpus (null) is not allowed; at most "
+            f"{s.max_corpus_bytes:,} bytes (CIRCUITS_MAX_CORPUS_BYTES)"
         )
-    if corpus_bytes is not None:
-        cap(corpus_bytes, s.max_corpus_bytes, "params.train.max_corpus_bytes", "max_corpus_bytes")
+    cap(corpus_bytes, s.max_corpus_bytes, "params.train.max_corpus_bytes", "max_corpus_bytes")
     step_tokens = run.train.batch_size * run.model.n_ctx
     cap(step_tokens, s.max_batch_tokens, "batch_size * n_ctx", "max_batch_tokens")
     cap(run.train.eval_batches, 64, "params.train.eval_batches", "(fixed limit)")

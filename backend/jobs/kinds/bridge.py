@@ -74,7 +74,7 @@ def sparse_run(params: BridgeParams, dense_config: dict):
 
 def check(session, settings: Settings, params: BridgeParams) -> None:
     dense = ready_model(session, params.dense_model_id, "dense_model_id")
-    train_caps(settings, sparse_run(params, dense.config), data_of_a_model=True)
+    train_caps(settings, sparse_run(params, dense.config))
     name_free(session, params.name)
 
 
