@@ -15,6 +15,7 @@ class Settings(BaseSettings):
     # Storage: artifacts (model folders) live under data_dir; the database defaults to a SQLite file there.
     data_dir: Path = Path("./data")
     database_url: str | None = None  # e.g. postgresql+psycopg://user@host/db; None = SQLite in data_dir
+    database_connect_retry_seconds: float = Field(10.0, ge=0)  # keep trying a (re)starting server this long
 
     # Jobs: Celery with this broker (e.g. redis://localhost:6379/0); None = in-process runner threads.
     broker_url: str | None = None

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
 from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from worker.engine.errors import UserError
@@ -141,7 +142,10 @@ class Attempt:
         t = time.monotonic()
         if force or t - self.last_write >= self.ctx.settings.progress_min_interval:
             self.last_write = t
-            self.touch(progress=min(max(fraction, 0.0), 1.0), stage=stage[:64], message=message)
+            try:
+                self.touch(progress=min(max(fraction, 0.0), 1.0), stage=stage[:64], message=message)
+            except DBAPIError as e:  # e.g. the database restarting: a later report writes it
+                log.warning("progress of job %s not written: %s", self.job_id, str(e).splitlines()[0])
             self.check()
 
     def finish(self, s: Session, status: JobStatus, **values) -> None:
