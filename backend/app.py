@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from sqlalchemy import inspect
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Mount
 
@@ -23,6 +24,7 @@ from .db import Database
 from .interactive import Interactive
 from .jobs.service import JobService
 from .routes import discover
+from .schemas import ErrorBody, ValidationErrorBody
 from .settings import Settings, get_settings
 
 log = logging.getLogger("circuits.api")
@@ -90,6 +92,76 @@ class FrontendMount(Mount):
         return super().matches(scope)
 
 
+class BodyLimit:
+    """413 with a JSON body for a request body above CIRCUITS_MAX_BODY_BYTES: declared by its
+    Content-Length, or (sent in chunks) found by reading it here first, up to the limit."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        detail = f"request body larger than {self.limit:,} bytes (CIRCUITS_MAX_BODY_BYTES)"
+        too_large = JSONResponse({"detail": detail}, 413)
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit():
+            if int(length) > self.limit:
+                return await too_large(scope, receive, send)
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await too_large(scope, receive, send)
+            if not message.get("more_body"):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def document_errors(doc: dict, reads_require_key: bool) -> dict:
+    """FastAPI's OpenAPI document, with the error responses this app really sends: every 422 is a
+    ValidationErrorBody, every operation with a body may answer 413, and every operation 401 when
+    reads need a key (and those taking a key, an invalid one)."""
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for model in (ErrorBody, ValidationErrorBody):
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(body.pop("$defs", {}))
+        schemas[model.__name__] = body
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+
+    def content(name: str) -> dict:
+        return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
+
+    for operations in doc["paths"].values():
+        for op in operations.values():
+            responses = op["responses"]
+            if "422" in responses or op.get("parameters") or "requestBody" in op:
+                description = responses.get("422", {}).get("description", "invalid input (named)")
+                responses["422"] = {"description": description, "content": content("ValidationErrorBody")}
+            if "requestBody" in op:
+                responses["413"] = {"description": "request body too large", "content": content("ErrorBody")}
+            if reads_require_key or "security" in op:
+                responses.setdefault(
+                    "401", {"description": "missing or invalid x-api-key", "content": content("ErrorBody")}
+                )
+    return doc
+
+
 def check_schema(db: Database) -> None:
     if not inspect(db.engine).has_table("jobs"):
         raise RuntimeError(f"database {db.engine.url!r} has no tables: run `circuits db upgrade` first")
@@ -114,7 +186,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Train weight-sparse transformers, prune them to task circuits, and explore them.",
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
     app.state.db = Database(settings)
@@ -129,6 +200,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for router in discover():
         app.include_router(router, prefix=API, dependencies=[Depends(read_access)])
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(FastAPI.openapi(app), settings.reads_require_key)
+        return app.openapi_schema
+
+    app.openapi = openapi
     if FRONTEND.is_dir():
         app.router.routes.append(
             FrontendMount("/", StaticFiles(directory=FRONTEND, html=True), name="frontend")

@@ -54,6 +54,19 @@ class ErrorBody(BaseModel):
     detail: str
 
 
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description="where: body/query/path, then the field names")
+    msg: str
+
+
+class ValidationErrorBody(BaseModel):
+    """Every 422: `detail` names each offending field in one line; `errors` lists them when the
+    request did not match its schema."""
+
+    detail: str
+    errors: list[FieldError] | None = None
+
+
 # ---------------------------------------------------------------- models, tasks, circuits, nodes, playground
 
 NODE_DESCRIPTION = "a node name `site[index]`, e.g. `0.mlp.post_act[12]` (brackets URL-encoded in paths)"
