@@ -92,7 +92,7 @@ def test_bridge_job_makes_a_bridged_model_and_resumes_after_a_restart(bridged_ap
     api, ids = bridged_api
     for params, message in [
         ({"dense_model_id": 999}, "params.dense_model_id: model 999 does not exist"),
-        ({"dense_model_id": ids["dense"], "steps": 10**9}, "CIRCUITS_MAX_TRAIN_STEPS"),
+        ({"dense_model_id": ids["dense"], "steps": 10**6}, "CIRCUITS_MAX_TRAIN_STEPS"),
         ({"dense_model_id": ids["dense"], "train": {"lr": -1}}, "params.train.lr"),
         ({"dense_model_id": ids["dense"], "train": {"corpus": "/etc"}}, "come from the dense model"),
         ({"dense_model_id": ids["dense"], "kl_coef": -1}, "kl_coef"),
