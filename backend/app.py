@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -66,7 +67,8 @@ def add_error_handlers(app: FastAPI) -> None:
             return JSONResponse({"detail": "conflicts with existing data (a unique name or reference)"}, 409)
         if isinstance(exc, OperationalError) or exc.connection_invalidated:
             log.error("database error: %s", exc)
-            return JSONResponse({"detail": "database unavailable; retry later"}, status_code=503)
+            headers = {"Retry-After": "1", RETRYABLE: "1"}
+            return JSONResponse({"detail": "database unavailable; retry later"}, 503, headers=headers)
         log.exception("database error", exc_info=exc)
         return JSONResponse({"detail": "internal error (logged on the server)"}, status_code=500)
 
@@ -90,6 +92,37 @@ class FrontendMount(Mount):
         if scope["type"] == "http" and (scope["path"] + "/").startswith(API + "/"):
             return Match.NONE, {}
         return super().matches(scope)
+
+
+RETRYABLE = "x-circuits-retryable"  # a read that failed on a lost database connection (never sent)
+
+
+class RetryReads:
+    """A GET or HEAD whose database connection was lost mid-request (e.g. the server restarting) is run
+    again, up to `attempts` times: reads are idempotent, and the new try gets a fresh connection."""
+
+    def __init__(self, app, attempts: int = 3, pause: float = 0.5):
+        self.app, self.attempts, self.pause = app, attempts, pause
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+            return await self.app(scope, receive, send)
+        for attempt in range(self.attempts):
+            retry = False
+
+            async def filtered(message, last=attempt == self.attempts - 1):
+                nonlocal retry
+                if message["type"] == "http.response.start":
+                    headers = [(k, v) for k, v in message.get("headers", []) if k != RETRYABLE.encode()]
+                    retry = not last and len(headers) < len(message.get("headers", []))
+                    message = {**message, "headers": headers}
+                if not retry:
+                    await send(message)
+
+            await self.app(scope, receive, filtered)
+            if not retry:
+                return
+            await asyncio.sleep(self.pause)
 
 
 class BodyLimit:
@@ -198,9 +231,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Liveness: answers without touching the database (also the benchmarks' trivial endpoint)."""
         return {"status": "ok"}
 
+    reads = [Depends(read_access)] if settings.reads_require_key else []  # open reads declare no auth
     for router in discover():
-        app.include_router(router, prefix=API, dependencies=[Depends(read_access)])
+        app.include_router(router, prefix=API, dependencies=reads)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(RetryReads)
 
     def openapi() -> dict:
         if app.openapi_schema is None:

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, TypeVar
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Header, HTTPException, Request
 
-from .auth import ApiKeyHeader, lookup_key
+from .auth import lookup_key
 from .jobs.checks import LimitExceeded, cap
 from .settings import Settings
 
@@ -94,7 +94,12 @@ def work_cap(settings: Settings, tokens: int, what: str) -> None:
         raise HTTPException(422, str(e)) from None
 
 
-def caller_key(request: Request, key: ApiKeyHeader) -> bool:
+OptionalKey = Annotated[
+    str | None, Header(alias="x-api-key", description="optional here: without one, rate limited per client")
+]
+
+
+def caller_key(request: Request, key: OptionalKey = None) -> bool:
     """Dependency of the interactive routes: True for a caller with a valid key (401 for an invalid
     one), False for an anonymous caller (rate limited per client)."""
     if not key:

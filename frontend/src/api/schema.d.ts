@@ -2302,15 +2302,6 @@ export interface operations {
                     "application/json": components["schemas"]["CircuitList"];
                 };
             };
-            /** @description missing or invalid x-api-key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
             /** @description Validation Error */
             422: {
                 headers: {
@@ -2343,15 +2334,6 @@ export interface operations {
                     "application/json": components["schemas"]["CircuitRead"];
                 };
             };
-            /** @description missing or invalid x-api-key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
             /** @description no such circuit */
             404: {
                 headers: {
@@ -2375,7 +2357,10 @@ export interface operations {
     live_ablation_api_v1_circuits__circuit_id__ablate_post: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description optional here: without one, rate limited per client */
+                "x-api-key"?: string | null;
+            };
             path: {
                 /** @description circuit id */
                 circuit_id: number;
@@ -2507,15 +2492,6 @@ export interface operations {
                     "application/json": components["schemas"]["JobList"];
                 };
             };
-            /** @description missing or invalid x-api-key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
             /** @description Validation Error */
             422: {
                 headers: {
@@ -2623,15 +2599,6 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["JobRead"];
-                };
-            };
-            /** @description missing or invalid x-api-key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description no such job */
@@ -2743,15 +2710,6 @@ export interface operations {
                     "text/event-stream": unknown;
                 };
             };
-            /** @description missing or invalid x-api-key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
             /** @description no such job */
             404: {
                 headers: {
@@ -2795,15 +2753,6 @@ export interface operations {
                     "application/json": components["schemas"]["ModelList"];
                 };
             };
-            /** @description missing or invalid x-api-key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
             /** @description Validation Error */
             422: {
                 headers: {
@@ -2834,15 +2783,6 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ModelRead"];
-                };
-            };
-            /** @description missing or invalid x-api-key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description no such model */
@@ -2884,15 +2824,6 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ModelMetrics"];
-                };
-            };
-            /** @description missing or invalid x-api-key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description no such model */
@@ -2941,15 +2872,6 @@ export interface operations {
                     "application/json": components["schemas"]["NodeRead"];
                 };
             };
-            /** @description missing or invalid x-api-key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
             /** @description no such model, site, node or circuit */
             404: {
                 headers: {
@@ -2973,7 +2895,10 @@ export interface operations {
     playground_api_v1_models__model_id__playground_post: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description optional here: without one, rate limited per client */
+                "x-api-key"?: string | null;
+            };
             path: {
                 /** @description model id */
                 model_id: number;
@@ -3081,15 +3006,6 @@ export interface operations {
                     "application/json": components["schemas"]["Site"][];
                 };
             };
-            /** @description missing or invalid x-api-key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
             /** @description no such model */
             404: {
                 headers: {
@@ -3134,15 +3050,6 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["SiteNodes"];
-                };
-            };
-            /** @description missing or invalid x-api-key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description no such model, site, node or circuit */
@@ -3276,15 +3183,6 @@ export interface operations {
                     "application/json": components["schemas"]["TaskList"];
                 };
             };
-            /** @description missing or invalid x-api-key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
             /** @description Validation Error */
             422: {
                 headers: {
@@ -3376,15 +3274,6 @@ export interface operations {
                     "application/json": components["schemas"]["TaskRead"];
                 };
             };
-            /** @description missing or invalid x-api-key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
             /** @description no such task */
             404: {
                 headers: {
@@ -3413,7 +3302,10 @@ export interface operations {
                 split?: string;
                 n?: number;
             };
-            header?: never;
+            header?: {
+                /** @description optional here: without one, rate limited per client */
+                "x-api-key"?: string | null;
+            };
             path: {
                 name: string;
             };
@@ -3508,15 +3400,6 @@ export interface operations {
                     "application/json": components["schemas"]["TranscoderList"];
                 };
             };
-            /** @description missing or invalid x-api-key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
             /** @description Validation Error */
             422: {
                 headers: {
@@ -3547,15 +3430,6 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["TranscoderRead"];
-                };
-            };
-            /** @description missing or invalid x-api-key */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description no such transcoders */
