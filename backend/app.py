@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,14 +14,18 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 from sqlalchemy import inspect
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 
 from worker.engine.errors import UserError
 
 from .auth import read_access
 from .db import Database
+from .interactive import Interactive
 from .jobs.service import JobService
 from .routes import discover
+from .schemas import ErrorBody, ValidationErrorBody
 from .settings import Settings, get_settings
 
 log = logging.getLogger("circuits.api")
@@ -62,7 +67,8 @@ def add_error_handlers(app: FastAPI) -> None:
             return JSONResponse({"detail": "conflicts with existing data (a unique name or reference)"}, 409)
         if isinstance(exc, OperationalError) or exc.connection_invalidated:
             log.error("database error: %s", exc)
-            return JSONResponse({"detail": "database unavailable; retry later"}, status_code=503)
+            headers = {"Retry-After": "1", RETRYABLE: "1"}
+            return JSONResponse({"detail": "database unavailable; retry later"}, 503, headers=headers)
         log.exception("database error", exc_info=exc)
         return JSONResponse({"detail": "internal error (logged on the server)"}, status_code=500)
 
@@ -76,6 +82,117 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(DBAPIError, database_error)
     app.add_exception_handler(Exception, unexpected)
+
+
+class FrontendMount(Mount):
+    """The built frontend at /, except under /api: there the API's own 404 and 405 (with its Allow
+    header) answer, not the static files'."""
+
+    def matches(self, scope):
+        if scope["type"] == "http" and (scope["path"] + "/").startswith(API + "/"):
+            return Match.NONE, {}
+        return super().matches(scope)
+
+
+RETRYABLE = "x-circuits-retryable"  # a read that failed on a lost database connection (never sent)
+
+
+class RetryReads:
+    """A GET or HEAD whose database connection was lost mid-request (e.g. the server restarting) is run
+    again, up to `attempts` times: reads are idempotent, and the new try gets a fresh connection."""
+
+    def __init__(self, app, attempts: int = 3, pause: float = 0.5):
+        self.app, self.attempts, self.pause = app, attempts, pause
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+            return await self.app(scope, receive, send)
+        for attempt in range(self.attempts):
+            retry = False
+
+            async def filtered(message, last=attempt == self.attempts - 1):
+                nonlocal retry
+                if message["type"] == "http.response.start":
+                    headers = [(k, v) for k, v in message.get("headers", []) if k != RETRYABLE.encode()]
+                    retry = not last and len(headers) < len(message.get("headers", []))
+                    message = {**message, "headers": headers}
+                if not retry:
+                    await send(message)
+
+            await self.app(scope, receive, filtered)
+            if not retry:
+                return
+            await asyncio.sleep(self.pause)
+
+
+class BodyLimit:
+    """413 with a JSON body for a request body above CIRCUITS_MAX_BODY_BYTES: declared by its
+    Content-Length, or (sent in chunks) found by reading it here first, up to the limit."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        detail = f"request body larger than {self.limit:,} bytes (CIRCUITS_MAX_BODY_BYTES)"
+        too_large = JSONResponse({"detail": detail}, 413)
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit():
+            if int(length) > self.limit:
+                return await too_large(scope, receive, send)
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await too_large(scope, receive, send)
+            if not message.get("more_body"):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def document_errors(doc: dict, reads_require_key: bool) -> dict:
+    """FastAPI's OpenAPI document, with the error responses this app really sends: every 422 is a
+    ValidationErrorBody, every operation with a body may answer 413, and every operation 401 when
+    reads need a key (and those taking a key, an invalid one)."""
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for model in (ErrorBody, ValidationErrorBody):
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(body.pop("$defs", {}))
+        schemas[model.__name__] = body
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+
+    def content(name: str) -> dict:
+        return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
+
+    for operations in doc["paths"].values():
+        for op in operations.values():
+            responses = op["responses"]
+            if "422" in responses or op.get("parameters") or "requestBody" in op:
+                description = responses.get("422", {}).get("description", "invalid input (named)")
+                responses["422"] = {"description": description, "content": content("ValidationErrorBody")}
+            if "requestBody" in op:
+                responses["413"] = {"description": "request body too large", "content": content("ErrorBody")}
+            if reads_require_key or "security" in op:
+                responses.setdefault(
+                    "401", {"description": "missing or invalid x-api-key", "content": content("ErrorBody")}
+                )
+    return doc
 
 
 def check_schema(db: Database) -> None:
@@ -94,6 +211,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.jobs.stop()
+            app.state.interactive.stop()
             app.state.db.dispose()
 
     app = FastAPI(
@@ -101,11 +219,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Train weight-sparse transformers, prune them to task circuits, and explore them.",
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
     app.state.db = Database(settings)
     app.state.jobs = JobService(settings, app.state.db)
+    app.state.interactive = Interactive(settings)
     add_error_handlers(app)
 
     @app.get(f"{API}/health", tags=["meta"])
@@ -113,8 +231,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Liveness: answers without touching the database (also the benchmarks' trivial endpoint)."""
         return {"status": "ok"}
 
+    reads = [Depends(read_access)] if settings.reads_require_key else []  # open reads declare no auth
     for router in discover():
-        app.include_router(router, prefix=API, dependencies=[Depends(read_access)])
+        app.include_router(router, prefix=API, dependencies=reads)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(RetryReads)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(FastAPI.openapi(app), settings.reads_require_key)
+        return app.openapi_schema
+
+    app.openapi = openapi
     if FRONTEND.is_dir():
-        app.mount("/", StaticFiles(directory=FRONTEND, html=True), name="frontend")
+        app.router.routes.append(
+            FrontendMount("/", StaticFiles(directory=FRONTEND, html=True), name="frontend")
+        )
     return app

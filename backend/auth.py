@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from .db import SessionDep
@@ -75,7 +75,10 @@ WriteKey = Annotated[ApiKey, Depends(require_key)]
 
 
 def check_job_rate(session: Session, key: ApiKey, settings: Settings) -> None:
-    """429 when this key has submitted job_rate_limit jobs within the last window."""
+    """429 when this key has submitted job_rate_limit jobs within the last window. Locks the key's
+    row first (a row lock on PostgreSQL, the write lock on SQLite) until the caller's transaction
+    ends, so that counting and inserting the new job are one step for concurrent submissions."""
+    session.execute(update(ApiKey).where(ApiKey.id == key.id).values(name=ApiKey.name))
     since = datetime.now(UTC) - timedelta(seconds=settings.job_rate_window_seconds)
     recent = select(Job.created_at).where(Job.api_key_id == key.id, Job.created_at >= since)
     count = session.scalar(select(func.count()).select_from(recent.subquery()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +17,7 @@ from .settings import Settings
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, connect_retry_seconds: float = 0.0) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -29,7 +30,22 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+    @event.listens_for(engine, "do_connect")
+    def _connect_with_retries(dialect, _record, cargs, cparams):
+        """A server restarting refuses connections for a moment: wait for it (bounded) rather than
+        fail the request; pool_pre_ping replaces the pooled connections it dropped."""
+        deadline = time.monotonic() + connect_retry_seconds
+        while True:
+            try:
+                return dialect.connect(*cargs, **cparams)
+            except dialect.loaded_dbapi.OperationalError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+
+    return engine
 
 
 class Database:
@@ -39,7 +55,7 @@ class Database:
         self.settings = settings
         if settings.database_url is None:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.engine = make_engine(settings.db_url)
+        self.engine = make_engine(settings.db_url, settings.database_connect_retry_seconds)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

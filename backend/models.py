@@ -288,6 +288,7 @@ class Job(Base):
     claim: Mapped[str | None] = mapped_column(String(32))  # token of the current attempt
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    published_at: Mapped[datetime | None]  # last handed to the queue (None: not yet)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]

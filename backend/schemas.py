@@ -17,7 +17,7 @@ from worker.engine.transcoders import Matched, Reference, SweepPoint, Transcoder
 class Strict(BaseModel):
     """A request body: unknown fields are named, not ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -53,6 +53,19 @@ class JobList(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description="where: body/query/path, then the field names")
+    msg: str
+
+
+class ValidationErrorBody(BaseModel):
+    """Every 422: `detail` names each offending field in one line; `errors` lists them when the
+    request did not match its schema."""
+
+    detail: str
+    errors: list[FieldError] | None = None
 
 
 # ---------------------------------------------------------------- models, tasks, circuits, nodes, playground
@@ -404,7 +417,7 @@ class SteerRequest(Strict):
     task: str = Field(min_length=1, max_length=128, description="task whose test prompts are steered")
     node: str = Field(min_length=4, max_length=64, description=NODE_DESCRIPTION)
     mode: Literal["add", "set"] = Field("add", description="add the strength to the node, or set it to it")
-    strengths: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
+    strengths: list[Annotated[float, Field(allow_inf_nan=False, ge=-1e6, le=1e6)]] | None = Field(
         None,
         min_length=1,
         max_length=64,

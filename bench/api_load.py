@@ -5,7 +5,13 @@ a real `circuits serve` subprocess on a throwaway data dir holding one model and
 nodes: the first --nodes of the model's layer sites, its edges: the model's nonzero weights between
 them).
 
-    python bench/api_load.py [--model data/models/small] [--clients 32] [--seconds 10] [--nodes 100]"""
+    python bench/api_load.py [--model data/models/small] [--clients 32] [--seconds 10] [--nodes 100]
+
+--mix: reads while interactive work runs. 50 clients read (GET /models and the circuit, alternately) for
+30 s alone, then again while 8 clients run live ablations (64 pairs) back to back; p50/p99 of the reads
+in both phases (goal: p99 with the ablations <= 2x without) and the errors of both kinds of request.
+
+    python bench/api_load.py --mix [--clients 50] [--ablators 8] [--seconds 30]"""
 
 from __future__ import annotations
 
@@ -111,6 +117,17 @@ def start_server(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
     raise RuntimeError(f"server did not start; see {log}")
 
 
+def http_request(url: str, body: bytes | None = None) -> bytes:
+    """A GET (or, with a body, a JSON POST) for a kept-alive HTTP/1.1 connection."""
+    parts = httpx.URL(url)
+    method = "GET" if body is None else "POST"
+    head = f"{method} {parts.raw_path.decode()} HTTP/1.1\r\nHost: {parts.host}\r\n"
+    if body is None:
+        return (head + "\r\n").encode()
+    head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
 async def fetch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
     """One request on a kept-alive HTTP/1.1 connection: its status code (the body is read whole)."""
     writer.write(request)
@@ -125,29 +142,46 @@ async def fetch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, requ
     return int(head.split(b" ", 2)[1])
 
 
-async def load(url: str, clients: int, seconds: float) -> tuple[list[float], int]:
-    """`clients` connections each sending requests back to back for `seconds`: latencies (s), errors.
-    A minimal asyncio HTTP/1.1 client, so that the load generator costs little next to the server."""
-    parts = httpx.URL(url)
-    request = f"GET {parts.raw_path.decode()} HTTP/1.1\r\nHost: {parts.host}\r\n\r\n".encode()
+async def clients_loop(urls: list[str], clients: int, seconds: float, body: bytes | None = None):
+    """`clients` connections each sending requests back to back for `seconds` (client i starts at
+    urls[i], then takes them in turn): latencies (s) and the non-200 status codes. A minimal asyncio
+    HTTP/1.1 client, so that the load generator costs little next to the server."""
+    parts = httpx.URL(urls[0])
+    requests = [http_request(u, body) for u in urls]
     latencies: list[float] = []
-    errors = 0
+    errors: list[int] = []
     end = time.perf_counter() + seconds
 
-    async def one_client():
-        nonlocal errors
+    async def one_client(i: int):
         reader, writer = await asyncio.open_connection(parts.host, parts.port)
         try:
             while time.perf_counter() < end:
                 t0 = time.perf_counter()
-                status = await fetch(reader, writer, request)
+                status = await fetch(reader, writer, requests[i % len(requests)])
                 latencies.append(time.perf_counter() - t0)
-                errors += status != 200
+                if status != 200:
+                    errors.append(status)
+                i += 1
         finally:
             writer.close()
 
-    await asyncio.gather(*(one_client() for _ in range(clients)))
+    await asyncio.gather(*(one_client(i) for i in range(clients)))
     return latencies, errors
+
+
+async def load(url: str, clients: int, seconds: float) -> tuple[list[float], int]:
+    latencies, errors = await clients_loop([url], clients, seconds)
+    return latencies, len(errors)
+
+
+async def mixed(reads: list[str], ablate: str, clients: int, ablators: int, seconds: float):
+    """Reads alone, then reads beside `ablators` clients running live ablations."""
+    alone = await clients_loop(reads, clients, seconds)
+    body = b'{"pairs": 64}'
+    with_load, ablations = await asyncio.gather(
+        clients_loop(reads, clients, seconds), clients_loop([ablate], ablators, seconds, body)
+    )
+    return alone, with_load, ablations
 
 
 def live_ablation_seconds(url: str, repeats: int = 5) -> tuple[float, float]:
@@ -169,13 +203,36 @@ def report(label: str, latencies: list[float], errors: int, seconds: float) -> t
     return p50, p99, rps
 
 
+def report_mix(args, alone, alone_err, loaded, loaded_err, abl, abl_err) -> None:
+    print(f"reads: GET /models and GET /circuits/{{id}} alternately, {args.clients} clients")
+    a50, a99, _ = report("reads alone", alone, len(alone_err), args.seconds)
+    l50, l99, _ = report("reads + ablate", loaded, len(loaded_err), args.seconds)
+    statuses = {code: abl_err.count(code) for code in sorted(set(abl_err))}
+    print(
+        f"ablations: {args.ablators} clients, {len(abl) - len(abl_err)} done "
+        f"({len(abl) / args.seconds:.1f}/s, median {statistics.median(abl) * 1000:.0f} ms), "
+        f"refused {statuses or 'none'}"
+    )
+    ratio = l99 / a99
+    print(
+        f"read p99 with ablations / without: {ratio:.2f}x (goal <= 2x): {'met' if ratio <= 2 else 'NOT met'}"
+    )
+    print(f"errors: reads {len(alone_err) + len(loaded_err)}, ablations {len(abl_err)}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", help="a trained model folder (default: untrained weights of the small preset)")
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--nodes", type=int, default=100, help="nodes of the benchmark circuit")
+    ap.add_argument("--mix", action="store_true", help="reads with and without live ablations beside")
+    ap.add_argument("--ablators", type=int, default=8, help="--mix: clients running live ablations")
     args = ap.parse_args()
+    if args.mix and "--clients" not in sys.argv:
+        args.clients = 50
+    if args.mix and "--seconds" not in sys.argv:
+        args.seconds = 30.0
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -194,6 +251,11 @@ def main():
             httpx.post(f"{circuit}/ablate", json={"pairs": 1}, timeout=600).raise_for_status()
             print(f"circuit JSON {len(body) / 1024:.0f} KiB; {args.clients} clients, {args.seconds:g} s each")
             asyncio.run(load(circuit, args.clients, 2.0))  # warm-up
+            if args.mix:
+                reads = [f"{base}/models", circuit]
+                run = mixed(reads, f"{circuit}/ablate", args.clients, args.ablators, args.seconds)
+                (alone, alone_err), (loaded, loaded_err), (abl, abl_err) = asyncio.run(run)
+                return report_mix(args, alone, alone_err, loaded, loaded_err, abl, abl_err)
             results = {}
             for label, url in (("health", f"{base}/health"), ("circuit GET", circuit)):
                 lat, err = asyncio.run(load(url, args.clients, args.seconds))

@@ -38,6 +38,9 @@ def test_steer_sweep_matches_the_engine_and_rejects_bad_input(bridged_api, bridg
     c, url = api.client, f"{API}/models/{ids['bridged']}/steer"
     body = {"task": TASK, "node": "0.mlp.post_act[5]", "strengths": [0, 2, 8], "pairs": 12}
     r = c.post(url, json=body)
+    assert r.status_code == 401 and "x-api-key" in r.json()["detail"]  # steering needs a key
+    c.headers["x-api-key"] = api.key
+    r = c.post(url, json=body)
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["model_id"] == ids["bridged"] and out["dense_model_id"] == ids["dense"]
@@ -89,7 +92,7 @@ def test_bridge_job_makes_a_bridged_model_and_resumes_after_a_restart(bridged_ap
     api, ids = bridged_api
     for params, message in [
         ({"dense_model_id": 999}, "params.dense_model_id: model 999 does not exist"),
-        ({"dense_model_id": ids["dense"], "steps": 10**9}, "CIRCUITS_MAX_TRAIN_STEPS"),
+        ({"dense_model_id": ids["dense"], "steps": 10**6}, "CIRCUITS_MAX_TRAIN_STEPS"),
         ({"dense_model_id": ids["dense"], "train": {"lr": -1}}, "params.train.lr"),
         ({"dense_model_id": ids["dense"], "train": {"corpus": "/etc"}}, "come from the dense model"),
         ({"dense_model_id": ids["dense"], "kl_coef": -1}, "kl_coef"),

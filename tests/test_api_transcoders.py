@@ -41,7 +41,8 @@ def test_transcoder_job_sweep_features_and_circuits(make_api, test_model):
         assert r.status_code == status, r.text
         return r.json()["detail"]
 
-    assert "positive" in rejected({"l1": [-1.0]})
+    detail = rejected({"l1": [-1.0]})
+    assert "l1.0" in detail and "greater than 0" in detail, detail
     assert "CIRCUITS_MAX_TRANSCODER_STEPS" in rejected({"steps": 101})
     assert "selected" in rejected({"l1": [0.1, 0.2], "selected": 2})
     assert "no_such_task" in rejected({"tasks": ["no_such_task"]})

@@ -15,14 +15,14 @@ import os
 import socket
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from worker.engine.errors import UserError
@@ -51,6 +51,31 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+BOOT = uuid.uuid4().hex[:8]  # tells this process from an earlier one that had the same pid
+
+
+def this_worker() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{BOOT}"
+
+
+def worker_gone(worker: str | None) -> bool:
+    """The job's worker ran on this host and its process is gone (or was an earlier process with
+    this pid, e.g. PID 1 of a restarted container). Workers on other hosts: unknown, so False."""
+    host, _, rest = (worker or "").partition(":")
+    pid, _, boot = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return boot != BOOT
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by another user
+        return False
+    return False
+
+
 # Bad input or state, reported as the job's error without a traceback (UserError is a ValueError).
 USER_ERRORS = (UserError, ValueError, ValidationError, FileNotFoundError)
 
@@ -63,7 +88,7 @@ class JobContext:
     db: Database
     dispatch: Callable[[str], None]
     shutdown: threading.Event = field(default_factory=threading.Event)
-    worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    worker: str = field(default_factory=this_worker)
 
 
 class Attempt:
@@ -117,7 +142,10 @@ class Attempt:
         t = time.monotonic()
         if force or t - self.last_write >= self.ctx.settings.progress_min_interval:
             self.last_write = t
-            self.touch(progress=min(max(fraction, 0.0), 1.0), stage=stage[:64], message=message)
+            try:
+                self.touch(progress=min(max(fraction, 0.0), 1.0), stage=stage[:64], message=message)
+            except DBAPIError as e:  # e.g. the database restarting: a later report writes it
+                log.warning("progress of job %s not written: %s", self.job_id, str(e).splitlines()[0])
             self.check()
 
     def finish(self, s: Session, status: JobStatus, **values) -> None:
@@ -238,11 +266,13 @@ def run_job(job_id: str, ctx: JobContext) -> str | None:
 
 
 def describe_failure(e: Exception) -> str:
-    """Bad input: its one-line message. Anything else: type, message and a short traceback (logged)."""
-    if isinstance(e, USER_ERRORS) and str(e).strip():
-        return str(e).strip().splitlines()[0]
+    """Bad input: its one-line message. Anything else: its type and first line; the traceback (with
+    the server's paths) goes to the worker's log only, since anyone may read a job's error."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, USER_ERRORS) and first:
+        return first
     log.error("job failed", exc_info=e)
-    return f"{type(e).__name__}: {e}\n{''.join(traceback.format_exception(e, limit=8))}"
+    return f"{type(e).__name__}: {first} (details in the worker's log)"
 
 
 def dispatch_or_park(ctx: JobContext, job_id: str) -> None:
@@ -251,6 +281,8 @@ def dispatch_or_park(ctx: JobContext, job_id: str) -> None:
     queue message would wait forever)."""
     try:
         ctx.dispatch(job_id)
+        with ctx.db.session() as s:
+            mark_published(s, job_id)
     except Exception as e:
         log.warning("job %s: could not requeue (%s); the stale-job sweep will retry", job_id, e)
         with ctx.db.session() as s:
@@ -279,13 +311,45 @@ def requeue(ctx: JobContext, attempt: Attempt) -> None:
     dispatch_or_park(ctx, attempt.job_id)
 
 
+def mark_published(s: Session, job_id: str) -> None:
+    """The job's message was handed to the queue (see republish_queued)."""
+    s.execute(update(Job).where(Job.id == job_id).values(published_at=now()))
+
+
+def republish_queued(ctx: JobContext) -> list[str]:
+    """Publish again the queued jobs whose message may be lost (Redis restarted without persistence,
+    or the API died between committing the row and publishing): queued, not claimed, and published
+    (or, never published, created) more than republish_after_seconds ago. Harmless if the message
+    was not lost: a job runs once however many messages name it (the claim)."""
+    old = now() - timedelta(seconds=ctx.settings.republish_after_seconds)
+    waiting = and_(
+        Job.status == JobStatus.queued,
+        Job.claim.is_(None),
+        Job.cancel_requested.is_(False),
+        func.coalesce(Job.published_at, Job.created_at) < old,
+    )
+    with ctx.db.session() as s:
+        job_ids = s.scalars(select(Job.id).where(waiting).order_by(Job.created_at)).all()
+    for job_id in job_ids:
+        log.warning("job %s: queued since before %s with no worker claim; publishing again", job_id, old)
+        ctx.dispatch(job_id)  # a broker error propagates: the next sweep tries again
+        with ctx.db.session() as s:
+            mark_published(s, job_id)
+    return list(job_ids)
+
+
 def recover_stale(ctx: JobContext) -> list[str]:
-    """Requeue running jobs whose worker stopped heartbeating (it died); returns their ids."""
+    """Requeue running jobs whose worker stopped heartbeating or whose process is gone (it died);
+    returns their ids."""
     stale = now() - timedelta(seconds=ctx.settings.stale_after_seconds)
-    dead = and_(Job.status == JobStatus.running, or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale))
     requeued = []
     with ctx.db.session() as s:
-        for job in s.scalars(select(Job).where(dead)).all():
+        for job in s.scalars(select(Job).where(Job.status == JobStatus.running)).all():
+            beat = job.heartbeat_at
+            if beat is not None and beat >= stale and not worker_gone(job.worker):
+                continue
+            unchanged = Job.heartbeat_at.is_(None) if beat is None else Job.heartbeat_at == beat
+            dead = and_(Job.id == job.id, Job.status == JobStatus.running, unchanged)
             if job.cancel_requested:
                 values = {"status": JobStatus.cancelled, "finished_at": now(), "stage": "cancelled"}
                 values["message"] = "cancelled (its worker was lost)"
@@ -293,7 +357,7 @@ def recover_stale(ctx: JobContext) -> list[str]:
                 since = f"since {job.heartbeat_at:%H:%M:%S} UTC" if job.heartbeat_at else "at all"
                 values = {"status": JobStatus.queued, "claim": None, "stage": "requeued"}
                 values["message"] = f"worker {job.worker} lost (no heartbeat {since}); queued to resume"
-            if s.execute(update(Job).where(Job.id == job.id, dead).values(**values)).rowcount:
+            if s.execute(update(Job).where(dead).values(**values)).rowcount:
                 if values["status"] == JobStatus.queued:
                     requeued.append(job.id)
                 else:

@@ -78,7 +78,7 @@ def worker_app(settings: Settings) -> Celery:
     """The worker process's app: the run-job task, a stale-job sweep once the worker is ready, and on
     warm shutdown running jobs stop at their next progress report and are requeued to resume. One
     database and job context per worker process, made on first use (after a prefork)."""
-    from .lifecycle import JobContext, recover_stale, run_job
+    from .lifecycle import JobContext, recover_stale, republish_queued, run_job
 
     app = make_celery(settings)
     context: list[JobContext] = []
@@ -114,6 +114,7 @@ def worker_app(settings: Settings) -> Celery:
         while True:
             try:
                 recover_stale(ctx())
+                republish_queued(ctx())
             except Exception as e:
                 log.warning("stale-job sweep failed: %s", e)
             if stop_sweeper.wait(settings.sweep_seconds):

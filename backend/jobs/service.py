@@ -12,19 +12,24 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from ..auth import check_job_rate
 from ..db import Database
 from ..models import TERMINAL, ApiKey, Job, JobStatus
 from ..schemas import JobRead
 from ..settings import Settings
 from . import registry
 from .checks import Conflict
-from .lifecycle import JobContext, recover_stale, run_job
+from .lifecycle import JobContext, mark_published, recover_stale, run_job, worker_gone
 
 log = logging.getLogger("circuits.jobs")
 
 
 class BrokerUnavailable(RuntimeError):
     pass
+
+
+class NotYours(PermissionError):
+    """The job belongs to another API key (403)."""
 
 
 class InProcessRunner:
@@ -93,7 +98,12 @@ class JobService:
         self.runner.stop()
 
     def submit(self, session: Session, kind: str, params, key: ApiKey | None) -> Job:
+        """Check, then count the key's recent jobs and insert this one in one locked transaction;
+        publish after the commit (published_at marks a message sent; the sweeper republishes)."""
         registry.kind(kind).check(session, self.settings, params)  # caps and references
+        session.commit()  # end the checks' read transaction: the rate check starts a locked one
+        if key is not None:
+            check_job_rate(session, key, self.settings)
         job = Job(
             id=uuid.uuid4().hex,
             kind=kind,
@@ -111,10 +121,15 @@ class JobService:
             session.delete(job)  # never accepted: leave no queued job that nothing will run
             session.commit()
             raise
+        mark_published(session, job.id)
+        session.commit()
         return job
 
-    def cancel(self, session: Session, job: Job) -> Job:
-        """Queued: cancelled at once. Running: flagged; its worker stops at the next progress report."""
+    def cancel(self, session: Session, job: Job, key: ApiKey) -> Job:
+        """Queued: cancelled at once. Running: flagged; its worker stops at the next progress report.
+        Only the key that submitted a job may cancel it."""
+        if job.api_key_id != key.id:
+            raise NotYours(f"job {job.id} was submitted with another API key; only that key can cancel it")
         if job.status in TERMINAL:
             raise Conflict(f"job {job.id} already {job.status}; nothing to cancel")
         queued = (Job.id == job.id) & (Job.status == JobStatus.queued)
@@ -146,5 +161,5 @@ class JobService:
         if job.status == JobStatus.running:
             beat = job.heartbeat_at
             limit = timedelta(seconds=self.settings.stale_after_seconds)
-            out.stalled = beat is None or datetime.now(UTC) - beat > limit
+            out.stalled = beat is None or datetime.now(UTC) - beat > limit or worker_gone(job.worker)
         return out

@@ -127,6 +127,11 @@ def write_profile(s: Session, model_id: int, profile, corpus: str, progress=lamb
                 s.execute(insert(ActivationExample), examples)
             stats, examples = [], []
             progress((i + 1) / total)
+    s.execute(  # documents no example refers to any more (this or an earlier profile's)
+        delete(CorpusDocument).where(
+            ~select(ActivationExample.id).where(ActivationExample.document_id == CorpusDocument.id).exists()
+        )
+    )
     return {
         "nodes": total,
         "examples": s.scalar(

@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import update
+from sqlalchemy import and_, select, update
 from sqlalchemy.orm import Session
 
 from ..models import Job, JobStatus, Model, ModelStatus
@@ -42,15 +42,6 @@ def summarize(metrics: list[dict]) -> dict:
                 summary[key] = rec[key]
     summary["steps"] = metrics[-1]["step"] if metrics else 0
     return summary
-
-
-def count_params(model_config) -> int:
-    import torch
-
-    from worker.engine.model import SparseGPT
-
-    with torch.device("meta"):
-        return sum(p.numel() for p in SparseGPT(model_config).parameters())
 
 
 def with_train_overrides(run, overrides: dict):
@@ -140,9 +131,14 @@ def train_model(
 
 
 def model_failed(ctx: JobContext, s: Session, job_id: str) -> None:
-    """Cleanup of a training job that ended without success: its model will never be ready."""
-    s.execute(
-        update(Model)
-        .where(Model.job_id == job_id, Model.status == ModelStatus.training)
-        .values(status=ModelStatus.failed)
-    )
+    """Cleanup of a training job that ended without success: its model will never be ready. A
+    cancelled job leaves no model at all (row and folder removed); a failed one a `failed` row."""
+    unfinished = and_(Model.job_id == job_id, Model.status == ModelStatus.training)
+    if s.scalar(select(Job.status).where(Job.id == job_id)) == JobStatus.cancelled:
+        for model in s.scalars(select(Model).where(unfinished)).all():
+            if model.artifact_path:  # "models/{id}" (empty only before the row's first flush)
+                shutil.rmtree(ctx.settings.artifact(model.artifact_path), ignore_errors=True)
+            s.delete(model)
+        s.execute(update(Job).where(Job.id == job_id).values(result={}))
+        return
+    s.execute(update(Model).where(unfinished).values(status=ModelStatus.failed))

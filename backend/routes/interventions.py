@@ -18,7 +18,9 @@ from worker.engine.sites import catalog, site_layer
 from worker.engine.tasks.base import pair_labels
 from worker.engine.transcoders import parse_feature, task_logits_with
 
+from ..auth import WriteKey
 from ..db import SessionDep
+from ..interactive import HasKey, work_cap
 from ..model_cache import get_model_cache
 from ..models import Model, ModelStatus
 from ..schemas import (
@@ -40,17 +42,27 @@ from .transcoders import get_transcoder_row, loaded_transcoders
 
 router = APIRouter(tags=["interventions"])
 ERRORS = {
+    401: {"model": ErrorBody, "description": "invalid x-api-key"},
     404: {"model": ErrorBody, "description": "no such model, circuit or node"},
     409: {"model": ErrorBody, "description": "the model is not trained yet"},
-    422: {"model": ErrorBody, "description": "invalid input (named)"},
+    422: {"model": ErrorBody, "description": "invalid input or a work cap exceeded (named)"},
+    429: {"model": ErrorBody, "description": "rate limit of callers without a key (Retry-After)"},
+    503: {"model": ErrorBody, "description": "interactive requests at capacity (Retry-After)"},
 }
 TOP_NEXT = 5
 SHOWN_TOKENS = 16  # prompt tokens shown per prompt in an ablation result
 
 
 @router.post("/models/{model_id}/playground", response_model=PlaygroundResult, responses=ERRORS)
-def playground(model_id: ModelId, body: PlaygroundRequest, request: Request, session: SessionDep):
+async def playground(
+    model_id: ModelId, body: PlaygroundRequest, request: Request, session: SessionDep, has_key: HasKey
+):
     """Run a prompt through the model; return every token's activation at the chosen nodes."""
+    work = request.app.state.interactive
+    return await work.run(request, not has_key, run_playground, model_id, body, request, session)
+
+
+def run_playground(model_id: int, body: PlaygroundRequest, request: Request, session) -> PlaygroundResult:
     model = get_model_row(session, model_id)
     nodes = {n: check_node(model, n) for n in dict.fromkeys(body.nodes)}
     lm = loaded(request, model)
@@ -75,15 +87,27 @@ def playground(model_id: ModelId, body: PlaygroundRequest, request: Request, ses
 
 
 @router.post("/circuits/{circuit_id}/ablate", response_model=AblationResult, responses=ERRORS)
-def live_ablation(circuit_id: CircuitId, body: AblationRequest, request: Request, session: SessionDep):
+async def live_ablation(
+    circuit_id: CircuitId, body: AblationRequest, request: Request, session: SessionDep, has_key: HasKey
+):
     """Evaluate a circuit with nodes switched off (`off`) or added (`on`) on the task's test pairs.
     mode `keep`: only the node set runs, everything else is mean-ablated, as when the circuit was
     pruned; mode `ablate`: the node set is mean-ablated inside the full model. The nodes of a transcoder
     circuit are features: switched off (zero) rather than mean-ablated, in the replacement model (every
     MLP replaced by its transcoder), and `full` is the original model."""
+    work = request.app.state.interactive
+    return await work.run(request, not has_key, run_ablation, circuit_id, body, request, session)
+
+
+def run_ablation(circuit_id: int, body: AblationRequest, request: Request, session) -> AblationResult:
     t0 = time.perf_counter()
     circuit = get_circuit_row(session, circuit_id, graph=True)
     model = get_model_row(session, circuit.model_id)
+    work_cap(
+        request.app.state.settings,
+        2 * 2 * body.pairs * model_config(model).n_ctx,
+        "tokens of the ablation (2 passes x 2 prompts x pairs x n_ctx)",
+    )
     features = None
     if circuit.transcoder_id is not None:
         features = get_transcoder_row(session, circuit.transcoder_id)
@@ -190,19 +214,32 @@ def dense_for(request: Request, session, model: Model):
 
 
 @router.post("/models/{model_id}/steer", response_model=SteerResult, responses=ERRORS)
-def steer_sweep(model_id: ModelId, body: SteerRequest, request: Request, session: SessionDep):
+async def steer_sweep(
+    model_id: ModelId, body: SteerRequest, request: Request, session: SessionDep, key: WriteKey
+):
     """Steer a bridged model's dense model through one sparse node: on the task's test prompts of one
     class, set the node to (or add) each strength, decode the change of the sparse residual at the next
     bridge location into the dense residual there, and report per strength the mean probabilities of
     the two completions under the dense model and under the edited sparse model; the same for a random
-    node of the same site (the control)."""
-    from worker.engine.bridges import BRIDGES, Bridged, BridgeError, load_bridges, steer
+    node of the same site (the control). Needs an x-api-key (a sweep is many forward passes)."""
+    work = request.app.state.interactive
+    return await work.run(request, False, run_steer, model_id, body, request, session)
+
+
+def run_steer(model_id: int, body: SteerRequest, request: Request, session) -> SteerResult:
+    from worker.engine.bridges import BRIDGES, DEFAULT_STEPS, Bridged, BridgeError, load_bridges, steer
 
     t0 = time.perf_counter()
     model = get_model_row(session, model_id)
     if not model.bridged:
         raise HTTPException(422, f"model {model_id} has no bridges; train one with a `bridge` job")
     check_node(model, body.node)
+    strengths = len(body.strengths) if body.strengths else len(DEFAULT_STEPS)
+    work_cap(
+        request.app.state.settings,
+        body.pairs * model_config(model).n_ctx * (2 * strengths + 1) * 2,
+        "tokens of the sweep (pairs x n_ctx x (2 x strengths + 1) x 2 models)",
+    )
     task = task_data(request, model, body.task, find_task(session, body.task))
     lm = loaded(request, model)
     dense_id, dense = dense_for(request, session, model)

@@ -10,11 +10,11 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Res
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy import func, select
 
-from ..auth import WriteKey, check_job_rate
+from ..auth import WriteKey
 from ..db import SessionDep
 from ..jobs import registry
 from ..jobs.checks import Conflict, LimitExceeded
-from ..jobs.service import BrokerUnavailable, JobService
+from ..jobs.service import BrokerUnavailable, JobService, NotYours
 from ..models import TERMINAL, Job
 from ..schemas import ErrorBody, JobList, JobRead, JobStatusName
 
@@ -66,7 +66,6 @@ def make_router() -> APIRouter:
         body: Annotated[JobCreate, Body()],
     ) -> JobRead:
         """Queue a job of any kind below. Poll GET /jobs/{id} or stream GET /jobs/{id}/events."""
-        check_job_rate(session, key, request.app.state.settings)
         jobs = service(request)
         try:
             job = jobs.submit(session, body.kind, body.params, key)
@@ -107,12 +106,24 @@ def make_router() -> APIRouter:
     def read_job(request: Request, session: SessionDep, job_id: str) -> JobRead:
         return service(request).read(get_job(session, job_id))
 
-    @router.post("/{job_id}/cancel", status_code=202, responses={**ERRORS, 409: {"model": ErrorBody}})
+    @router.post(
+        "/{job_id}/cancel",
+        status_code=202,
+        responses={
+            **ERRORS,
+            401: {"model": ErrorBody, "description": "missing or invalid x-api-key"},
+            403: {"model": ErrorBody, "description": "the job was submitted with another key"},
+            409: {"model": ErrorBody, "description": "the job already finished"},
+        },
+    )
     def cancel_job(request: Request, session: SessionDep, key: WriteKey, job_id: str) -> JobRead:
-        """Cancel a queued job at once, or ask a running one to stop (at its next progress report)."""
+        """Cancel a queued job at once, or ask a running one to stop (at its next progress report).
+        Only the key that submitted the job may cancel it."""
         jobs = service(request)
         try:
-            return jobs.read(jobs.cancel(session, get_job(session, job_id)))
+            return jobs.read(jobs.cancel(session, get_job(session, job_id), key))
+        except NotYours as e:
+            raise HTTPException(403, str(e)) from None
         except Conflict as e:
             raise HTTPException(409, str(e)) from None
 

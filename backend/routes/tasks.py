@@ -25,6 +25,7 @@ from worker.engine.tasks import (
 
 from ..auth import WriteKey
 from ..db import SessionDep
+from ..interactive import HasKey
 from ..models import Circuit, Model, ModelStatus, Task
 from ..schemas import ErrorBody, TaskList, TaskRead, TaskSample, TaskSamples, TaskSummary
 from .models import get_model_row, loaded
@@ -134,12 +135,19 @@ def corpus_samples(name: str, split: str, n: int) -> tuple[TaskSample, ...]:
 @router.get(
     "/{name}/samples",
     response_model=TaskSamples,
-    responses={**NOT_FOUND, 409: {"model": ErrorBody, "description": "the model is not ready"}},
+    responses={
+        **NOT_FOUND,
+        401: {"model": ErrorBody, "description": "invalid x-api-key"},
+        409: {"model": ErrorBody, "description": "the model is not ready"},
+        429: {"model": ErrorBody, "description": "rate limit of callers without a key (Retry-After)"},
+        503: {"model": ErrorBody, "description": "interactive requests at capacity (Retry-After)"},
+    },
 )
-def task_samples(
+async def task_samples(
     name: TaskName,
     request: Request,
     session: SessionDep,
+    has_key: HasKey,
     model_id: Annotated[
         int | None, Query(ge=1, le=2**31 - 1, description="show the prompts as this model sees them")
     ] = None,
@@ -147,7 +155,13 @@ def task_samples(
     n: Annotated[int, Query(ge=1, le=50)] = 5,
 ) -> TaskSamples:
     """A few prompt pairs with both completions. With model_id: the tokenised prompts that model is
-    evaluated on (built-in tasks are mined from the corpus on first use: seconds); without: the text."""
+    evaluated on (built-in tasks are mined from the corpus on first use: seconds); without: the text.
+    Runs on the interactive threads (the corpus is searched on first use)."""
+    work = request.app.state.interactive
+    return await work.run(request, not has_key, samples, name, request, session, model_id, split, n)
+
+
+def samples(name: str, request: Request, session, model_id: int | None, split: str, n: int) -> TaskSamples:
     row = find_task(session, name)
     if model_id is not None:
         model = get_model_row(session, model_id)

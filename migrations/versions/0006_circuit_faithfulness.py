@@ -1,7 +1,7 @@
 """circuits carry their faithfulness curves
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-01 17:30:00.000000
 
 Per ablation mode (mean, zero, resample): the faithfulness curve over the pruner's node order and its
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006"
-down_revision: str | None = "0004"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from tokenizers import Tokenizer
 
 from .checkpoints import load_model
+from .config import CONFIG, SEED_MAX
 from .data import EOT, CorpusError, Document, load_corpus, split_corpus
 from .model import SparseGPT
 from .sites import node_name, parse_node
@@ -45,7 +46,7 @@ QUANTILE_LEVELS = (0.0, 0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 0.999, 1.0
 
 
 class ProfileConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = CONFIG
 
     tokens: int = Field(65_536, ge=64, le=100_000_000)  # corpus sample size
     batch_tokens: int = Field(4096, ge=1, le=1_048_576)  # tokens per forward pass (whole windows)
@@ -53,8 +54,8 @@ class ProfileConfig(BaseModel):
     examples: int = Field(5, ge=1, le=64)  # per bin
     sample_positions: int = Field(2048, ge=16, le=10_000_000)  # whole-window sample for wide bins
     exact: int = Field(32, ge=1, le=4096)  # highest and lowest firing values kept exactly per node
-    eps: float = Field(0.0, ge=0)  # a node fires where |a| > eps
-    seed: int = 0
+    eps: float = Field(0.0, ge=0, le=1e6)  # a node fires where |a| > eps
+    seed: int = Field(0, ge=0, le=SEED_MAX)
 
 
 def batch_windows(cfg: ProfileConfig, n_ctx: int) -> int:

@@ -20,19 +20,22 @@ TopkLocation = Literal[
     "resid_post_attn",
     "resid_post_mlp",
 ]
+# Every config rejects NaN and infinity, and every number has both bounds (the API checks that).
+CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
+SEED_MAX = 2**32 - 1  # numpy and torch generators both take it
 
 
 class ModelConfig(BaseModel):
     """Shape and feature switches of the (sparse or dense) GPT."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = CONFIG
 
     vocab_size: int = Field(2048, ge=16, le=65536)
     n_ctx: int = Field(128, ge=4, le=4096)
     d_model: int = Field(256, ge=8, le=8192)
     n_layer: int = Field(4, ge=1, le=64)
-    d_head: int = Field(16, ge=1)
-    mlp_ratio: int = Field(4, ge=1)
+    d_head: int = Field(16, ge=1, le=8192)
+    mlp_ratio: int = Field(4, ge=1, le=64)
     act_frac: float | None = Field(0.25, gt=0, le=1)  # AbsTopK keep fraction; None = off
     attn_sink: bool = True
     bigram_table: bool = True
@@ -74,34 +77,34 @@ class ModelConfig(BaseModel):
 class TrainConfig(BaseModel):
     """Optimisation, sparsity schedule and data settings (PAPERS.md section 2)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = CONFIG
 
-    steps: int = Field(2000, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(4e-3, gt=0)  # LR once fully sparse; the sharkfin factor scales it down before
+    steps: int = Field(2000, ge=1, le=10_000_000)
+    batch_size: int = Field(32, ge=1, le=65_536)
+    lr: float = Field(4e-3, gt=0, le=10)  # LR once fully sparse; the sharkfin factor scales it down before
     warmup_frac: float = Field(0.01, ge=0, lt=1)
     dense: bool = False
     weight_density: float = Field(1 / 16, gt=0, le=1)  # kept fraction of every weight matrix
     embed_density: float = Field(0.5, gt=0, le=1)  # embeddings, unembedding and biases
-    min_per_neuron: int = Field(4, ge=0)
+    min_per_neuron: int = Field(4, ge=0, le=1024)
     anneal_start: float = Field(0.01, ge=0, le=1)
     anneal_end: float = Field(0.5, ge=0, le=1)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    adam_eps: float = 0.1
-    weight_decay: float = 0.1
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    adam_eps: float = Field(0.1, gt=0, le=10)
+    weight_decay: float = Field(0.1, ge=0, le=10)
     grad_rms_norm: bool = True
     # The bigram table gets its own Adam group (plain eps, outside the gradient RMS normalisation);
     # False = as the paper's code, one group for everything.
     bigram_own_scale: bool = True
     bf16: bool = False
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     corpus: str | None = None  # None = the running interpreter's standard library
-    max_corpus_bytes: int | None = Field(None, ge=1)
+    max_corpus_bytes: int | None = Field(None, ge=1, le=10**12)
     val_percent: float = Field(10.0, gt=0, lt=100)
-    eval_every: int = Field(100, ge=1)
-    eval_batches: int = Field(8, ge=1)
-    checkpoint_every: int = Field(250, ge=1)
+    eval_every: int = Field(100, ge=1, le=10_000_000)
+    eval_batches: int = Field(8, ge=1, le=1024)
+    checkpoint_every: int = Field(250, ge=1, le=10_000_000)
 
     @model_validator(mode="after")
     def _anneal_order(self) -> TrainConfig:
@@ -114,7 +117,7 @@ class DenseFingerprint(BaseModel):
     """What identifies the dense model that bridges or transcoders were trained against, and where it
     was then (see checkpoints.fingerprint and checkpoints.check_dense)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = CONFIG
 
     path: str  # the model's folder when it was fingerprinted
     d_model: int
@@ -129,7 +132,7 @@ class BridgeConfig(BaseModel):
     """Bridges between a frozen dense model and the sparse model trained jointly with them
     (PAPERS.md section 5); see worker/engine/bridges.py."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = CONFIG
 
     dense: DenseFingerprint
     encoder_k_frac: float = Field(0.25, gt=0, le=1)  # AbsTopK keep fraction of the encoder's output
@@ -151,7 +154,7 @@ class BridgeConfig(BaseModel):
 class RunConfig(BaseModel):
     """What gets written to config.json beside a checkpoint."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = CONFIG
 
     format_version: int = 1
     model: ModelConfig

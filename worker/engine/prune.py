@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from .ablation import (
     ABLATION_MODES,
@@ -31,6 +31,7 @@ from .ablation import (
     validation_checks,
 )
 from .circuit import Circuit, edges_from_weights, make_nodes
+from .config import CONFIG, SEED_MAX
 from .model import SparseGPT
 from .search import drop_greedily, smallest_top_k
 from .sites import node_name
@@ -38,26 +39,30 @@ from .tasks.base import TaskData, pair_labels, source_file, two_class_logits
 
 
 class PruneConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = CONFIG
 
-    target_loss: float = Field(0.15, gt=0)
-    k_coef: float = Field(1e-3, gt=0)  # 10x the paper's centre: our runs take ~100 steps, not thousands
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(1e-3, ge=0)
+    target_loss: float = Field(0.15, gt=0, le=100)
+    k_coef: float = Field(
+        1e-3, gt=0, le=10
+    )  # 10x the paper's centre: our runs take ~100 steps, not thousands
+    lr: float = Field(3e-3, gt=0, le=10)
+    weight_decay: float = Field(1e-3, ge=0, le=10)
     beta2: float = Field(0.95, gt=0, lt=1)
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, gt=0, le=100)
     steps: int = Field(100, ge=1, le=100_000)
-    batch_pairs: int = Field(32, ge=1)
-    eval_pairs: int = Field(256, ge=1)
-    init_mean: float = 0.1
-    init_std: float = 0.01
+    batch_pairs: int = Field(32, ge=1, le=65_536)
+    eval_pairs: int = Field(256, ge=1, le=65_536)
+    init_mean: float = Field(0.1, ge=-100, le=100)
+    init_std: float = Field(0.01, ge=0, le=100)
     runs: int = Field(2, ge=1, le=256)  # hyper-parameter search around the centre
-    refine_nodes: int = Field(32, ge=0)  # greedy pass over the circuit's lowest-ranked nodes (0 = off)
+    refine_nodes: int = Field(
+        32, ge=0, le=65_536
+    )  # greedy pass over the circuit's lowest-ranked nodes (0 = off)
     curve_points: int = Field(10, ge=2, le=64)  # loss-vs-k curve: k values on a geometric grid
-    curve_pairs: int = Field(256, ge=1)  # test pairs each curve point is measured on
-    seed: int = 0
+    curve_pairs: int = Field(256, ge=1, le=65_536)  # test pairs each curve point is measured on
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     ablation: AblationMode = "mean"  # what masked nodes are replaced by (worker/engine/ablation.py)
-    faithfulness_pairs: int = Field(128, ge=1)  # test pairs of each faithfulness-curve point
+    faithfulness_pairs: int = Field(128, ge=1, le=65_536)  # test pairs of each faithfulness-curve point
 
 
 class HeavisideSTE(torch.autograd.Function):

@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from worker.engine.budget import count_params
 from worker.engine.config import PRESETS, BridgeConfig, TrainConfig
 
 from ...models import Model, ModelKind
@@ -18,7 +19,7 @@ from ..checks import name_free, ready_model, train_caps
 from ..params import DenseModelId, PlainName, device_field, from_engine, overrides_of, set_fields
 from ..registry import JobKind
 from ..store import model_folder
-from ..training import count_params, model_failed, train_model, with_train_overrides
+from ..training import model_failed, train_model, with_train_overrides
 
 DENSE_DATA = ("corpus", "max_corpus_bytes", "val_percent", "steps")  # the dense model's, or top-level
 TrainOverrides = overrides_of(TrainConfig, "BridgeTrainOverrides", exclude=DENSE_DATA)
@@ -34,7 +35,9 @@ class BridgeParams(Strict):
         None, description="unique name of the new model (default: from the job id)"
     )
     preset: Literal[tuple(PRESETS)] = "small"
-    steps: int | None = Field(None, ge=1, description="optimizer steps (default: the preset's)")
+    steps: int | None = Field(
+        None, ge=1, le=10_000_000, description="optimizer steps (default: the preset's)"
+    )
     hybrid_sites_per_step: int = from_engine(
         BridgeConfig, "hybrid_sites_per_step", le=64, description="locations per step and direction (0 = all)"
     )

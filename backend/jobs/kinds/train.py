@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from worker.engine.budget import count_params
 from worker.engine.config import PRESETS, ModelConfig, TrainConfig
 
 from ...models import Model, ModelKind
@@ -15,7 +16,7 @@ from ...settings import Settings
 from ..checks import engine_config, name_free, train_caps
 from ..params import PlainName, device_field, overrides_of, set_fields
 from ..registry import JobKind
-from ..training import count_params, model_failed, train_model
+from ..training import model_failed, train_model
 
 ModelOverrides = overrides_of(ModelConfig, "ModelOverrides")
 TrainOverrides = overrides_of(TrainConfig, "TrainOverrides", exclude=("corpus",))
@@ -29,7 +30,9 @@ class TrainParams(Strict):
     dense: bool = Field(
         False, description="the dense baseline: the same architecture without weight sparsity"
     )
-    steps: int | None = Field(None, ge=1, description="optimizer steps (default: the preset's)")
+    steps: int | None = Field(
+        None, ge=1, le=10_000_000, description="optimizer steps (default: the preset's)"
+    )
     corpus: PlainName | None = Field(
         None, description="a folder name under CIRCUITS_DATA_DIR/corpora (default: the stdlib)"
     )

@@ -6,6 +6,7 @@ transaction. An attempt after a lost worker starts over (the folder is removed f
 from __future__ import annotations
 
 from dataclasses import replace as with_tensors
+from typing import Annotated
 
 from pydantic import Field
 from sqlalchemy import delete, select
@@ -31,7 +32,9 @@ class TranscoderParams(Strict):
     (worker/engine/transcoders.py)."""
 
     model_id: ModelId
-    l1: list[float] = from_engine(TranscoderConfig, "l1", description="the L1 sweep")
+    l1: list[Annotated[float, Field(gt=0, le=1000)]] = from_engine(
+        TranscoderConfig, "l1", description="the L1 sweep"
+    )
     steps: int = from_engine(TranscoderConfig, "steps", description="training steps")
     batch_size: int = from_engine(
         TranscoderConfig, "batch_size", le=1024, description="sequences of n_ctx tokens per step"
@@ -49,6 +52,7 @@ class TranscoderParams(Strict):
     profile_tokens: int = Field(
         ProfileConfig.model_fields["tokens"].default,
         ge=0,
+        le=100_000_000,
         description="feature profile sample; 0 = no feature pages",
     )
     tasks: list[str] = Field(

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from ..circuit import Circuit, Edge, Node
+from ..config import CONFIG, SEED_MAX
 from ..model import SparseGPT
 from ..prune import frozen
 from ..search import ProgressFn, bisect_then_greedy
@@ -37,15 +38,15 @@ from .replacement import Replacement, coder_fn, coder_times, norm_scale, replace
 
 
 class CircuitConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = CONFIG
 
     tolerance: float = Field(0.02, ge=0, le=10)  # allowed rise of the per-prompt task CE over all features
     # Parts of the test split (see transcoder_circuit), each at most a quarter of it; the rest reports.
     attribution_pairs: int = Field(64, ge=1, le=4096)  # pairs the graph and the effects are averaged over
     eval_pairs: int = Field(128, ge=1, le=4096)  # pairs the pruning is judged on
-    seed: int = 0  # which pairs go where
+    seed: int = Field(0, ge=0, le=SEED_MAX)  # which pairs go where
     curve_points: int = Field(12, ge=2, le=64)
-    min_edge: float = Field(0.0, ge=0)  # leave out edges with |weight| below this
+    min_edge: float = Field(0.0, ge=0, le=1e6)  # leave out edges with |weight| below this
 
 
 @dataclass

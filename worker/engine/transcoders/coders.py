@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from torch import nn
 
-from ..config import DenseFingerprint
+from ..config import CONFIG, SEED_MAX, DenseFingerprint
 
 KINDS = ("transcoder", "sae")
 
@@ -26,19 +27,23 @@ KINDS = ("transcoder", "sae")
 class TranscoderConfig(BaseModel):
     """A sweep of transcoders (and SAEs) over every MLP layer of a model."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = CONFIG
 
     # lambda in normalised units; on the small dense model 0.1 / 0.3 / 1 give L0 ~ 60 / 30 / 12 per layer
-    l1: list[float] = Field(default_factory=lambda: [0.1, 0.3, 1.0], min_length=1, max_length=8)
+    l1: list[Annotated[float, Field(gt=0, le=1000)]] = Field(
+        default_factory=lambda: [0.1, 0.3, 1.0], min_length=1, max_length=8
+    )
     expansion: int = Field(1, ge=1, le=32)  # latent width = expansion * d_mlp
-    steps: int = Field(1000, ge=1)
-    batch_size: int = Field(16, ge=1)  # sequences of n_ctx tokens per step
-    lr: float = Field(2e-3, gt=0)  # Adam; constant, then linear decay over the last 20 %
+    steps: int = Field(1000, ge=1, le=10_000_000)
+    batch_size: int = Field(16, ge=1, le=65_536)  # sequences of n_ctx tokens per step
+    lr: float = Field(2e-3, gt=0, le=10)  # Adam; constant, then linear decay over the last 20 %
     l1_warmup: float = Field(0.05, ge=0, le=1)  # fraction of steps over which lambda ramps up from 0
-    eval_batches: int = Field(16, ge=1)  # validation batches of batch_size sequences
+    eval_batches: int = Field(16, ge=1, le=1024)  # validation batches of batch_size sequences
     sae: bool = True  # also train the SAE baseline
-    selected: int | None = Field(None, ge=0)  # index into l1 of the transcoders behind features/circuits
-    seed: int = 0
+    selected: int | None = Field(
+        None, ge=0, le=7
+    )  # index into l1 of the transcoders behind features/circuits
+    seed: int = Field(0, ge=0, le=SEED_MAX)
 
     @field_validator("l1")
     @classmethod
@@ -57,7 +62,7 @@ class TranscoderConfig(BaseModel):
 class TranscoderRun(BaseModel):
     """config.json of a transcoder folder."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = CONFIG
 
     format_version: int = 1
     config: TranscoderConfig
