@@ -48,7 +48,8 @@ class TokenBuckets:
 class Interactive:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.pool = ThreadPoolExecutor(settings.interactive_workers, thread_name_prefix="interactive")
+        self.pool: ThreadPoolExecutor | None = None  # started on first use, again after stop()
+        self.pool_lock = threading.Lock()
         self.slots = threading.BoundedSemaphore(settings.interactive_workers + settings.interactive_queue)
         self.buckets = TokenBuckets(settings.anonymous_rate, settings.anonymous_burst)
 
@@ -75,7 +76,12 @@ class Interactive:
                 headers={"Retry-After": "1"},
             )
         try:
-            future = self.pool.submit(fn, *args)
+            with self.pool_lock:
+                if self.pool is None:
+                    self.pool = ThreadPoolExecutor(
+                        self.settings.interactive_workers, thread_name_prefix="interactive"
+                    )
+                future = self.pool.submit(fn, *args)
         except BaseException:
             self.slots.release()
             raise
@@ -83,7 +89,10 @@ class Interactive:
         return await asyncio.wrap_future(future)
 
     def stop(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        with self.pool_lock:
+            if self.pool is not None:
+                self.pool.shutdown(wait=False, cancel_futures=True)
+                self.pool = None
 
 
 def work_cap(settings: Settings, tokens: int, what: str) -> None:

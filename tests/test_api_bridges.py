@@ -123,7 +123,9 @@ def test_bridge_job_makes_a_bridged_model_and_resumes_after_a_restart(bridged_ap
         "0.attn.resid_in", "0.mlp.resid_in", "1.attn.resid_in", "1.mlp.resid_in", "final_resid"
     ]  # fmt: skip
     r = api2.client.post(
-        f"{API}/models/{model['id']}/steer", json={"task": TASK, "node": "1.attn.v[3]", "strengths": [0, 1]}
+        f"{API}/models/{model['id']}/steer",
+        json={"task": TASK, "node": "1.attn.v[3]", "strengths": [0, 1]},
+        headers={"x-api-key": api2.key},  # steering needs a key
     )
     assert r.status_code == 200, r.text
     assert len(r.json()["curves"]["control"]["dense_p_b"]) == 2

@@ -60,7 +60,7 @@ def test_replacement_pass_is_exact(test_model):
     assert torch.equal(same, clean)
     # The transcoders' input is the MLP's normalised input before the model's AbsTopK: act_in after it.
     for i, (inp, _) in enumerate(mlp_io(model, x)):
-        assert torch.equal(model._topk(inp), acts[f"{i}.mlp.act_in"])
+        assert torch.equal(model._topk(inp, "mlp.act_in"), acts[f"{i}.mlp.act_in"])
     # Zeroing layer 1's MLP equals the model's own site edit doing the same.
     zero, _ = Replacement(model, {1: lambda inp, y: torch.zeros_like(y)})(x)
     ref, _ = model(x, edits={"1.mlp.resid_delta": SiteEdit(keep=torch.zeros(model.cfg.d_model))})
@@ -305,7 +305,7 @@ def test_feature_profile_and_de_embedding(trained):
     "args, message",
     [
         (["--l1", "a,b"], "--l1 takes comma-separated numbers"),
-        (["--l1", "-1"], "L1 coefficient must be a positive number"),
+        (["--l1", "-1"], "l1.0: Input should be greater than 0"),
         (["--steps", "0"], "steps"),
     ],
 )

@@ -73,9 +73,10 @@ def check(session, settings: Settings, params: ImportParams) -> None:
 
 def model_row(folder: Path, name: str) -> Model:
     """A ready Model row for a model folder (artifact_path set by `register`)."""
+    from worker.engine.budget import count_params
     from worker.engine.checkpoints import read_run_config
 
-    from ..training import count_params, read_metrics, summarize, thin
+    from ..training import read_metrics, summarize, thin
 
     run = read_run_config(folder)
     metrics = read_metrics(folder)
