@@ -71,7 +71,7 @@ def page(browser, imported):
 
 
 def open_circuit(page: Page, url: str, circuit_id: int) -> None:
-    page.goto(f"{url}/#/circuits/{circuit_id}")
+    page.goto(f"{url}/#/circuits/{circuit_id}?expand=all")  # every node drawn (large circuits collapse)
     expect(page.locator("#circuit-header h1")).to_contain_text(f"Circuit {circuit_id}", timeout=TIMEOUT)
     page.wait_for_function("window.circuitRenderMs !== undefined", timeout=TIMEOUT)
 
