@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from backend.demo_cli import demo_app
 from backend.import_cli import export_graph, import_app, models_app
 from backend.service_cli import apikey_app, db_app, serve, worker
 from worker.engine.errors import UserError
@@ -621,6 +622,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(import_app, name="import")
 app.add_typer(models_app, name="models")
+app.add_typer(demo_app, name="demo")
 app.command("export-graph")(export_graph)
 
 

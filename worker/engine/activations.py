@@ -568,3 +568,48 @@ def profile_folder(
         load_corpus(run.train.corpus, run.train.max_corpus_bytes), run.train.val_percent
     )
     return profile_model(model, tok, train_docs, cfg, on_progress)
+
+
+PROFILE, PROFILE_DOCS = "profile.safetensors", "profile_docs.json"
+SITE_FIELDS = ("mean", "frequency", "quantiles", "thresholds", "ex_value", "ex_where", "ex_context")
+
+
+def save_profile(profile: Profile, folder: Path) -> None:
+    """A Profile as two files: its tensors, and the text of the documents its examples point into (the
+    other documents keep their path only)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    w = profile.windows
+    tensors = {f"windows.{k}": getattr(w, k).to(torch.int32) for k in ("tokens", "doc", "start", "end")}
+    used: set[int] = set()
+    for site, p in profile.sites.items():
+        tensors.update({f"{site}.{k}": getattr(p, k).contiguous() for k in SITE_FIELDS})
+        where = p.ex_where[p.ex_where >= 0]
+        used.update(w.doc.flatten()[where].tolist())
+    meta = {"config": profile.config.model_dump_json(), "n_tokens": str(profile.n_tokens)}
+    meta["sites"] = json.dumps(list(profile.sites))
+    save_file(tensors, str(folder / PROFILE), metadata=meta)
+    docs = [{"path": d.path, "text": d.text if i in used else ""} for i, d in enumerate(w.docs)]
+    (folder / PROFILE_DOCS).write_text(json.dumps(docs))
+
+
+def load_profile(folder: Path) -> Profile:
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    tensors = load_file(str(folder / PROFILE))
+    with safe_open(str(folder / PROFILE), framework="pt") as f:
+        meta = f.metadata()
+    docs = [Document(d["path"], d["text"]) for d in json.loads((folder / PROFILE_DOCS).read_text())]
+    windows = Windows(*(tensors[f"windows.{k}"].long() for k in ("tokens", "doc", "start", "end")), docs)
+    sites = {
+        site: SiteProfile(site, **{k: tensors[f"{site}.{k}"] for k in SITE_FIELDS})
+        for site in json.loads(meta["sites"])
+    }
+    return Profile(sites, windows, ProfileConfig.model_validate_json(meta["config"]), int(meta["n_tokens"]))

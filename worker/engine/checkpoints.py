@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
+import numpy as np
 import torch
 from pydantic import BaseModel
 from safetensors import SafetensorError, safe_open
@@ -160,6 +162,73 @@ def load_model(folder: Path, device: str | torch.device = "cpu") -> tuple[Sparse
     tensors, _ = _load_tensors(folder / WEIGHTS)
     _load_state(model, tensors, folder / WEIGHTS)
     return model.to(device).eval(), tok, run
+
+
+PACKED = "model.packed.safetensors"
+
+
+def pack_weights(
+    tensors: dict[str, torch.Tensor], half: Literal["none", "whole", "all"] = "none"
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """A state dict in few bytes: a tensor that is mostly zeros becomes a bit mask of its nonzeros
+    (`name.mask`, 1 bit per entry) and their values (`name.values`); the others stay whole. `half`
+    rounds to float16 the tensors kept whole ("whole": e.g. a sparse model's dense bigram table, while
+    its sparse weights stay exact) or every tensor ("all"); "none" keeps float32 throughout."""
+    packed, shapes = {}, {}
+    for name, t in tensors.items():
+        t = t.detach().cpu().float()
+        shapes[name] = list(t.shape)
+        nonzero = t != 0
+        if nonzero.float().mean() < 0.5:
+            packed[name + ".mask"] = torch.from_numpy(np.packbits(nonzero.flatten().numpy()))
+            packed[name + ".values"] = t[nonzero].half() if half == "all" else t[nonzero]
+        else:
+            packed[name] = t.half() if half != "none" else t
+    return packed, shapes
+
+
+def unpack_weights(packed: dict[str, torch.Tensor], shapes: dict) -> dict[str, torch.Tensor]:
+    """pack_weights' inverse (float32 tensors; half-packed values come back as their float16 values)."""
+    out = {}
+    for name, shape in shapes.items():
+        if name in packed:
+            out[name] = packed[name].float().reshape(shape)
+            continue
+        n = math.prod(shape)
+        bits = np.unpackbits(packed[name + ".mask"].numpy(), count=n).astype(bool)
+        t = torch.zeros(n)
+        t[torch.from_numpy(bits)] = packed[name + ".values"].float()
+        out[name] = t.reshape(shape)
+    return out
+
+
+def save_packed_model(folder: Path, out: Path, half: Literal["none", "whole", "all"] = "none") -> None:
+    """A trained model folder -> a folder of config, tokenizer, metrics and packed weights (no optimizer
+    state): what a shipped bundle holds."""
+    folder, out = Path(folder), Path(out)
+    load_model(folder)  # a clear error for an unfinished or corrupt folder
+    out.mkdir(parents=True, exist_ok=True)
+    tensors, _ = _load_tensors(folder / WEIGHTS)
+    packed, shapes = pack_weights(tensors, half)
+    meta = {"format": "sparse-circuits-packed/1", "shapes": json.dumps(shapes), "half": half}
+    _atomic_save_tensors(out / PACKED, packed, meta)
+    for name in (CONFIG, TOKENIZER, METRICS):
+        if (folder / name).is_file():
+            atomic_write_text(out / name, (folder / name).read_text())
+
+
+def unpack_model(packed_folder: Path, out: Path) -> None:
+    """A packed folder -> a model folder load_model reads (model.safetensors written last)."""
+    packed_folder, out = Path(packed_folder), Path(out)
+    tensors, meta = _load_tensors(packed_folder / PACKED)
+    if meta.get("format") != "sparse-circuits-packed/1":
+        raise CheckpointError(f"{packed_folder / PACKED} is not a packed model")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (CONFIG, TOKENIZER, METRICS):
+        if (packed_folder / name).is_file():
+            atomic_write_text(out / name, (packed_folder / name).read_text())
+    weights = unpack_weights(tensors, json.loads(meta["shapes"]))
+    _atomic_save_tensors(out / WEIGHTS, weights, {"format": "sparse-circuits/1"})
 
 
 def save_module(path: Path, module: nn.Module, metadata: dict[str, str] | None = None) -> None:

@@ -18,7 +18,7 @@ JSON schema (version 1), top-level keys:
                   circuit_train_heldout: the circuit's calibrated CE on the held-out train pairs
                   (transcoder circuits add `replacement` and the mean logit differences `logit_diff_*`)
   calibration     {scale, shift} on the two-class logit difference
-  curve           [{k, loss}]  calibrated test loss of the top-k nodes by tau
+  curve           [{k, edges, loss}]  calibrated test loss of the top-k nodes by tau (edges among them)
   runs            the hyper-parameter search, one record per run
   validation      optional: controls (random circuit, shuffled labels, nonsense task, generalisation
                   gap) and `checks`, each control judged pass/fail against its stated criterion

@@ -345,10 +345,15 @@ def circuit_losses(
 def loss_curve(
     model, task: TaskData, ablation, masks: NodeMasks, order: list[int], k_max: int, points: int, pairs: int
 ):
-    """Calibrated test loss (first `pairs` test pairs) of the top-k circuit for k on a geometric grid."""
+    """Calibrated test loss (first `pairs` test pairs) of the top-k circuit for k on a geometric grid,
+    with the number of edges among those k nodes (circuit size in the paper's unit)."""
     ks = sorted({int(round(k_max ** (i / (points - 1)))) for i in range(points)} | {0})
     return [
-        {"k": k, "loss": calibrated_test_loss(model, task, ablation, masks, keep_top(masks, order, k), pairs)}
+        {
+            "k": k,
+            "edges": len(edges_from_weights(model, [masks.node(i) for i in order[:k]])),
+            "loss": calibrated_test_loss(model, task, ablation, masks, keep_top(masks, order, k), pairs),
+        }
         for k in ks
     ]
 

@@ -1,0 +1,319 @@
+"""The demo bundle: the default model, its dense twin, their node profiles and the circuits of every task
+the model does, built by one command from the project's own recipe and loaded into a data dir.
+
+Bundle layout (BUNDLE, installed with the package):
+  manifest.json        the recipe's commands, the two models, every task's full-model test loss and
+                       accuracy on both models, the prune settings and the circuits
+  sparse/, dense/      config.json, tokenizer.json, metrics.jsonl (thinned), model.packed.safetensors,
+                       means.safetensors, resample_windows.safetensors (ablation statistics),
+                       profile.safetensors + profile_docs.json (the profile job's output)
+  circuits/            KIND.TASK.json (worker/engine/circuit.py's JSON form)
+Weights are packed (checkpoints.pack_weights): the sparse model's sparse matrices exactly (float32
+values under a bit mask of the nonzeros) and its whole tensors (the bigram table, norm gains) in
+float16; the dense twin's weights all in float16. Everything in the bundle is computed from the
+weights as shipped, so `verify` reproduces the circuits from them. Profiles, prunes and checks run with
+one torch thread each, which makes their floating-point sums, and so the circuits, reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+BUNDLE = Path(__file__).with_name("demo_bundle")
+MANIFEST = "manifest.json"
+KINDS = ("sparse", "dense")
+RECIPE = {
+    "sparse": "circuits train --preset small-long --seed 0 --out {folder}",
+    "dense": "circuits train --preset small-long --seed 0 --dense --out {folder}",
+}
+NAMES = {"sparse": "demo-small-long", "dense": "demo-small-long-dense"}
+# float16 where exact bits do not matter: the sparse model's whole tensors (its dense bigram table, norm
+# gains) and every weight of the dense twin; the sparse model's sparse weights, the circuits' edges, stay
+# exact.
+HALF = {"sparse": "whole", "dense": "all"}
+STATS = ("means.safetensors", "resample_windows.safetensors")
+
+
+class BundleError(ValueError):
+    pass
+
+
+def read_manifest(bundle: Path = BUNDLE) -> dict:
+    path = Path(bundle) / MANIFEST
+    if not path.is_file():
+        raise BundleError(
+            f"{bundle} holds no demo bundle ({MANIFEST} is missing; build one: circuits demo build)"
+        )
+    return json.loads(path.read_text())
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+# --- building -----------------------------------------------------------------------------------
+
+
+def _prepare(folder: str, tasks: list[str]) -> dict:
+    """Ablation statistics of the unpacked model (cached in its folder) and its full-model test loss and
+    accuracy on the tasks."""
+    from worker.engine.ablation import load_ablation
+    from worker.engine.checkpoints import load_model
+    from worker.engine.data import load_corpus
+    from worker.engine.tasks import evaluate_task, load_task
+
+    net, tok, run = load_model(Path(folder))
+    load_ablation(Path(folder), net, tok, run)
+    docs = load_corpus(None)
+    return {name: evaluate_task(net, load_task(name, tok, docs)) for name in tasks}
+
+
+def _profile(folder: str, out: str) -> None:
+    from worker.engine.activations import ProfileConfig, profile_folder, save_profile
+
+    save_profile(profile_folder(Path(folder), ProfileConfig()), Path(out))
+
+
+def _prune(folder: str, task: str, cfg_json: str, validate: bool) -> dict:
+    from worker.engine.ablation import load_ablation
+    from worker.engine.checkpoints import load_model
+    from worker.engine.prune import PruneConfig, find_circuit
+    from worker.engine.prune import validate as validate_circuit
+    from worker.engine.tasks import load_task
+
+    cfg = PruneConfig.model_validate_json(cfg_json)
+    net, tok, run = load_model(Path(folder))
+    data = load_task(task, tok)
+    ablation = load_ablation(Path(folder), net, tok, run, cfg.ablation, cfg.seed)
+    circuit = find_circuit(net, data, ablation, cfg, Path(folder).name)
+    if validate:
+        validate_circuit(net, data, ablation, circuit, cfg)
+    return circuit.to_json()
+
+
+def _pack(kind: str, source: Path, out: Path, work: Path) -> None:
+    """Pack a trained folder into the bundle and unpack it into the work folder the later steps read."""
+    from worker.engine.checkpoints import METRICS, atomic_write_text, save_packed_model, unpack_model
+
+    from .jobs.training import read_metrics, thin
+
+    save_packed_model(source, out / kind, half=HALF[kind])
+    metrics = thin(read_metrics(source))
+    atomic_write_text(out / kind / METRICS, "".join(json.dumps(r) + "\n" for r in metrics))
+    unpack_model(out / kind, work / kind)
+
+
+def build(
+    sparse: Path,
+    dense: Path,
+    out: Path = BUNDLE,
+    work: Path = Path("runs/demo-work"),
+    jobs: int = 2,
+    prune_cfg=None,
+    tasks: list[str] | None = None,
+    progress: Callable[[str], None] = print,
+) -> dict:
+    """Build the bundle from two trained folders (the recipe's output): every task is evaluated and
+    those the sparse model does (full-model test loss <= the target) are pruned; or only `tasks`, all
+    pruned. Prunes whose circuit is in `work` already are not redone, so a build continues where an
+    interrupted one stopped."""
+    from worker.engine.checkpoints import atomic_write_text
+    from worker.engine.prune import PruneConfig
+    from worker.engine.tasks import REGISTRY
+
+    cfg = prune_cfg or PruneConfig()
+    out, work = Path(out), Path(work)
+    sources = {"sparse": Path(sparse), "dense": Path(dense)}
+    for kind, folder in sources.items():
+        if not (folder / "model.safetensors").is_file():
+            raise BundleError(
+                f"{folder} is not a trained model folder; train it: {RECIPE[kind].format(folder=folder)}"
+            )
+    if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise BundleError(f"{out} is not empty and holds no demo bundle: choose another --out")
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "circuits").mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)
+    for kind, folder in sources.items():
+        progress(f"pack {kind} model from {folder}")
+        _pack(kind, folder, out, work)
+    pool = ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_one_thread)
+    with pool:
+        progress("ablation statistics, task losses and profiles of both models")
+        names = tasks or sorted(REGISTRY)
+        evals = {k: pool.submit(_prepare, str(work / k), names) for k in KINDS}
+        evals = {k: f.result() for k, f in evals.items()}
+        profiles = [pool.submit(_profile, str(work / k), str(out / k)) for k in KINDS]
+        for kind in KINDS:
+            for name in STATS:
+                shutil.copy2(work / kind / name, out / kind / name)
+        chosen = tasks or [t for t, r in evals["sparse"].items() if r["loss"] <= cfg.target_loss]
+        prunes = {}
+        for task in chosen:
+            for kind in KINDS:
+                if kind == "dense" and not tasks and evals["dense"][task]["loss"] > cfg.target_loss:
+                    continue
+                cached = work / "circuits" / f"{kind}.{task}.json"
+                if not cached.is_file():
+                    args = (str(work / kind), task, cfg.model_dump_json(), kind == "sparse")
+                    prunes[(kind, task)] = pool.submit(_prune, *args)
+        for f in profiles:
+            f.result()
+        (work / "circuits").mkdir(exist_ok=True)
+        for i, ((kind, task), f) in enumerate(prunes.items()):
+            atomic_write_text(work / "circuits" / f"{kind}.{task}.json", json.dumps(f.result()))
+            progress(f"prune {i + 1}/{len(prunes)}: {kind} {task}")
+    circuits = []
+    for task in chosen:
+        for kind in KINDS:
+            cached = work / "circuits" / f"{kind}.{task}.json"
+            if cached.is_file():
+                shutil.copy2(cached, out / "circuits" / cached.name)
+                c = json.loads(cached.read_text())
+                circuits.append(
+                    {
+                        "kind": kind,
+                        "task": task,
+                        "file": f"circuits/{cached.name}",
+                        "nodes": len(c["nodes"]),
+                        "edges": len(c["edges"]),
+                        "validated": kind == "sparse",
+                    }
+                )
+    manifest = {
+        "version": 1,
+        "recipe": {k: RECIPE[k].format(folder=sources[k]) for k in KINDS},
+        "models": {k: {"name": NAMES[k], "folder": k, "float16": HALF[k]} for k in KINDS},
+        "tasks": {t: {k: evals[k][t] for k in KINDS} for t in evals["sparse"]},
+        "prune": cfg.model_dump(mode="json"),
+        "threads": 1,
+        "circuits": circuits,
+    }
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
+    return manifest
+
+
+def bundle_bytes(bundle: Path = BUNDLE) -> int:
+    return sum(p.stat().st_size for p in Path(bundle).rglob("*") if p.is_file())
+
+
+# --- checking -----------------------------------------------------------------------------------
+
+
+def verify(
+    bundle: Path = BUNDLE, tasks: list[str] | None = None, progress: Callable[[str], None] = print
+) -> list[dict]:
+    """Prune the shipped models again on the shipped circuits' tasks, with the shipped settings, and
+    compare node sets: one row per circuit with `same` true when they are identical."""
+    from worker.engine.checkpoints import unpack_model
+    from worker.engine.prune import PruneConfig
+
+    _one_thread()
+    manifest = read_manifest(bundle)
+    cfg = PruneConfig.model_validate(manifest["prune"])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in KINDS:
+            unpack_model(Path(bundle) / kind, Path(tmp) / kind)
+            for name in STATS:
+                shutil.copy2(Path(bundle) / kind / name, Path(tmp) / kind / name)
+        for entry in manifest["circuits"]:
+            if tasks and entry["task"] not in tasks:
+                continue
+            shipped = json.loads((Path(bundle) / entry["file"]).read_text())
+            again = _prune(str(Path(tmp) / entry["kind"]), entry["task"], cfg.model_dump_json(), False)
+            want, got = {n["name"] for n in shipped["nodes"]}, {n["name"] for n in again["nodes"]}
+            rows.append(
+                {
+                    "kind": entry["kind"],
+                    "task": entry["task"],
+                    "nodes": len(want),
+                    "same": want == got,
+                    "missing": sorted(want - got),
+                    "extra": sorted(got - want),
+                }
+            )
+            progress(f"{entry['kind']} {entry['task']}: {'same' if want == got else 'DIFFERENT'} node set")
+    return rows
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def demo_loaded(session) -> bool:
+    from sqlalchemy import select
+
+    from .models import Model
+
+    return session.scalar(select(Model.id).where(Model.demo.is_(True)).limit(1)) is not None
+
+
+def free_name(session, name: str) -> str:
+    """`name`, or name-2, name-3, ... when a user's model holds it (demo rows never replace theirs)."""
+    from sqlalchemy import select
+
+    from .models import Model
+
+    taken = set(session.scalars(select(Model.name).where(Model.name.like(f"{name}%"))))
+    candidate, i = name, 1
+    while candidate in taken:
+        i += 1
+        candidate = f"{name}-{i}"
+    return candidate
+
+
+def load(db, settings, bundle: Path = BUNDLE, progress: Callable[[str], None] = print) -> dict[str, int]:
+    """Put the bundle's models, profiles and circuits into the database beside whatever is there, as
+    demo rows, in one transaction (on any error nothing is left). Returns {kind: model id}; loads nothing
+    when a demo is in the database already."""
+    from sqlalchemy import update
+
+    from worker.engine.activations import load_profile
+    from worker.engine.checkpoints import unpack_model
+    from worker.engine.circuit import Circuit
+    from worker.engine.prune import PruneConfig
+
+    from .jobs.kinds.imports import register
+    from .jobs.store import task_row, write_circuit, write_profile
+    from .models import Model
+
+    manifest = read_manifest(bundle)
+    cfg = PruneConfig.model_validate(manifest["prune"])
+    bundle = Path(bundle)
+    placed: list[Path] = []
+    try:
+        with db.session() as s:
+            if demo_loaded(s):
+                return {}
+            ids = {}
+            for kind in KINDS:
+                progress(f"demo: {kind} model")
+                staged = settings.models_dir / f".demo-{kind}"
+                shutil.rmtree(staged, ignore_errors=True)
+                unpack_model(bundle / kind, staged)
+                for name in STATS:
+                    shutil.copy2(bundle / kind / name, staged / name)
+                placed.append(staged)
+                target = register(s, settings, staged, free_name(s, manifest["models"][kind]["name"]), None)
+                placed.append(target)
+                ids[kind] = int(target.name)
+                progress(f"demo: {kind} profile")
+                write_profile(s, ids[kind], load_profile(bundle / kind), "stdlib")
+                s.execute(update(Model).where(Model.id == ids[kind]).values(demo=True, profiled=True))
+            for entry in manifest["circuits"]:
+                circuit = Circuit.from_json(json.loads((bundle / entry["file"]).read_text()))
+                write_circuit(s, ids[entry["kind"]], task_row(s, entry["task"]).id, circuit, cfg, None)
+            progress(f"demo: {len(manifest['circuits'])} circuits")
+            return ids
+    except BaseException:
+        for folder in placed:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
