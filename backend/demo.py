@@ -317,3 +317,23 @@ def load(db, settings, bundle: Path = BUNDLE, progress: Callable[[str], None] = 
         for folder in placed:
             shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+def load_if_fresh(db, settings, bundle: Path = BUNDLE, progress: Callable[[str], None] = print) -> dict:
+    """The first start: on a database without any model, load the demo. An installation without a
+    bundle, or another process loading it at the same moment, is no error."""
+    from sqlalchemy import select
+    from sqlalchemy.exc import IntegrityError
+
+    from .models import Model
+
+    with db.session() as s:
+        if s.scalar(select(Model.id).limit(1)) is not None:
+            return {}
+    if not (Path(bundle) / MANIFEST).is_file():
+        progress(f"no demo bundle at {bundle}; build one with `circuits demo build`")
+        return {}
+    try:
+        return load(db, settings, bundle, progress)
+    except IntegrityError:
+        return {}

@@ -51,10 +51,28 @@ def serve(
 
     settings = _settings()
     _upgrade(settings)
+    if settings.demo:
+        _load_demo(settings)
     limit_torch_threads(settings)
     jobs = f"Celery via {settings.broker_url}" if settings.broker_url else "in-process"
     typer.echo(f"database {settings.db_url}; jobs {jobs}; http://{host}:{port}/", err=True)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+def _load_demo(settings) -> None:
+    """On the first start (no model in the database) add the shipped demo, with its progress."""
+    from backend.db import Database
+    from backend.demo import load_if_fresh
+
+    db = Database(settings)
+    try:
+        ids = load_if_fresh(db, settings, progress=lambda m: typer.echo(m, err=True))
+    finally:
+        db.dispose()
+    if ids:
+        typer.echo(
+            f"demo loaded: models {', '.join(map(str, ids.values()))} (CIRCUITS_DEMO=false skips)", err=True
+        )
 
 
 def worker(

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     max_transcoder_steps: int = Field(20_000, ge=1)  # training steps of a transcoder sweep
     max_import_params: int = Field(600_000_000, ge=1)  # weights of a released model to import
 
+    # The first `circuits serve` on an empty database loads the shipped demo (backend/demo.py).
+    demo: bool = True
+
     # Imports (the `import` job): server-side folders under this root only; None = imports are off.
     import_root: Path | None = None
 
