@@ -6,7 +6,7 @@ Bundle layout (BUNDLE, installed with the package):
                        accuracy on both models, the prune settings and the circuits
   sparse/, dense/      config.json, tokenizer.json, metrics.jsonl (thinned), model.packed.safetensors,
                        means.safetensors, resample_windows.safetensors (ablation statistics),
-                       profile.safetensors + profile_docs.json (the profile job's output)
+                       profile.safetensors.gz + profile.json (the profile job's output)
   circuits/            KIND.TASK.json (worker/engine/circuit.py's JSON form)
 Weights are packed (checkpoints.pack_weights): the sparse model's sparse matrices exactly (float32
 values under a bit mask of the nonzeros) and its whole tensors (the bigram table, norm gains) in
@@ -37,7 +37,7 @@ NAMES = {"sparse": "demo-small-long", "dense": "demo-small-long-dense"}
 # gains) and every weight of the dense twin; the sparse model's sparse weights, the circuits' edges, stay
 # exact.
 HALF = {"sparse": "whole", "dense": "all"}
-STATS = ("means.safetensors", "resample_windows.safetensors")
+STATS = ("means.safetensors", "resample_windows.safetensors")  # ablation statistics
 
 
 class BundleError(ValueError):
@@ -111,6 +111,19 @@ def _pack(kind: str, source: Path, out: Path, work: Path) -> None:
     unpack_model(out / kind, work / kind)
 
 
+def _reset_if_stale(work: Path, sources: dict[str, Path], cfg) -> None:
+    """Empty `work` when what it holds came from other weights or other prune settings."""
+    from worker.engine.checkpoints import WEIGHTS, atomic_write_text, file_sha256
+
+    inputs = {k: file_sha256(folder / WEIGHTS) for k, folder in sources.items()}
+    inputs["prune"] = cfg.model_dump(mode="json")
+    record = work / "inputs.json"
+    if not record.is_file() or json.loads(record.read_text()) != inputs:
+        shutil.rmtree(work, ignore_errors=True)
+        (work / "circuits").mkdir(parents=True)
+        atomic_write_text(record, json.dumps(inputs))
+
+
 def build(
     sparse: Path,
     dense: Path,
@@ -122,10 +135,12 @@ def build(
     progress: Callable[[str], None] = print,
 ) -> dict:
     """Build the bundle from two trained folders (the recipe's output): every task is evaluated and
-    those the sparse model does (full-model test loss <= the target) are pruned; or only `tasks`, all
-    pruned. Prunes whose circuit is in `work` already are not redone, so a build continues where an
+    those the sparse model does (full-model test loss <= the target) are pruned on both models (on the
+    dense twin where it does them too); or only `tasks`, all pruned on both. Results already in `work`
+    (from the same weights and prune settings) are not redone, so a build continues where an
     interrupted one stopped."""
-    from worker.engine.checkpoints import atomic_write_text
+    from worker.engine.activations import PROFILE, PROFILE_INDEX
+    from worker.engine.checkpoints import WEIGHTS, atomic_write_text
     from worker.engine.prune import PruneConfig
     from worker.engine.tasks import REGISTRY
 
@@ -133,66 +148,76 @@ def build(
     out, work = Path(out), Path(work)
     sources = {"sparse": Path(sparse), "dense": Path(dense)}
     for kind, folder in sources.items():
-        if not (folder / "model.safetensors").is_file():
+        if not (folder / WEIGHTS).is_file():
             raise BundleError(
                 f"{folder} is not a trained model folder; train it: {RECIPE[kind].format(folder=folder)}"
             )
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise BundleError(f"{out} is not empty and holds no demo bundle: choose another --out")
+    _reset_if_stale(work, sources, cfg)
     shutil.rmtree(out, ignore_errors=True)
     (out / "circuits").mkdir(parents=True)
-    work.mkdir(parents=True, exist_ok=True)
     for kind, folder in sources.items():
         progress(f"pack {kind} model from {folder}")
         _pack(kind, folder, out, work)
+    names = tasks or sorted(REGISTRY)
     pool = ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_one_thread)
     with pool:
         progress("ablation statistics, task losses and profiles of both models")
-        names = tasks or sorted(REGISTRY)
-        evals = {k: pool.submit(_prepare, str(work / k), names) for k in KINDS}
-        evals = {k: f.result() for k, f in evals.items()}
-        profiles = [pool.submit(_profile, str(work / k), str(out / k)) for k in KINDS]
+        evals = {}
         for kind in KINDS:
-            for name in STATS:
-                shutil.copy2(work / kind / name, out / kind / name)
-        chosen = tasks or [t for t, r in evals["sparse"].items() if r["loss"] <= cfg.target_loss]
-        prunes = {}
-        for task in chosen:
-            for kind in KINDS:
-                if kind == "dense" and not tasks and evals["dense"][task]["loss"] > cfg.target_loss:
-                    continue
-                cached = work / "circuits" / f"{kind}.{task}.json"
-                if not cached.is_file():
-                    args = (str(work / kind), task, cfg.model_dump_json(), kind == "sparse")
-                    prunes[(kind, task)] = pool.submit(_prune, *args)
+            cached = work / kind / "tasks.json"
+            found = json.loads(cached.read_text()) if cached.is_file() else {}
+            evals[kind] = (
+                found if set(names) <= set(found) else pool.submit(_prepare, str(work / kind), names)
+            )
+        profiles = [
+            pool.submit(_profile, str(work / k), str(work / k))
+            for k in KINDS
+            if not (work / k / PROFILE_INDEX).is_file()
+        ]
+        for kind in KINDS:
+            if not isinstance(evals[kind], dict):
+                evals[kind] = evals[kind].result()
+                atomic_write_text(work / kind / "tasks.json", json.dumps(evals[kind]))
+        if tasks:
+            chosen = {k: list(tasks) for k in KINDS}
+        else:
+            does = {k: [t for t in names if evals[k][t]["loss"] <= cfg.target_loss] for k in KINDS}
+            chosen = {"sparse": does["sparse"], "dense": [t for t in does["sparse"] if t in does["dense"]]}
+        circuit_file = {(k, t): work / "circuits" / f"{k}.{t}.json" for k in KINDS for t in chosen[k]}
+        prunes = {
+            (k, t): pool.submit(_prune, str(work / k), t, cfg.model_dump_json(), k == "sparse")
+            for (k, t), path in circuit_file.items()
+            if not path.is_file()
+        }
         for f in profiles:
             f.result()
-        (work / "circuits").mkdir(exist_ok=True)
         for i, ((kind, task), f) in enumerate(prunes.items()):
-            atomic_write_text(work / "circuits" / f"{kind}.{task}.json", json.dumps(f.result()))
+            atomic_write_text(circuit_file[kind, task], json.dumps(f.result()))
             progress(f"prune {i + 1}/{len(prunes)}: {kind} {task}")
+    for kind in KINDS:
+        for name in (*STATS, PROFILE, PROFILE_INDEX):
+            shutil.copy2(work / kind / name, out / kind / name)
     circuits = []
-    for task in chosen:
-        for kind in KINDS:
-            cached = work / "circuits" / f"{kind}.{task}.json"
-            if cached.is_file():
-                shutil.copy2(cached, out / "circuits" / cached.name)
-                c = json.loads(cached.read_text())
-                circuits.append(
-                    {
-                        "kind": kind,
-                        "task": task,
-                        "file": f"circuits/{cached.name}",
-                        "nodes": len(c["nodes"]),
-                        "edges": len(c["edges"]),
-                        "validated": kind == "sparse",
-                    }
-                )
+    for (kind, task), path in circuit_file.items():
+        shutil.copy2(path, out / "circuits" / path.name)
+        c = json.loads(path.read_text())
+        circuits.append(
+            {
+                "kind": kind,
+                "task": task,
+                "file": f"circuits/{path.name}",
+                "nodes": len(c["nodes"]),
+                "edges": len(c["edges"]),
+                "validated": kind == "sparse",
+            }
+        )
     manifest = {
         "version": 1,
         "recipe": {k: RECIPE[k].format(folder=sources[k]) for k in KINDS},
         "models": {k: {"name": NAMES[k], "folder": k, "float16": HALF[k]} for k in KINDS},
-        "tasks": {t: {k: evals[k][t] for k in KINDS} for t in evals["sparse"]},
+        "tasks": {t: {k: evals[k][t] for k in KINDS} for t in names},
         "prune": cfg.model_dump(mode="json"),
         "threads": 1,
         "circuits": circuits,
@@ -203,6 +228,47 @@ def build(
 
 def bundle_bytes(bundle: Path = BUNDLE) -> int:
     return sum(p.stat().st_size for p in Path(bundle).rglob("*") if p.is_file())
+
+
+def table(bundle: Path = BUNDLE) -> dict:
+    """Per task of the bundle: both models' full-model test loss and, where pruned, their circuit's size
+    and test losses; and the geometric mean of the dense/sparse edge ratio over the tasks where both
+    circuits meet their target (worker/engine/circuit.py:size_comparison)."""
+    from worker.engine.circuit import Circuit, size_comparison
+
+    manifest = read_manifest(bundle)
+    circuits = {
+        (e["kind"], e["task"]): Circuit.from_json(json.loads((Path(bundle) / e["file"]).read_text()))
+        for e in manifest["circuits"]
+    }
+    rows = []
+    for task, full in manifest["tasks"].items():
+        row = {"task": task}
+        for kind in KINDS:
+            row[kind] = {"full": full[kind]["loss"], "accuracy": full[kind]["accuracy"]}
+            c = circuits.get((kind, task))
+            if c is not None:
+                row[kind].update(
+                    nodes=len(c.nodes),
+                    edges=len(c.edges),
+                    circuit=c.losses["circuit"],
+                    circuit_train_heldout=c.losses["circuit_train_heldout"],
+                    ablated=c.losses["ablated"],
+                    meets_target=c.losses["circuit"] <= c.target_loss,
+                )
+        rows.append(row)
+    both = {
+        t: (circuits["sparse", t], circuits["dense", t])
+        for (kind, t) in circuits
+        if kind == "sparse"
+        and ("dense", t) in circuits
+        and all(c.losses["circuit"] <= c.target_loss for c in (circuits["sparse", t], circuits["dense", t]))
+    }
+    return {
+        "tasks": rows,
+        "comparison": size_comparison(both),
+        "target_loss": manifest["prune"]["target_loss"],
+    }
 
 
 # --- checking -----------------------------------------------------------------------------------

@@ -86,6 +86,37 @@ def demo_verify(
         raise typer.Exit(1)
 
 
+@demo_app.command("show")
+def demo_show(
+    bundle: Annotated[Path | None, typer.Option(help="bundle folder (default: the package's)")] = None,
+) -> None:
+    """The bundle's table: per task, full-model test loss of both models, circuit sizes and test losses."""
+    from backend import demo
+
+    try:
+        t = demo.table(bundle or demo.BUNDLE)
+    except _user_errors() as e:
+        _fail(str(e).strip().splitlines()[0])
+
+    def pair(r: dict, key: str, form: str) -> str:
+        return " / ".join(format(r[k][key], form) if key in r[k] else "–" for k in demo.KINDS)
+
+    typer.echo(
+        "| task | full (sparse / dense) | nodes | edges | circuit, test | circuit, held-out train | ablated |"
+    )
+    typer.echo("|---|---|---|---|---|---|---|")
+    for r in t["tasks"]:
+        miss = " (misses)" if not r["sparse"].get("meets_target", True) else ""
+        cells = [pair(r, "full", ".3f"), pair(r, "nodes", "d"), pair(r, "edges", "d")]
+        cells += [pair(r, "circuit", ".3f") + miss, pair(r, "circuit_train_heldout", ".3f")]
+        typer.echo(f"| `{r['task']}` | " + " | ".join([*cells, pair(r, "ablated", ".3f")]) + " |")
+    c = t["comparison"]
+    typer.echo(
+        f"dense/sparse edge ratio, geometric mean over {len(c['tasks'])} tasks both circuits meet "
+        f"{t['target_loss']:g} on: {c['geomean_edge_ratio']:.2f} (nodes {c['geomean_node_ratio']:.2f})"
+    )
+
+
 @demo_app.command("load")
 def demo_load(
     bundle: Annotated[Path | None, typer.Option(help="bundle folder (default: the package's)")] = None,

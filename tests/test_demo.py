@@ -11,7 +11,7 @@ from backend import demo
 from backend.db import Database, upgrade
 from backend.models import ActivationExample, Circuit, CircuitNode, Model, NodeStat
 from backend.settings import Settings
-from worker.engine.activations import ProfileConfig, load_profile, profile_folder, save_profile
+from worker.engine.activations import PROFILE, ProfileConfig, load_profile, profile_folder, save_profile
 from worker.engine.checkpoints import (
     PACKED,
     WEIGHTS,
@@ -94,7 +94,7 @@ def test_build_writes_a_bundle_of_both_models(bundle):
     assert set(manifest["tasks"][TASK]) == {"sparse", "dense"}
     assert manifest["tasks"][TASK]["sparse"]["prompts"] > 0
     for kind in demo.KINDS:
-        assert (out / kind / PACKED).is_file() and (out / kind / "profile.safetensors").is_file()
+        assert (out / kind / PACKED).is_file() and (out / kind / PROFILE).is_file()
         assert not (out / kind / WEIGHTS).exists()  # only packed weights are shipped
     sparse = json.loads((out / "circuits" / f"sparse.{TASK}.json").read_text())
     assert sparse["validation"]["checks"]  # the sparse circuits carry their controls

@@ -570,16 +570,17 @@ def profile_folder(
     return profile_model(model, tok, train_docs, cfg, on_progress)
 
 
-PROFILE, PROFILE_DOCS = "profile.safetensors", "profile_docs.json"
+PROFILE, PROFILE_INDEX = "profile.safetensors.gz", "profile.json"
 SITE_FIELDS = ("mean", "frequency", "quantiles", "thresholds", "ex_value", "ex_where", "ex_context")
 
 
 def save_profile(profile: Profile, folder: Path) -> None:
-    """A Profile as two files: its tensors, and the text of the documents its examples point into (the
-    other documents keep their path only)."""
+    """A Profile as two files: its tensors (gzipped safetensors: most activations are zeros), and its
+    settings with the documents its examples point into (the other documents keep their path only)."""
+    import gzip
     import json
 
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     folder = Path(folder)
     w = profile.windows
@@ -587,29 +588,32 @@ def save_profile(profile: Profile, folder: Path) -> None:
     used: set[int] = set()
     for site, p in profile.sites.items():
         tensors.update({f"{site}.{k}": getattr(p, k).contiguous() for k in SITE_FIELDS})
-        where = p.ex_where[p.ex_where >= 0]
-        used.update(w.doc.flatten()[where].tolist())
-    meta = {"config": profile.config.model_dump_json(), "n_tokens": str(profile.n_tokens)}
-    meta["sites"] = json.dumps(list(profile.sites))
-    save_file(tensors, str(folder / PROFILE), metadata=meta)
-    docs = [{"path": d.path, "text": d.text if i in used else ""} for i, d in enumerate(w.docs)]
-    (folder / PROFILE_DOCS).write_text(json.dumps(docs))
+        tensors[f"{site}.ex_where"] = p.ex_where.to(torch.int32)
+        used.update(w.doc.flatten()[p.ex_where[p.ex_where >= 0]].tolist())
+    (folder / PROFILE).write_bytes(gzip.compress(save(tensors), compresslevel=6))
+    index = {
+        "config": profile.config.model_dump(mode="json"),
+        "n_tokens": profile.n_tokens,
+        "sites": list(profile.sites),
+        "docs": [{"path": d.path, "text": d.text if i in used else ""} for i, d in enumerate(w.docs)],
+    }
+    (folder / PROFILE_INDEX).write_text(json.dumps(index))
 
 
 def load_profile(folder: Path) -> Profile:
+    import gzip
     import json
 
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     folder = Path(folder)
-    tensors = load_file(str(folder / PROFILE))
-    with safe_open(str(folder / PROFILE), framework="pt") as f:
-        meta = f.metadata()
-    docs = [Document(d["path"], d["text"]) for d in json.loads((folder / PROFILE_DOCS).read_text())]
+    tensors = load(gzip.decompress((folder / PROFILE).read_bytes()))
+    index = json.loads((folder / PROFILE_INDEX).read_text())
+    docs = [Document(d["path"], d["text"]) for d in index["docs"]]
     windows = Windows(*(tensors[f"windows.{k}"].long() for k in ("tokens", "doc", "start", "end")), docs)
     sites = {
-        site: SiteProfile(site, **{k: tensors[f"{site}.{k}"] for k in SITE_FIELDS})
-        for site in json.loads(meta["sites"])
+        site: SiteProfile(site, **{k: tensors[f"{site}.{k}"] for k in SITE_FIELDS}) for site in index["sites"]
     }
-    return Profile(sites, windows, ProfileConfig.model_validate_json(meta["config"]), int(meta["n_tokens"]))
+    for p in sites.values():
+        p.ex_where = p.ex_where.long()
+    return Profile(sites, windows, ProfileConfig.model_validate(index["config"]), index["n_tokens"])
