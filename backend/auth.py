@@ -164,7 +164,12 @@ def caller(session: Session, request: Request, header_key: str | None) -> ApiKey
         return lookup_key(session, header_key)
     cookie = browser_key(request)
     if cookie:
-        return lookup_key(session, cookie)
+        try:
+            return lookup_key(session, cookie)
+        except HTTPException:
+            raise HTTPException(
+                401, "this browser's sign-in key was revoked: open the URL `circuits serve` printed again"
+            ) from None
     if request.cookies.get(BROWSER_COOKIE):
         raise HTTPException(
             401,

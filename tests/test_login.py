@@ -1,6 +1,8 @@
 """The browser's one-time sign-in of `circuits serve` on loopback: the token works once, the cookie it
 sets stands in for the x-api-key header only from a loopback client and the app's own origin."""
 
+from datetime import UTC, datetime
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -130,6 +132,14 @@ def test_cookie_writes_from_loopback_only(signed_in):
     for job in api.client.get("/api/v1/jobs").json()["items"]:
         if job["status"] in ("queued", "running"):
             api.client.post(f"/api/v1/jobs/{job['id']}/cancel", headers={"x-api-key": api.key})
+
+    db = Database(api.settings)
+    with db.session() as s:
+        s.scalar(select(ApiKey).where(ApiKey.name == BROWSER_KEY_NAME)).revoked_at = datetime.now(UTC)
+    db.dispose()
+    r = local.post("/api/v1/jobs", json={"kind": "train", "params": TINY})
+    assert r.status_code == 401 and "revoked" in r.json()["detail"]
+    assert local.get("/api/v1/session").json()["authenticated"] is False
 
 
 def test_cookie_counts_as_keyed_for_interactive_rate_limits(signed_in):
