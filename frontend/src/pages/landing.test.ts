@@ -11,6 +11,7 @@ describe("landing page", () => {
     expect(describeModel({ model: { n_layer: 8, d_model: 2048 }, train: { weight_density: 0.003 } })).toBe(
       "8 layers × d_model 2048, 0.3 % of each weight matrix nonzero",
     );
+    expect(describeModel({ model: { n_layer: 2, d_model: 64 } })).toBe("2 layers × d_model 64");
   });
 
   it("draws only the targets some task reaches", () => {

@@ -16,7 +16,8 @@ export function describeModel(config: Record<string, unknown>): string {
   const model = (config.model ?? {}) as { n_layer?: number; d_model?: number };
   const train = (config.train ?? {}) as { dense?: boolean; weight_density?: number };
   const shape = `${model.n_layer ?? "?"} layers × d_model ${model.d_model ?? "?"}`;
-  if (train.dense || train.weight_density === undefined) return `${shape}, every weight used (dense)`;
+  if (train.dense) return `${shape}, every weight used (dense)`;
+  if (train.weight_density === undefined) return shape;
   const d = train.weight_density;
   const fraction = Number.isInteger(1 / d) ? `1/${1 / d}` : `${(100 * d).toFixed(1)} %`;
   return `${shape}, ${fraction} of each weight matrix nonzero`;
