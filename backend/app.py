@@ -20,7 +20,7 @@ from starlette.routing import Match, Mount
 
 from worker.engine.errors import UserError
 
-from .auth import read_access
+from .auth import login_router, read_access
 from .db import Database
 from .interactive import Interactive
 from .jobs.service import JobService
@@ -224,7 +224,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.db = Database(settings)
     app.state.jobs = JobService(settings, app.state.db)
     app.state.interactive = Interactive(settings)
+    app.state.browser_login = None  # `circuits serve` on loopback sets one (auth.browser_login)
     add_error_handlers(app)
+    app.include_router(login_router)
 
     @app.get(f"{API}/health", tags=["meta"])
     async def health() -> dict[str, str]:

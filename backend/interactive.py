@@ -16,7 +16,7 @@ from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header, HTTPException, Request
 
-from .auth import lookup_key
+from .auth import browser_key, lookup_key
 from .jobs.checks import LimitExceeded, cap
 from .settings import Settings
 
@@ -110,11 +110,18 @@ OptionalKey = Annotated[
 
 def caller_key(request: Request, key: OptionalKey = None) -> bool:
     """Dependency of the interactive routes: True for a caller with a valid key (401 for an invalid
-    one), False for an anonymous caller (rate limited per client)."""
-    if not key:
+    one) or the signed-in browser's valid cookie, False for an anonymous caller (rate limited per client)."""
+    cookie = None if key else browser_key(request)
+    if not key and not cookie:
         return False
     with request.app.state.db.session() as session:
-        lookup_key(session, key)
+        if key:
+            lookup_key(session, key)
+            return True
+        try:
+            lookup_key(session, cookie)
+        except HTTPException:  # a stale sign-in (an earlier server's key): anonymous, not refused
+            return False
     return True
 
 

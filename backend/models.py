@@ -98,7 +98,8 @@ class Model(Base):
     summary: Mapped[dict] = mapped_column(default=dict)  # final val_loss, L0, dead neurons, ...
     artifact_path: Mapped[str] = mapped_column(String(512))  # folder, relative to data_dir
     profiled: Mapped[bool] = mapped_column(Boolean, default=False)
-    demo: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # PROVISIONAL
+    # Shipped with the app (the demo bundle loaded into a fresh data dir), not trained here.
+    demo: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     job_id: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 

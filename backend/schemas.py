@@ -51,6 +51,14 @@ class JobList(BaseModel):
     offset: int
 
 
+class SessionRead(BaseModel):
+    authenticated: bool = Field(description="writes from this caller are accepted")
+    via: Literal["cookie", "key"] | None = Field(
+        description="`cookie`: this browser signed in through `circuits serve`'s URL; `key`: x-api-key"
+    )
+    key_prefix: str | None = Field(description="the first characters of the key in use")
+
+
 class ErrorBody(BaseModel):
     detail: str
 
@@ -83,6 +91,7 @@ class ModelSummary(BaseModel):
     n_params: int
     profiled: bool = Field(description="node statistics and activation examples are available")
     bridged: bool = Field(False, description="trained with bridges to a dense model (can steer it)")
+    demo: bool = Field(False, description="shipped with the app (the demo bundle), not trained here")
     created_at: datetime
 
 
@@ -163,6 +172,64 @@ class CircuitSummary(BaseModel):
     def meets_target(self) -> bool | None:
         test = self.losses.get("circuit")
         return None if test is None else test <= self.target_loss
+
+
+class OverviewModel(BaseModel):
+    id: int
+    name: str
+    kind: Literal["sparse", "dense"]
+    n_params: int
+    val_loss: float | None = Field(description="final validation loss of training")
+    demo: bool
+
+
+class TaskCircuit(BaseModel):
+    model_id: int
+    circuit_id: int
+    full_loss: float | None = Field(description="the full model's task loss (test split)")
+    circuit_loss: float | None = Field(description="the circuit's calibrated task loss (test split)")
+    target_loss: float
+    nodes: int
+    edges: int
+    meets_target: bool | None
+
+
+class OverviewTask(BaseModel):
+    task: str
+    sparse: TaskCircuit | None
+    dense: TaskCircuit | None
+
+
+class Headline(BaseModel):
+    """The paper's headline figure: circuit size needed for a task loss, sparse vs dense."""
+
+    targets: list[float] = Field(description="task-loss targets (the x of the paper's figure is size)")
+    sparse: list[float | None] = Field(
+        description="per target: geometric mean over `tasks[i]` tasks of the "
+        "smallest circuit size reaching it; None when no task enters"
+    )
+    dense: list[float | None]
+    tasks: list[int] = Field(description="per target: the tasks where both models reach it on their curves")
+    size: Literal["edges", "nodes"] = Field(
+        description="what size counts: edges when every curve point has an edge count, else kept nodes"
+    )
+
+
+class EdgeRatio(BaseModel):
+    geomean: float | None = Field(
+        description="geometric mean of dense edges / sparse edges over the tasks where both circuits meet "
+        "their target (an empty circuit counts as 1 edge)"
+    )
+    tasks: int
+    target: float = Field(description="the paper's figure (circuits about 16x smaller in sparse models)")
+
+
+class Overview(BaseModel):
+    demo: bool = Field(description="a demo model (shipped with the app) is present")
+    models: list[OverviewModel] = Field(description="the sparse model and its dense twin shown")
+    tasks: list[OverviewTask]
+    headline: Headline
+    edge_ratio: EdgeRatio
 
 
 class CircuitList(BaseModel):

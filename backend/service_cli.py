@@ -43,10 +43,12 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port", min=1, max=65535)] = 8000,
 ) -> None:
     """Run the web app and API. Defaults: SQLite + artifacts under CIRCUITS_DATA_DIR (./data), jobs run
-    in this process; set CIRCUITS_DATABASE_URL / CIRCUITS_BROKER_URL for PostgreSQL / Celery workers."""
+    in this process; set CIRCUITS_DATABASE_URL / CIRCUITS_BROKER_URL for PostgreSQL / Celery workers.
+    On a loopback host it prints a one-time URL that signs this machine's browser in (no key needed)."""
     import uvicorn
 
     from backend.app import create_app
+    from backend.auth import browser_login, login_url
     from backend.jobs.lifecycle import limit_torch_threads
 
     settings = _settings()
@@ -56,7 +58,14 @@ def serve(
     limit_torch_threads(settings)
     jobs = f"Celery via {settings.broker_url}" if settings.broker_url else "in-process"
     typer.echo(f"database {settings.db_url}; jobs {jobs}; http://{host}:{port}/", err=True)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    app = create_app(settings)
+    with app.state.db.session() as s:
+        app.state.browser_login = browser_login(s, host)
+    if app.state.browser_login is None:
+        typer.echo("not a loopback address: writes need an x-api-key (`circuits apikey create`)", err=True)
+    else:
+        typer.echo(f"open {login_url(host, port, app.state.browser_login)}")
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 def _load_demo(settings) -> None:

@@ -6,7 +6,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, select
+from sqlalchemy import MetaData, Table, inspect, select
 from sqlalchemy.exc import IntegrityError
 
 from backend.db import Database, alembic_config, upgrade
@@ -128,9 +128,14 @@ def test_migration_0004_names_the_site_of_every_activation_example(settings):
     """Examples stored before 0004 get their site from their node name, so queries by site find them."""
     upgrade(settings, "0003")
     db = Database(settings)
-    with db.session() as s:
-        s.add(Model(id=1, name="m", kind="sparse", status="ready", config={}, artifact_path="models/1"))
-    with db.engine.begin() as conn:
+    with db.engine.begin() as conn:  # the models table as it was then (the ORM class has later columns)
+        models = Table("models", MetaData(), autoload_with=conn)
+        conn.execute(
+            models.insert().values(
+                id=1, name="m", kind="sparse", status="ready", config={}, n_params=0, metrics=[], summary={},
+                artifact_path="models/1", profiled=False, created_at=datetime.now(UTC),
+            )
+        )  # fmt: skip
         for i, node in enumerate(["0.attn.v[3]", "1.mlp.transcoder[12]", "embed[0]"]):
             conn.exec_driver_sql(
                 "INSERT INTO activation_examples (id, model_id, node, bin, rank, activation, center, "

@@ -1,8 +1,9 @@
 // Entry: hash router; every page renders into #app and any error is shown in place, never a blank page.
 import "./style.css";
-import { apiKey, setApiKey } from "./api/client";
+import { api, apiKey, type Schemas, setApiKey } from "./api/client";
 import { circuitPage } from "./pages/circuit";
 import { comparePage } from "./pages/compare";
+import { landingPage } from "./pages/landing";
 import { jobsPage } from "./pages/jobs";
 import { modelPage, modelsPage } from "./pages/models";
 import { transcoderPage, transcodersBox } from "./pages/transcoders";
@@ -18,7 +19,8 @@ async function render(): Promise<void> {
   app.replaceChildren(page);
   const { path } = currentRoute();
   try {
-    if (path.length === 0 || (path[0] === "models" && path.length === 1)) await modelsPage(page);
+    if (path.length === 0) await landingPage(page);
+    else if (path[0] === "models" && path.length === 1) await modelsPage(page);
     else if (path[0] === "models") await modelPage(page, positiveId(path[1]));
     else if (path[0] === "circuits" && path.length === 2) await circuitPage(page, positiveId(path[1]));
     else if (path[0] === "jobs") await jobsPage(page);
@@ -47,6 +49,26 @@ window.addEventListener("error", (ev) => app.prepend(errorBox(ev.error ?? ev.mes
 
 const keyInput = document.getElementById("api-key") as HTMLInputElement;
 keyInput.value = apiKey();
-keyInput.addEventListener("change", () => setApiKey(keyInput.value.trim()));
+keyInput.addEventListener("change", () => {
+  setApiKey(keyInput.value.trim());
+  void showSession();
+});
+
+/** "signed in (this browser)" once `circuits serve`'s printed URL set the sign-in cookie; the key box
+ * (for a server on another host) stays one click away. */
+async function showSession(): Promise<void> {
+  const label = document.getElementById("apikey-label") as HTMLElement;
+  const status = document.getElementById("session") as HTMLElement;
+  const s = await api<Schemas["SessionRead"]>("/session").catch(() => null);
+  const cookie = s?.via === "cookie";
+  status.hidden = !cookie;
+  label.hidden = cookie;
+}
+document.getElementById("use-key")?.addEventListener("click", () => {
+  (document.getElementById("apikey-label") as HTMLElement).hidden = false;
+  (document.getElementById("session") as HTMLElement).hidden = true;
+  keyInput.focus();
+});
+void showSession();
 
 void render();

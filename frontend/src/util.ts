@@ -33,3 +33,8 @@ export function download(name: string, blob: Blob): void {
   a.remove();
   setTimeout(() => URL.revokeObjectURL(a.href), 1000);
 }
+
+/** The mark of a model shipped with the app (the demo bundle), not trained here. */
+export function demoBadge(): HTMLElement {
+  return h("span", { class: "badge demo", title: "shipped with the app (the demo bundle), not trained here" }, "demo");
+}

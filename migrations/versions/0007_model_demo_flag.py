@@ -1,8 +1,11 @@
-"""PROVISIONAL models.demo
+"""models carry a demo flag
 
 Revision ID: 0007
 Revises: 0006
-Create Date: 2026-12-01 20:30:00.000000
+Create Date: 2026-12-01 20:40:00.000000
+
+True for the rows of the demo bundle (a shipped sparse model, its dense twin, their profiles and
+circuits) loaded into a fresh data dir; every existing model was trained here, so false.
 """
 
 from collections.abc import Sequence

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DIST = ROOT / "frontend" / "dist"
 CHROMIUM = os.environ.get("CIRCUITS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+LOGS: dict[str, Path] = {}  # base URL of a running server -> its output
 
 
 def free_port() -> int:
@@ -50,10 +51,20 @@ def serve(data_dir: Path, timeout: float = 180):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"circuits serve did not start; see {log_path}")
                 time.sleep(0.3)
+            LOGS[url] = log_path
             yield url
         finally:
+            LOGS.pop(url, None)
             proc.terminate()
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def login_url(url: str) -> str:
+    """The one-time sign-in URL the server at `url` printed (`open http://.../login?token=...`)."""
+    for line in LOGS[url].read_text().splitlines():
+        if line.startswith("open http"):
+            return line.removeprefix("open ").strip()
+    raise AssertionError(f"circuits serve printed no sign-in URL; see {LOGS[url]}")

@@ -428,6 +428,49 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/overview": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Overview
+         * @description The landing page: the demo sparse model and its dense twin (without demo models, the newest
+         *     ready sparse and dense ones), their circuit per task, the headline figure (per task-loss target, the
+         *     geometric mean circuit size reaching it, sparse vs dense) and the dense/sparse edge ratio.
+         */
+        get: operations["get_overview_api_v1_overview_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/session": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Session
+         * @description Whether writes from this caller would be accepted, and by what: `key` (the x-api-key header) or
+         *     `cookie` (the browser signed in through `circuits serve`'s printed URL, on the server's machine).
+         */
+        get: operations["get_session_api_v1_session_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/tasks": {
         parameters: {
             query?: never;
@@ -996,6 +1039,21 @@ export interface components {
             /** Weights Sha256 */
             weights_sha256: string;
         };
+        /** EdgeRatio */
+        EdgeRatio: {
+            /**
+             * Geomean
+             * @description geometric mean of dense edges / sparse edges over the tasks where both circuits meet their target (an empty circuit counts as 1 edge)
+             */
+            geomean: number | null;
+            /**
+             * Target
+             * @description the paper's figure (circuits about 16x smaller in sparse models)
+             */
+            target: number;
+            /** Tasks */
+            tasks: number;
+        };
         /** EdgeRef */
         EdgeRef: {
             /**
@@ -1104,6 +1162,35 @@ export interface components {
              * @description attention to the sink slot (None: the model has no sink)
              */
             sink: number | null;
+        };
+        /**
+         * Headline
+         * @description The paper's headline figure: circuit size needed for a task loss, sparse vs dense.
+         */
+        Headline: {
+            /** Dense */
+            dense: (number | null)[];
+            /**
+             * Size
+             * @description what size counts: edges when every curve point has an edge count, else kept nodes
+             * @enum {string}
+             */
+            size: "edges" | "nodes";
+            /**
+             * Sparse
+             * @description per target: geometric mean over `tasks[i]` tasks of the smallest circuit size reaching it; None when no task enters
+             */
+            sparse: (number | null)[];
+            /**
+             * Targets
+             * @description task-loss targets (the x of the paper's figure is size)
+             */
+            targets: number[];
+            /**
+             * Tasks
+             * @description per target: the tasks where both models reach it on their curves
+             */
+            tasks: number[];
         };
         /** ImportJob */
         ImportJob: {
@@ -1394,6 +1481,12 @@ export interface components {
              * Format: date-time
              */
             created_at: string;
+            /**
+             * Demo
+             * @description shipped with the app (the demo bundle), not trained here
+             * @default false
+             */
+            demo: boolean;
             /** Id */
             id: number;
             /** Job Id */
@@ -1445,6 +1538,12 @@ export interface components {
              * Format: date-time
              */
             created_at: string;
+            /**
+             * Demo
+             * @description shipped with the app (the demo bundle), not trained here
+             * @default false
+             */
+            demo: boolean;
             /** Id */
             id: number;
             /**
@@ -1574,6 +1673,51 @@ export interface components {
             thresholds: {
                 [key: string]: number | null;
             };
+        };
+        /** Overview */
+        Overview: {
+            /**
+             * Demo
+             * @description a demo model (shipped with the app) is present
+             */
+            demo: boolean;
+            edge_ratio: components["schemas"]["EdgeRatio"];
+            headline: components["schemas"]["Headline"];
+            /**
+             * Models
+             * @description the sparse model and its dense twin shown
+             */
+            models: components["schemas"]["OverviewModel"][];
+            /** Tasks */
+            tasks: components["schemas"]["OverviewTask"][];
+        };
+        /** OverviewModel */
+        OverviewModel: {
+            /** Demo */
+            demo: boolean;
+            /** Id */
+            id: number;
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "sparse" | "dense";
+            /** N Params */
+            n_params: number;
+            /** Name */
+            name: string;
+            /**
+             * Val Loss
+             * @description final validation loss of training
+             */
+            val_loss: number | null;
+        };
+        /** OverviewTask */
+        OverviewTask: {
+            dense: components["schemas"]["TaskCircuit"] | null;
+            sparse: components["schemas"]["TaskCircuit"] | null;
+            /** Task */
+            task: string;
         };
         /** PlaygroundRequest */
         PlaygroundRequest: {
@@ -1955,6 +2099,24 @@ export interface components {
             /** Layers */
             layers: components["schemas"]["LayerReference"][];
         };
+        /** SessionRead */
+        SessionRead: {
+            /**
+             * Authenticated
+             * @description writes from this caller are accepted
+             */
+            authenticated: boolean;
+            /**
+             * Key Prefix
+             * @description the first characters of the key in use
+             */
+            key_prefix: string | null;
+            /**
+             * Via
+             * @description `cookie`: this browser signed in through `circuits serve`'s URL; `key`: x-api-key
+             */
+            via: ("cookie" | "key") | null;
+        };
         /**
          * Site
          * @description One entry of a model's site catalog.
@@ -2196,6 +2358,31 @@ export interface components {
             l1_index: number;
             /** Layer */
             layer: number;
+        };
+        /** TaskCircuit */
+        TaskCircuit: {
+            /** Circuit Id */
+            circuit_id: number;
+            /**
+             * Circuit Loss
+             * @description the circuit's calibrated task loss (test split)
+             */
+            circuit_loss: number | null;
+            /** Edges */
+            edges: number;
+            /**
+             * Full Loss
+             * @description the full model's task loss (test split)
+             */
+            full_loss: number | null;
+            /** Meets Target */
+            meets_target: boolean | null;
+            /** Model Id */
+            model_id: number;
+            /** Nodes */
+            nodes: number;
+            /** Target Loss */
+            target_loss: number;
         };
         /** TaskList */
         TaskList: {
@@ -3817,6 +4004,58 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_overview_api_v1_overview_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Overview"];
+                };
+            };
+        };
+    };
+    get_session_api_v1_session_get: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description the key to check, if any */
+                "x-api-key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SessionRead"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ValidationErrorBody"];
                 };
             };
         };

@@ -10,7 +10,7 @@ import { collapse, EMBED, groupOf, LOGIT, READABLE_MAX, readableLayout } from ".
 import { keptAtK, layoutCircuit, positionsBox, strongestEdges, type Position } from "../graph/layout";
 import { currentRoute, updateQuery } from "../router";
 import { newPlot } from "../plot";
-import { download, errorBox, fmt, h } from "../util";
+import { demoBadge, download, errorBox, fmt, h } from "../util";
 import { faithfulnessBox, validationChecks } from "./faithfulness";
 import { graphExportButton } from "./graphExport";
 import { nodePanel } from "./node";
@@ -92,7 +92,7 @@ class CircuitView {
       h(
         "header",
         { class: "circuit-header", id: "circuit-header" },
-        h("h1", {}, `Circuit ${c.id}: ${c.task}`),
+        h("h1", {}, `Circuit ${c.id}: ${c.task}`, this.model.demo ? demoBadge() : null),
         h(
           "div",
           { class: "facts" },

@@ -1,6 +1,6 @@
 // Models list and one model's page: training curves (plotly), its circuits and its jobs.
 import { api, type Job, type Model, type Schemas } from "../api/client";
-import { errorBox, fmt, h } from "../util";
+import { demoBadge, errorBox, fmt, h } from "../util";
 import { newPlot } from "../plot";
 import { transcodersBox } from "./transcoders";
 
@@ -16,7 +16,7 @@ export async function modelsPage(root: HTMLElement): Promise<void> {
       "tr",
       {},
       h("td", {}, h("a", { href: `#/models/${m.id}` }, `${m.id}`)),
-      h("td", {}, h("a", { href: `#/models/${m.id}` }, m.name)),
+      h("td", {}, h("a", { href: `#/models/${m.id}` }, m.name), m.demo ? demoBadge() : null),
       h("td", {}, m.kind),
       h("td", {}, m.status),
       h("td", { class: "num" }, m.n_params.toLocaleString()),
@@ -38,7 +38,7 @@ export async function modelsPage(root: HTMLElement): Promise<void> {
 export async function modelPage(root: HTMLElement, id: number): Promise<void> {
   const model = await api<Model>(`/models/${id}`);
   root.append(
-    h("h1", {}, `Model ${model.id}: ${model.name}`),
+    h("h1", {}, `Model ${model.id}: ${model.name}`, model.demo ? demoBadge() : null),
     h(
       "p",
       { class: "meta" },
