@@ -90,7 +90,11 @@ def examples(request: Request, session: Session, model: Model, node: str) -> lis
     return out
 
 
-@router.get("/{model_id}/nodes/{node}", response_model=NodeRead, responses=NOT_FOUND)
+@router.get(
+    "/{model_id}/nodes/{node}",
+    response_model=NodeRead,
+    responses=NOT_FOUND | {409: {"model": ErrorBody, "description": "its transcoders are not loadable"}},
+)
 def get_node(
     model_id: ModelId,
     node: NodeName,
