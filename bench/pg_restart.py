@@ -5,7 +5,7 @@ requests and errors before, during (from the restart command until the first suc
 5 s) and after the restart, and what became of every accepted job (goal: <= 1 % errors during, 0 after,
 no job lost).
 
-    python bench/pg_restart.py [--clients 16] [--seconds 30] [--jobs 3]
+    python bench/pg_restart.py [--clients 16] [--seconds 30] [--jobs 3] [--start-timeout 60]
 
 Runs initdb/pg_ctl as the `postgres` user when started as root (initdb refuses root)."""
 
@@ -127,6 +127,7 @@ def main():
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--jobs", type=int, default=3)
+    ap.add_argument("--start-timeout", type=float, default=60.0, help="seconds the server may take to start")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -141,7 +142,7 @@ def main():
             db.dispose()
             os.environ["CIRCUITS_DATABASE_URL"] = cluster.url
             port = free_port()
-            server = start_server(tmp / "data", port, tmp / "server.log")
+            server = start_server(tmp / "data", port, tmp / "server.log", args.start_timeout)
             base = f"http://127.0.0.1:{port}/api/v1"
             try:
                 log, marks, accepted, refused = asyncio.run(run(base, key, cluster, args))
