@@ -16,7 +16,10 @@ EXAMPLES = 8  # per operation and mode
 # operations validity also depends on rules JSON Schema cannot state, so a schema-valid request may
 # rightly get a 422 naming the problem (every other check still runs on them):
 DATA_RULES = {
-    "POST /api/v1/tasks": "a pair's two prompts differ; completions start with different tokens",
+    "POST /api/v1/tasks": "a pair's two prompts differ; the completions start with different tokens",
+    "POST /api/v1/circuits/{circuit_id}/trace": "`off` names nodes of that circuit",
+    "POST /api/v1/circuits/{circuit_id}/ablate": "switched nodes lie on the layers' sites; a work cap",
+    "POST /api/v1/models/{model_id}/steer": "the model has bridges; a work cap",
 }
 
 
