@@ -96,7 +96,7 @@ async def readers(urls: list[str], clients: int, seconds: float, log: list):
 async def submitter(base: str, key: str, jobs: int, seconds: float, accepted: list, refused: list):
     """Submit `jobs` tiny trainings spread over the run (one before, during and after the restart)."""
     params = {"preset": "test", "steps": 4, "train": {"eval_every": 2, "max_corpus_bytes": 100_000}}
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(timeout=300) as client:  # a submission waits out the restart
         for _ in range(jobs):
             await asyncio.sleep(seconds / (jobs + 1))
             r = await client.post(
@@ -149,7 +149,7 @@ def main():
                 deadline = time.monotonic() + 600
                 states = {}
                 while time.monotonic() < deadline:
-                    states = {j: httpx.get(f"{base}/jobs/{j}").json()["status"] for j in accepted}
+                    states = {j: httpx.get(f"{base}/jobs/{j}", timeout=60).json()["status"] for j in accepted}
                     if all(s in TERMINAL for s in states.values()):
                         break
                     time.sleep(1)
