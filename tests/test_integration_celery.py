@@ -113,7 +113,10 @@ def test_train_profile_prune_with_a_worker_killed_mid_training(stack):
     db.dispose()
 
 
-@pytest.mark.parametrize("stack", [{"republish_after_seconds": 3.0}], indirect=True)
+LOST_MESSAGE = {"republish_after_seconds": 3.0, "stale_after_seconds": 120.0}  # no stale-job recovery here
+
+
+@pytest.mark.parametrize("stack", [LOST_MESSAGE], indirect=True)
 def test_a_queued_job_whose_message_was_lost_is_republished_and_runs(stack):
     api, redis, start_worker, log = stack
     job_id = api.submit("train", {"preset": "test", "steps": 4, "train": {"max_corpus_bytes": 100_000}})
