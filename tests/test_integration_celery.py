@@ -32,7 +32,7 @@ def stack(request, tmp_path):
     # Redis would redeliver the killed worker's unacked message only after the visibility timeout (an
     # hour): recovery has to come from the workers' stale-job sweep.
     extra = getattr(request, "param", {})
-    settings = Settings(data_dir=tmp / "data", database_url=url, broker_url=redis.url, **FAST, **extra)
+    settings = Settings(data_dir=tmp / "data", database_url=url, broker_url=redis.url, **(FAST | extra))
     api = Api(settings)
     workers = []
 
