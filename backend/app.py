@@ -167,8 +167,9 @@ class BodyLimit:
 
 def document_errors(doc: dict, reads_require_key: bool) -> dict:
     """FastAPI's OpenAPI document, with the error responses this app really sends: every 422 is a
-    ValidationErrorBody, every operation with a body may answer 413, and every operation 401 when
-    reads need a key (and those taking a key, an invalid one)."""
+    ValidationErrorBody; every operation with a body may answer 400 (not JSON) and 413; every one 401
+    when reads need a key (and those taking a key, an invalid one); every one touching the database
+    503; error bodies are application/json also on routes sending another type (the SSE stream)."""
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     for model in (ErrorBody, ValidationErrorBody):
         body = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -180,13 +181,21 @@ def document_errors(doc: dict, reads_require_key: bool) -> dict:
     def content(name: str) -> dict:
         return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
 
-    for operations in doc["paths"].values():
+    for path, operations in doc["paths"].items():
         for op in operations.values():
             responses = op["responses"]
+            for code, response in responses.items():  # error bodies are JSON whatever the route sends
+                media = response.get("content", {})
+                if code >= "400" and media and "application/json" not in media:
+                    response["content"] = {"application/json": media.popitem()[1]}
+            if path != f"{API}/health":  # every other route reaches the database (database_error)
+                unavailable = {"description": "database unavailable (Retry-After)"}
+                responses.setdefault("503", {**unavailable, "content": content("ErrorBody")})
             if "422" in responses or op.get("parameters") or "requestBody" in op:
                 description = responses.get("422", {}).get("description", "invalid input (named)")
                 responses["422"] = {"description": description, "content": content("ValidationErrorBody")}
             if "requestBody" in op:
+                responses["400"] = {"description": "request body not JSON", "content": content("ErrorBody")}
                 responses["413"] = {"description": "request body too large", "content": content("ErrorBody")}
             if reads_require_key or "security" in op:
                 responses.setdefault(

@@ -101,4 +101,7 @@ def get_session(request: Request) -> Iterator[Session]:
         yield s
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": committed (and closed) before the response is sent, so a failed commit (e.g. the
+# database restarting) is the request's own error, a 503 that RetryReads runs again, never a response
+# torn off after its start nor a 2xx for a write that was not committed.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]

@@ -18,6 +18,7 @@ from fastapi import Depends, Header, HTTPException, Request
 
 from .auth import browser_key, lookup_key
 from .jobs.checks import LimitExceeded, cap
+from .schemas import ErrorBody
 from .settings import Settings
 
 T = TypeVar("T")
@@ -126,3 +127,9 @@ def caller_key(request: Request, key: OptionalKey = None) -> bool:
 
 
 HasKey = Annotated[bool, Depends(caller_key)]
+ERRORS = {  # the responses of every route run by Interactive.run (with HasKey), for its OpenAPI entry
+    401: {"model": ErrorBody, "description": "invalid x-api-key"},
+    409: {"model": ErrorBody, "description": "the model is not trained yet"},
+    429: {"model": ErrorBody, "description": "rate limit of callers without a key (Retry-After)"},
+    503: {"model": ErrorBody, "description": "interactive requests at capacity (Retry-After)"},
+}

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from worker.engine.ablation import AblationMode
-from worker.engine.sites import Site
+from worker.engine.sites import NODE_RE, Site
 from worker.engine.transcoders import Matched, Reference, SweepPoint, TranscoderRun
 
 # ---------------------------------------------------------------- jobs
@@ -79,6 +79,7 @@ class ValidationErrorBody(BaseModel):
 # ---------------------------------------------------------------- models, tasks, circuits, nodes, playground
 
 NODE_DESCRIPTION = "a node name `site[index]`, e.g. `0.mlp.post_act[12]` (brackets URL-encoded in paths)"
+NodeNameStr = Annotated[str, Field(pattern=NODE_RE.pattern)]
 
 
 class ModelSummary(BaseModel):
@@ -364,7 +365,7 @@ class SiteNodes(BaseModel):
 
 class PlaygroundRequest(Strict):
     prompt: str = Field(min_length=1, max_length=4000, description="text to run through the model")
-    nodes: list[str] = Field(min_length=1, max_length=64, description=NODE_DESCRIPTION)
+    nodes: list[NodeNameStr] = Field(min_length=1, max_length=64, description=NODE_DESCRIPTION)
 
 
 class TokenRead(BaseModel):
@@ -382,8 +383,8 @@ class PlaygroundResult(BaseModel):
 
 
 class AblationRequest(Strict):
-    off: list[str] = Field(default_factory=list, max_length=4096, description="circuit nodes to ablate")
-    on: list[str] = Field(default_factory=list, max_length=4096, description="extra nodes to keep")
+    off: list[NodeNameStr] = Field(default_factory=list, max_length=4096, description="nodes to ablate")
+    on: list[NodeNameStr] = Field(default_factory=list, max_length=4096, description="extra nodes to keep")
     mode: Literal["keep", "ablate"] = Field(
         "keep",
         description="keep: the node set runs, every other node is mean-ablated (sufficiency); "
@@ -427,7 +428,7 @@ class TraceRequest(Strict):
     prompts: list[Annotated[str, Field(min_length=1, max_length=4000)]] = Field(
         min_length=1, max_length=2, description="one prompt, or a pair (class A, class B) shown side by side"
     )
-    off: list[str] = Field(default_factory=list, max_length=4096, description="circuit nodes to ablate")
+    off: list[NodeNameStr] = Field(default_factory=list, max_length=4096, description="nodes to ablate")
     ablation: AblationMode = Field("mean", description="what the nodes outside the circuit are replaced by")
 
 

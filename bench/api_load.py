@@ -94,7 +94,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
+def start_server(data_dir: Path, port: int, log: Path, timeout: float = 60.0) -> subprocess.Popen:
     exe = Path(sys.executable).with_name("circuits")
     env = {**os.environ, "CIRCUITS_DATA_DIR": str(data_dir)}
     proc = subprocess.Popen(
@@ -103,7 +103,7 @@ def start_server(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=1).status_code == 200:

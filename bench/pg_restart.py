@@ -5,7 +5,7 @@ requests and errors before, during (from the restart command until the first suc
 5 s) and after the restart, and what became of every accepted job (goal: <= 1 % errors during, 0 after,
 no job lost).
 
-    python bench/pg_restart.py [--clients 16] [--seconds 30] [--jobs 3]
+    python bench/pg_restart.py [--clients 16] [--seconds 30] [--jobs 3] [--start-timeout 60]
 
 Runs initdb/pg_ctl as the `postgres` user when started as root (initdb refuses root)."""
 
@@ -96,7 +96,7 @@ async def readers(urls: list[str], clients: int, seconds: float, log: list):
 async def submitter(base: str, key: str, jobs: int, seconds: float, accepted: list, refused: list):
     """Submit `jobs` tiny trainings spread over the run (one before, during and after the restart)."""
     params = {"preset": "test", "steps": 4, "train": {"eval_every": 2, "max_corpus_bytes": 100_000}}
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(timeout=300) as client:  # a submission waits out the restart
         for _ in range(jobs):
             await asyncio.sleep(seconds / (jobs + 1))
             r = await client.post(
@@ -127,6 +127,7 @@ def main():
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--jobs", type=int, default=3)
+    ap.add_argument("--start-timeout", type=float, default=60.0, help="seconds the server may take to start")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -141,14 +142,14 @@ def main():
             db.dispose()
             os.environ["CIRCUITS_DATABASE_URL"] = cluster.url
             port = free_port()
-            server = start_server(tmp / "data", port, tmp / "server.log")
+            server = start_server(tmp / "data", port, tmp / "server.log", args.start_timeout)
             base = f"http://127.0.0.1:{port}/api/v1"
             try:
                 log, marks, accepted, refused = asyncio.run(run(base, key, cluster, args))
                 deadline = time.monotonic() + 600
                 states = {}
                 while time.monotonic() < deadline:
-                    states = {j: httpx.get(f"{base}/jobs/{j}").json()["status"] for j in accepted}
+                    states = {j: httpx.get(f"{base}/jobs/{j}", timeout=60).json()["status"] for j in accepted}
                     if all(s in TERMINAL for s in states.values()):
                         break
                     time.sleep(1)

@@ -164,6 +164,12 @@ class RedisServer:
                 raise RuntimeError(f"redis-server did not start on port {self.port}")
             time.sleep(0.05)
 
+    def command(self, *words: str) -> bytes:
+        """One Redis command (inline protocol); its raw reply."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(" ".join(words).encode() + b"\r\n")
+            return s.recv(4096)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -187,6 +193,14 @@ class CeleryWorker:
             stdout=log.open("ab"),
             stderr=subprocess.STDOUT,
         )
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Until Celery logs `ready.` (its consumers and, with them, the job sweeper started)."""
+        deadline = time.monotonic() + timeout
+        while b" ready." not in (self.log.read_bytes() if self.log.exists() else b""):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"worker not ready after {timeout} s:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.5)
 
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)

@@ -16,21 +16,23 @@ from backend_support import (
 from sqlalchemy import func, select
 
 from backend.db import Database
-from backend.models import ActivationExample, Circuit, Model, NodeStat
+from backend.models import ActivationExample, Circuit, Job, Model, NodeStat
 from backend.settings import Settings
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
 @pytest.fixture
-def stack(tmp_path):
-    """Each test's own Redis, PostgreSQL database and API (a test may stop its Redis)."""
+def stack(request, tmp_path):
+    """Each test's own Redis, PostgreSQL database and API (a test may stop its Redis); settings beyond
+    FAST come from an indirect parameter."""
     tmp = tmp_path
     redis = RedisServer()
     url, name = create_postgres_database()
     # Redis would redeliver the killed worker's unacked message only after the visibility timeout (an
     # hour): recovery has to come from the workers' stale-job sweep.
-    settings = Settings(data_dir=tmp / "data", database_url=url, broker_url=redis.url, **FAST)
+    extra = getattr(request, "param", {})
+    settings = Settings(data_dir=tmp / "data", database_url=url, broker_url=redis.url, **(FAST | extra))
     api = Api(settings)
     workers = []
 
@@ -109,6 +111,35 @@ def test_train_profile_prune_with_a_worker_killed_mid_training(stack):
         circuit = s.get(Circuit, pruned["result"]["circuit_id"])
         assert circuit.model_id == model_id and circuit.n_nodes == len(circuit.nodes) > 0
     db.dispose()
+
+
+LOST_MESSAGE = {"republish_after_seconds": 3.0, "stale_after_seconds": 120.0}  # no stale-job recovery here
+
+
+@pytest.mark.parametrize("stack", [LOST_MESSAGE], indirect=True)
+def test_a_queued_job_whose_message_was_lost_is_republished_and_runs(stack):
+    api, redis, start_worker, log = stack
+    job_id = api.submit("train", {"preset": "test", "steps": 4, "train": {"max_corpus_bytes": 100_000}})
+    first_published = published_at(api, job_id)
+    assert int(redis.command("LLEN", "circuits")[1:].split()[0]) == 1  # its message waits in the queue
+    assert redis.command("FLUSHALL").startswith(b"+OK")  # as a Redis restarted without persistence
+    assert api.job(job_id)["status"] == "queued"
+    start_worker().wait_ready(600)  # it finds no message; only the sweeper's republish brings the job
+    try:
+        done = api.wait(job_id, timeout=300)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{worker_log(log)}") from None
+    assert done["status"] == "succeeded" and done["attempts"] == 1, (done, worker_log(log))
+    assert (published_at(api, job_id) - first_published).total_seconds() >= 3.0  # republish_after_seconds
+
+
+def published_at(api, job_id: str):
+    db = Database(api.settings)
+    with db.session() as s:
+        when = s.get(Job, job_id).published_at
+    db.dispose()
+    assert when is not None
+    return when
 
 
 def test_redis_down_reads_work_and_submission_is_503(stack):

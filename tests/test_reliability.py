@@ -220,6 +220,24 @@ def test_every_number_of_every_request_body_is_bounded(make_api):
     assert unbounded == []
 
 
+def test_error_responses_are_documented_as_sent(make_api):
+    """Error bodies are JSON on every route (the event stream's 404 too), a body may be refused as not
+    JSON (400) or too large (413), and every route reaching the database may answer 503."""
+    doc = make_api().client.get("/openapi.json").json()
+    events = doc["paths"]["/api/v1/jobs/{job_id}/events"]["get"]["responses"]
+    assert list(events["200"]["content"]) == ["text/event-stream"]
+    assert list(events["404"]["content"]) == ["application/json"]
+    for path, operations in doc["paths"].items():
+        for method, op in operations.items():
+            responses = op["responses"]
+            if "requestBody" in op:
+                assert {"400", "413", "422"} <= set(responses), (method, path)
+            assert ("503" in responses) == (path != "/api/v1/health"), (method, path)
+            for code, response in responses.items():
+                if code >= "400":
+                    assert list(response["content"]) == ["application/json"], (method, path, code)
+
+
 # ---------------------------------------------------------------- jobs: ownership, lifecycle
 
 

@@ -20,6 +20,7 @@ from worker.engine.transcoders import parse_feature, task_logits_with
 
 from ..auth import WriteKey
 from ..db import SessionDep
+from ..interactive import ERRORS as INTERACTIVE_ERRORS
 from ..interactive import HasKey, work_cap
 from ..model_cache import get_model_cache
 from ..models import Model, ModelStatus
@@ -41,13 +42,9 @@ from .tasks import find_task, task_data
 from .transcoders import get_transcoder_row, loaded_transcoders
 
 router = APIRouter(tags=["interventions"])
-ERRORS = {
-    401: {"model": ErrorBody, "description": "invalid x-api-key"},
+ERRORS = INTERACTIVE_ERRORS | {
     404: {"model": ErrorBody, "description": "no such model, circuit or node"},
-    409: {"model": ErrorBody, "description": "the model is not trained yet"},
     422: {"model": ErrorBody, "description": "invalid input or a work cap exceeded (named)"},
-    429: {"model": ErrorBody, "description": "rate limit of callers without a key (Retry-After)"},
-    503: {"model": ErrorBody, "description": "interactive requests at capacity (Retry-After)"},
 }
 TOP_NEXT = 5
 SHOWN_TOKENS = 16  # prompt tokens shown per prompt in an ablation result

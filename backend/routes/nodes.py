@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from worker.engine.activations import BIN_FRACTIONS, SIDES
-from worker.engine.sites import is_feature_site, parse_node, site_layer
+from worker.engine.sites import NODE_RE, is_feature_site, parse_node, site_layer
 from worker.engine.transcoders import de_embedding
 
 from ..db import SessionDep
@@ -34,7 +34,9 @@ from .transcoders import loaded_transcoders
 
 router = APIRouter(prefix="/models", tags=["nodes"])
 NOT_FOUND = {404: {"model": ErrorBody, "description": "no such model, site, node or circuit"}}
-NodeName = Annotated[str, Path(min_length=4, max_length=64, description=NODE_DESCRIPTION)]
+NodeName = Annotated[
+    str, Path(min_length=4, max_length=64, pattern=NODE_RE.pattern, description=NODE_DESCRIPTION)
+]
 SiteName = Annotated[str, Path(min_length=1, max_length=48, description="e.g. `0.mlp.post_act`")]
 BIN_ORDER = [f"{side}_{f * 100:g}" for side in SIDES for f in BIN_FRACTIONS]
 
@@ -90,7 +92,11 @@ def examples(request: Request, session: Session, model: Model, node: str) -> lis
     return out
 
 
-@router.get("/{model_id}/nodes/{node}", response_model=NodeRead, responses=NOT_FOUND)
+@router.get(
+    "/{model_id}/nodes/{node}",
+    response_model=NodeRead,
+    responses=NOT_FOUND | {409: {"model": ErrorBody, "description": "its transcoders are not loadable"}},
+)
 def get_node(
     model_id: ModelId,
     node: NodeName,

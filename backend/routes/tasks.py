@@ -25,6 +25,7 @@ from worker.engine.tasks import (
 
 from ..auth import WriteKey
 from ..db import SessionDep
+from ..interactive import ERRORS as INTERACTIVE_ERRORS
 from ..interactive import HasKey
 from ..models import Circuit, Model, ModelStatus, Task
 from ..schemas import ErrorBody, TaskList, TaskRead, TaskSample, TaskSamples, TaskSummary
@@ -135,13 +136,7 @@ def corpus_samples(name: str, split: str, n: int) -> tuple[TaskSample, ...]:
 @router.get(
     "/{name}/samples",
     response_model=TaskSamples,
-    responses={
-        **NOT_FOUND,
-        401: {"model": ErrorBody, "description": "invalid x-api-key"},
-        409: {"model": ErrorBody, "description": "the model is not ready"},
-        429: {"model": ErrorBody, "description": "rate limit of callers without a key (Retry-After)"},
-        503: {"model": ErrorBody, "description": "interactive requests at capacity (Retry-After)"},
-    },
+    responses=NOT_FOUND | INTERACTIVE_ERRORS,
 )
 async def task_samples(
     name: TaskName,
