@@ -55,7 +55,8 @@ def main() -> None:
             page.goto(f"{url}/#/circuits/{circuit_id}")
             page.wait_for_selector("#token-strip table.strip", timeout=180_000)
             page.wait_for_function(  # drawn, and labelled where the readable layout draws every node
-                """() => window.circuitRenderMs !== undefined && (window.circuitGraph.nodes('.member').length === 0
+                """() => window.circuitRenderMs !== undefined
+                    && (window.circuitGraph.nodes('.member').length === 0
                     || window.circuitGraph.nodes('.member').some((n) => n.data('auto') !== undefined))""",
                 timeout=180_000,
             )
