@@ -53,6 +53,15 @@ def read_manifest(bundle: Path = BUNDLE) -> dict:
     return json.loads(path.read_text())
 
 
+def _unpack(packed: Path, out: Path) -> None:
+    """A shipped model folder -> a model folder with its ablation statistics, as the build pruned it."""
+    from worker.engine.checkpoints import unpack_model
+
+    unpack_model(packed, out)
+    for name in STATS:
+        shutil.copy2(packed / name, out / name)
+
+
 def _one_thread() -> None:
     import torch
 
@@ -279,7 +288,6 @@ def verify(
 ) -> list[dict]:
     """Prune the shipped models again on the shipped circuits' tasks, with the shipped settings, and
     compare node sets: one row per circuit with `same` true when they are identical."""
-    from worker.engine.checkpoints import unpack_model
     from worker.engine.prune import PruneConfig
 
     _one_thread()
@@ -288,9 +296,7 @@ def verify(
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind in KINDS:
-            unpack_model(Path(bundle) / kind, Path(tmp) / kind)
-            for name in STATS:
-                shutil.copy2(Path(bundle) / kind / name, Path(tmp) / kind / name)
+            _unpack(Path(bundle) / kind, Path(tmp) / kind)
         for entry in manifest["circuits"]:
             if tasks and entry["task"] not in tasks:
                 continue
@@ -343,7 +349,6 @@ def load(db, settings, bundle: Path = BUNDLE, progress: Callable[[str], None] = 
     from sqlalchemy import update
 
     from worker.engine.activations import load_profile
-    from worker.engine.checkpoints import unpack_model
     from worker.engine.circuit import Circuit
     from worker.engine.prune import PruneConfig
 
@@ -364,10 +369,8 @@ def load(db, settings, bundle: Path = BUNDLE, progress: Callable[[str], None] = 
                 progress(f"demo: {kind} model")
                 staged = settings.models_dir / f".demo-{kind}"
                 shutil.rmtree(staged, ignore_errors=True)
-                unpack_model(bundle / kind, staged)
-                for name in STATS:
-                    shutil.copy2(bundle / kind / name, staged / name)
                 placed.append(staged)
+                _unpack(bundle / kind, staged)
                 target = register(s, settings, staged, free_name(s, manifest["models"][kind]["name"]), None)
                 placed.append(target)
                 ids[kind] = int(target.name)

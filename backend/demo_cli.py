@@ -8,17 +8,10 @@ from typing import Annotated
 
 import typer
 
+from backend.import_cli import _one_line, _user_errors
 from backend.service_cli import HELP, _fail, _settings, _upgrade
 
 demo_app = typer.Typer(help="The demo bundle: the default model, its dense twin, profiles, circuits.", **HELP)
-
-
-def _user_errors():
-    from pydantic import ValidationError
-
-    from worker.engine.errors import UserError
-
-    return (UserError, ValueError, ValidationError, OSError)
 
 
 def _bar(desc: str):
@@ -53,7 +46,7 @@ def demo_build(
     try:
         manifest = demo.build(sparse, dense, out or demo.BUNDLE, work, jobs, progress=progress)
     except _user_errors() as e:
-        _fail(str(e).strip().splitlines()[0])
+        _fail(_one_line(e))
     finally:
         bar.close()
     where = out or demo.BUNDLE
@@ -76,7 +69,7 @@ def demo_verify(
     try:
         rows = demo.verify(bundle or demo.BUNDLE, names, progress)
     except _user_errors() as e:
-        _fail(str(e).strip().splitlines()[0])
+        _fail(_one_line(e))
     finally:
         bar.close()
     for r in rows:
@@ -96,7 +89,7 @@ def demo_show(
     try:
         t = demo.table(bundle or demo.BUNDLE)
     except _user_errors() as e:
-        _fail(str(e).strip().splitlines()[0])
+        _fail(_one_line(e))
 
     def pair(r: dict, key: str, form: str) -> str:
         return " / ".join(format(r[k][key], form) if key in r[k] else "–" for k in demo.KINDS)
@@ -132,7 +125,7 @@ def demo_load(
     try:
         ids = demo.load(db, settings, bundle or demo.BUNDLE, progress)
     except _user_errors() as e:
-        _fail(str(e).strip().splitlines()[0])
+        _fail(_one_line(e))
     finally:
         bar.close()
         db.dispose()
