@@ -57,6 +57,8 @@ def test_edge_ratio_over_tasks_both_circuits_meet():
     r = edge_ratio([(tc(2, True), tc(32, True)), (tc(4, True), tc(16, True)), (tc(1, False), tc(999, True))])
     assert r.tasks == 2 and r.geomean == pytest.approx(math.sqrt(16 * 4)) and r.target == 16
     assert edge_ratio([(tc(0, True), tc(8, True))]).geomean == pytest.approx(8)
+    # a dense circuit smaller than the sparse one is a ratio below 1, not clamped to 1
+    assert edge_ratio([(tc(100, True), tc(25, True))]).geomean == pytest.approx(0.25)
     assert edge_ratio([]).geomean is None
 
 

@@ -22,10 +22,15 @@ PAPER_EDGE_RATIO = 16.0  # PAPERS.md section 4: circuits about 16x smaller than 
 
 
 def geomean(values: Sequence[float]) -> float | None:
-    """Geometric mean; a size of 0 (an empty circuit) counts as 1, as in engine.circuit.size_comparison."""
+    """Geometric mean of positive values (sizes pass through `at_least_one` first)."""
     if not values:
         return None
-    return math.exp(sum(math.log(max(v, 1.0)) for v in values) / len(values))
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def at_least_one(size: float) -> float:
+    """A size of 0 (an empty circuit) counts as 1, as in engine.circuit.size_comparison."""
+    return max(size, 1.0)
 
 
 def headline(curves: list[tuple[list[dict], list[dict]]], targets: Sequence[float] = TARGETS) -> Headline:
@@ -38,7 +43,7 @@ def headline(curves: list[tuple[list[dict], list[dict]]], targets: Sequence[floa
 
     def smallest(curve: list[dict], target: float) -> float | None:
         sizes = [p[key] for p in curve if p.get("loss") is not None and p["loss"] <= target]
-        return min(sizes) if sizes else None
+        return at_least_one(min(sizes)) if sizes else None
 
     sparse, dense, counts = [], [], []
     for target in targets:
@@ -53,7 +58,7 @@ def headline(curves: list[tuple[list[dict], list[dict]]], targets: Sequence[floa
 def edge_ratio(pairs: list[tuple[TaskCircuit, TaskCircuit]]) -> EdgeRatio:
     """Dense edges / sparse edges at the circuits' own size, over the tasks where both meet their target."""
     met = [(s, d) for s, d in pairs if s.meets_target and d.meets_target]
-    ratios = [max(d.edges, 1) / max(s.edges, 1) for s, d in met]
+    ratios = [at_least_one(d.edges) / at_least_one(s.edges) for s, d in met]
     return EdgeRatio(geomean=geomean(ratios), tasks=len(met), target=PAPER_EDGE_RATIO)
 
 
