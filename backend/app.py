@@ -99,7 +99,9 @@ RETRYABLE = "x-circuits-retryable"  # a read that failed on a lost database conn
 
 class RetryReads:
     """A GET or HEAD whose database connection was lost mid-request (e.g. the server restarting) is run
-    again, up to `attempts` times: reads are idempotent, and the new try gets a fresh connection."""
+    again, up to `attempts` times: reads are idempotent, and the new try gets a fresh connection. The
+    request's messages are read once and replayed to every try (a second read of the server's `receive`
+    would wait for the client to go away)."""
 
     def __init__(self, app, attempts: int = 3, pause: float = 0.5):
         self.app, self.attempts, self.pause = app, attempts, pause
@@ -107,8 +109,16 @@ class RetryReads:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
             return await self.app(scope, receive, send)
+        request = []
+        while not request or request[-1].get("more_body"):
+            request.append(await receive())
+            if request[-1]["type"] != "http.request":  # the client went away
+                return
         for attempt in range(self.attempts):
-            retry = False
+            retry, replay = False, iter(request)
+
+            async def replayed():
+                return next(replay, None) or await receive()
 
             async def filtered(message, last=attempt == self.attempts - 1):
                 nonlocal retry
@@ -119,7 +129,7 @@ class RetryReads:
                 if not retry:
                     await send(message)
 
-            await self.app(scope, receive, filtered)
+            await self.app(scope, replayed, filtered)
             if not retry:
                 return
             await asyncio.sleep(self.pause)

@@ -32,6 +32,7 @@ from backend.db import Database, upgrade  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+TIMEOUT = 30.0  # seconds a read may wait for its answer
 AFTER = 5.0  # seconds after the first success following the restart still counted as "during"
 
 
@@ -83,9 +84,9 @@ async def readers(urls: list[str], clients: int, seconds: float, log: list):
             try:
                 if writer is None:
                     reader, writer = await asyncio.open_connection(host, port)
-                status = await fetch(reader, writer, requests[i % len(requests)])
+                status = await asyncio.wait_for(fetch(reader, writer, requests[i % len(requests)]), TIMEOUT)
                 log.append((time.monotonic(), status == 200))
-            except (OSError, asyncio.IncompleteReadError):
+            except (OSError, asyncio.IncompleteReadError, TimeoutError):  # an unanswered read is an error
                 log.append((time.monotonic(), False))
                 writer = None
             i += 1

@@ -340,3 +340,31 @@ def test_wrong_methods_on_api_routes_get_the_apis_405(make_api):
     assert r.status_code == 405 and r.headers["allow"] == "POST"
     r = c.get(f"{API}/no-such-thing")
     assert r.status_code == 404 and r.headers["content-type"] == "application/json"
+
+
+def test_a_read_that_lost_its_database_connection_is_answered_by_its_retry(tmp_path):
+    """The retried read gets the request again (it used to wait forever for a message already read)."""
+    import asyncio
+
+    import httpx
+    from sqlalchemy.exc import OperationalError
+
+    from backend.app import create_app
+    from backend.settings import Settings
+
+    app, calls = create_app(Settings(data_dir=tmp_path / "data")), []
+
+    @app.get(f"{API}/flaky")
+    def flaky() -> dict:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
+        return {"calls": len(calls)}
+
+    async def read():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
+            return await asyncio.wait_for(client.get(f"{API}/flaky"), timeout=10)
+
+    r = asyncio.run(read())
+    assert r.status_code == 200 and r.json() == {"calls": 2}
+    assert "x-circuits-retryable" not in r.headers
