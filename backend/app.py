@@ -97,6 +97,16 @@ class FrontendMount(Mount):
 RETRYABLE = "x-circuits-retryable"  # a read that failed on a lost database connection (never sent)
 
 
+def replaying(messages: list[dict], receive):
+    """An ASGI `receive` that gives `messages` first, then what `receive` gives."""
+    pending = iter(messages)
+
+    async def replayed():
+        return next(pending, None) or await receive()
+
+    return replayed
+
+
 class RetryReads:
     """A GET or HEAD whose database connection was lost mid-request (e.g. the server restarting) is run
     again, up to `attempts` times: reads are idempotent, and the new try gets a fresh connection. The
@@ -115,10 +125,7 @@ class RetryReads:
             if request[-1]["type"] != "http.request":  # the client went away
                 return
         for attempt in range(self.attempts):
-            retry, replay = False, iter(request)
-
-            async def replayed():
-                return next(replay, None) or await receive()
+            retry = False
 
             async def filtered(message, last=attempt == self.attempts - 1):
                 nonlocal retry
@@ -129,7 +136,7 @@ class RetryReads:
                 if not retry:
                     await send(message)
 
-            await self.app(scope, replayed, filtered)
+            await self.app(scope, replaying(request, receive), filtered)
             if not retry:
                 return
             await asyncio.sleep(self.pause)
@@ -163,16 +170,8 @@ class BodyLimit:
                 return await too_large(scope, receive, send)
             if not message.get("more_body"):
                 break
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-
-        await self.app(scope, replay, send)
+        whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, replaying([whole], receive), send)
 
 
 def document_errors(doc: dict, reads_require_key: bool) -> dict:
