@@ -16,6 +16,7 @@ from worker.engine.ablation import (
 )
 from worker.engine.circuit import SCHEMA_VERSION, Circuit, Edge, Node, edges_from_weights, size_comparison
 from worker.engine.prune import (
+    MAX_CALIBRATION_SCALE,
     NodeMasks,
     PruneConfig,
     calibrate,
@@ -61,6 +62,17 @@ def test_calibration_recovers_scale_and_shift():
     scale, shift = calibrate(logits2, labels)
     assert scale == pytest.approx(0.5, abs=0.08) and shift == pytest.approx(-0.3, abs=0.1)
     assert calibrated_loss(logits2, labels, scale, shift) <= calibrated_loss(logits2, labels, 1.0, 0.0)
+
+
+def test_calibration_scale_is_bounded_and_never_turns_the_answer_around():
+    torch.manual_seed(0)
+    d = torch.randn(512) * 0.01
+    labels = (d < 0).long()  # perfectly separated by tiny differences: the unbounded scale is infinite
+    separated = torch.stack([d, torch.zeros_like(d)], -1)
+    scale, _ = calibrate(separated, labels)
+    assert scale == pytest.approx(MAX_CALIBRATION_SCALE, rel=1e-2)
+    scale, _ = calibrate(separated, 1 - labels)  # the circuit's answer is the wrong one
+    assert 0 < scale < 0.05
 
 
 def test_means_cover_every_site_and_are_cached(test_model, loaded):

@@ -104,21 +104,29 @@ class NodeMasks(torch.nn.Module):
         raise IndexError(flat_index)
 
 
+MAX_CALIBRATION_SCALE = 4.0
+
+
 def calibrate(logits2: torch.Tensor, labels: torch.Tensor, steps: int = 16) -> tuple[float, float]:
-    """Scale and shift of the two-class logit difference that minimise CE (LBFGS)."""
+    """Scale in (0, MAX_CALIBRATION_SCALE] and shift of the two-class logit difference that minimise CE
+    (LBFGS). Bounded: on pairs a circuit separates perfectly the unbounded optimum is an infinite scale,
+    and a circuit whose tiny logit differences are blown up that way fails on every new mistake; a
+    positive scale never turns the circuit's answer around."""
     d = (logits2[:, 0] - logits2[:, 1]).detach()
-    params = torch.tensor([1.0, 0.0], requires_grad=True)
+    start = -math.log(MAX_CALIBRATION_SCALE - 1)  # scale 1 at the start
+    params = torch.tensor([start, 0.0], requires_grad=True)
     opt = torch.optim.LBFGS([params], max_iter=steps, line_search_fn="strong_wolfe")
     sign = 1 - 2 * labels.float()  # +1 when A is right
 
     def closure():
         opt.zero_grad()
-        loss = F.softplus(-sign * (params[0] * d + params[1])).mean()
+        scale = MAX_CALIBRATION_SCALE * torch.sigmoid(params[0])
+        loss = F.softplus(-sign * (scale * d + params[1])).mean()
         loss.backward()
         return loss
 
     opt.step(closure)
-    scale, shift = params.detach().tolist()
+    scale, shift = (MAX_CALIBRATION_SCALE * torch.sigmoid(params[0])).item(), params[1].item()
     if not (math.isfinite(scale) and math.isfinite(shift)):
         return 1.0, 0.0
     return scale, shift
