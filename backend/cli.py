@@ -193,10 +193,22 @@ Ablation = Annotated[
 ]
 
 
-def prune_config(target_loss: float | None, runs: int | None, steps: int | None, ablation: str | None = None):
+Unit = Annotated[
+    str | None,
+    typer.Option(help="what the masks are on: nodes | edges (default: PruneConfig's, nodes)"),
+]
+
+
+def prune_config(
+    target_loss: float | None,
+    runs: int | None,
+    steps: int | None,
+    ablation: str | None = None,
+    unit: str | None = None,
+):
     from worker.engine.prune import PruneConfig
 
-    given = {"target_loss": target_loss, "runs": runs, "steps": steps, "ablation": ablation}
+    given = {"target_loss": target_loss, "runs": runs, "steps": steps, "ablation": ablation, "unit": unit}
     return PruneConfig(**{k: v for k, v in given.items() if v is not None})
 
 
@@ -231,13 +243,14 @@ def prune(
     runs: Runs = None,
     steps: Steps = None,
     ablation: Ablation = None,
+    unit: Unit = None,
     validate: Annotated[bool, typer.Option("--validate", help="also run the controls")] = False,
 ) -> None:
     """Prune a model to the smallest circuit that does a task."""
     from worker.engine.checkpoints import atomic_write_text
 
     try:
-        circuit = prune_one(model, task, prune_config(target_loss, runs, steps, ablation), validate)
+        circuit = prune_one(model, task, prune_config(target_loss, runs, steps, ablation, unit), validate)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, json.dumps(circuit.to_json(), indent=1))
     except USER_ERRORS as e:

@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 from worker.engine.ablation import MEANS, Ablation, AblationMode, load_or_compute_means, load_or_make_windows
 from worker.engine.checkpoints import load_model, load_tokenizer
 from worker.engine.config import RunConfig
+from worker.engine.masks import EdgeMasks
 from worker.engine.model import SparseGPT
 from worker.engine.tasks import TaskData
 
@@ -56,6 +57,7 @@ class LoadedModel:
     _means: dict[str, torch.Tensor] | None = None
     _means_stamp: float | None = None
     _windows: torch.Tensor | None = None
+    _edge_masks: EdgeMasks | None = None
     _tasks: Lru = field(default_factory=lambda: Lru(TASKS_PER_MODEL))
     _memo: Lru = field(default_factory=lambda: Lru(4 * TASKS_PER_MODEL))
 
@@ -78,6 +80,13 @@ class LoadedModel:
                 if self._windows is None:
                     self._windows = load_or_make_windows(self.folder, self.model, self.tok, self.run)
         return Ablation(mode, means, self._windows, random.randrange(2**31))
+
+    def edge_masks(self) -> EdgeMasks:
+        """The model's candidate edges (what edge circuits are masks on), found once."""
+        with self.lock:
+            if self._edge_masks is None:
+                self._edge_masks = EdgeMasks(self.model, 0.0, 0.0, torch.Generator())
+            return self._edge_masks
 
     def task(self, key: str, build: Callable[[Tokenizer], TaskData]) -> TaskData:
         """A task tokenised for this model, built once (built-in tasks scan the corpus: seconds)."""

@@ -282,9 +282,13 @@ class CircuitRead(CircuitSummary):
     ablation: str = Field(
         description="what masked nodes were replaced by while pruning: mean, zero, resample"
     )
+    unit: Literal["nodes", "edges"] = Field(
+        "nodes", description="what the pruner's masks were on; `curve` k and the faithfulness points count it"
+    )
     faithfulness: dict = Field(
-        description="{metric, pairs, modes: {mode: {m_full, m_empty, points: [{percent, nodes, m, f}], cpr, "
-        "cmd}}}: the faithfulness curve f(C) = (m(C) - m(empty)) / (m(full) - m(empty)) per ablation mode"
+        description="{metric, unit, pairs, modes: {mode: {m_full, m_empty, points: [{percent, nodes|edges, "
+        "m, f}], cpr, cmd}}}: the faithfulness curve f(C) = (m(C) - m(empty)) / (m(full) - m(empty)) per "
+        "ablation mode"
     )
     params: dict = Field(description="the pruning configuration used")
     nodes: list[CircuitNodeRead]

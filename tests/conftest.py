@@ -94,7 +94,8 @@ def api_world(test_model):
     from worker.engine.checkpoints import load_model
     from worker.engine.circuit import Circuit, edges_from_weights, make_nodes
     from worker.engine.data import load_corpus, split_corpus
-    from worker.engine.prune import NodeMasks, PruneConfig, calibrate, circuit_losses, task_logits
+    from worker.engine.masks import NodeMasks
+    from worker.engine.prune import PruneConfig, calibrate, circuit_losses, task_logits
     from worker.engine.sites import parse_node
     from worker.engine.tasks import build_task, get_task
     from worker.engine.tasks.base import pair_labels

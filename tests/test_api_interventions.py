@@ -93,7 +93,8 @@ def test_live_ablation_reproduces_the_circuits_losses(api_backend):
 
 def test_live_ablation_modes_follow_the_engine(api_backend):
     from worker.engine.ablation import Ablation, load_or_make_windows, prunable_sites
-    from worker.engine.prune import NodeMasks, task_logits
+    from worker.engine.masks import NodeMasks
+    from worker.engine.prune import task_logits
     from worker.engine.sites import parse_node
     from worker.engine.tasks import build_task, get_task
     from worker.engine.tasks.base import pair_labels
@@ -124,3 +125,66 @@ def test_live_ablation_modes_follow_the_engine(api_backend):
     first, second = (c.post(url, json={"pairs": 32, "ablation": "resample"}).json() for _ in range(2))
     assert first["ablation"] == "resample" and first["loss"] != second["loss"]
     assert load_or_make_windows(world["folder"], model, tok, run).shape[1] == model.cfg.n_ctx
+
+
+def test_an_edge_circuit_is_pruned_stored_and_ablated_on_its_edges(api_backend):
+    """A prune job with unit=edges stores an edge circuit; live ablation keeps (or ablates) its edges,
+    not the edges among its nodes."""
+    from types import SimpleNamespace
+
+    from worker.engine.ablation import Ablation
+    from worker.engine.masks import EdgeMasks
+    from worker.engine.prune import task_logits
+    from worker.engine.tasks import build_task, get_task
+    from worker.engine.tasks.base import pair_labels
+
+    api, c, world = api_backend.api, api_backend.client, api_backend.world
+    params = {
+        "model_id": api_backend.model_id,
+        "task": world["circuit"].task,
+        "unit": "edges",
+        "steps": 4,
+        "runs": 1,
+        "eval_pairs": 32,
+        "batch_pairs": 16,
+        "curve_points": 2,
+        "curve_pairs": 8,
+        "faithfulness_pairs": 4,
+    }
+    job = api.wait(api.submit("prune", params), timeout=300)
+    assert job["status"] == "succeeded", job
+    r = c.get(f"{API}/circuits/{job['result']['circuit_id']}")
+    assert r.status_code == 200, r.text
+    stored = r.json()
+    assert stored["unit"] == "edges" and stored["params"]["unit"] == "edges"
+    assert stored["n_edges"] == len(stored["edges"]) and stored["faithfulness"]["unit"] == "edges"
+
+    model, tok, _ = load_model(world["folder"])
+    task = build_task(get_task(stored["task"]), tok)
+    masks = EdgeMasks(model, 0.0, 0.0, None)
+    circuit = SimpleNamespace(edges=[SimpleNamespace(**e) for e in stored["edges"]])
+    keep = torch.zeros(masks.tau.numel())
+    keep[masks.indices(circuit)] = 1
+    prompts, labels = task.test[:32], pair_labels(32)
+    ablation = Ablation("mean", world["means"])
+    for mode, kept in (("keep", keep), ("ablate", 1 - keep)):
+        r = c.post(f"{API}/circuits/{stored['id']}/ablate", json={"pairs": 32, "mode": mode})
+        assert r.status_code == 200, r.text
+        logits = task_logits(model, task, prompts, kept, masks, ablation)
+        assert r.json()["loss"] == pytest.approx(
+            torch.nn.functional.cross_entropy(logits, labels).item(), abs=1e-5
+        )
+    if stored["nodes"]:
+        off = stored["nodes"][0]["name"]
+        r = c.post(f"{API}/circuits/{stored['id']}/ablate", json={"pairs": 32, "off": [off]})
+        assert r.status_code == 200 and r.json()["n_nodes"] == len(stored["nodes"]) - 1, r.text
+    # The trace runs the circuit's own edges too.
+    prompt = "def f(x):\n    while True"
+    r = c.post(f"{API}/circuits/{stored['id']}/trace", json={"prompts": [prompt]})
+    assert r.status_code == 200, r.text
+    ids = tok.encode(prompt).ids
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        logits, _ = model(x, **masks.edit(model, ablation, keep, 1, len(ids)))
+    expected = float(logits[0, -1, task.token_a] - logits[0, -1, task.token_b])
+    assert r.json()["traces"][0]["logit_diff"] == pytest.approx(expected, abs=1e-4)

@@ -7,8 +7,9 @@ import torch.nn.functional as F
 
 from worker.engine.ablation import Ablation, prunable_sites
 from worker.engine.checkpoints import load_model
+from worker.engine.masks import NodeMasks
 from worker.engine.probes import PROBES, ProbeError, probe_prompts, run_probe
-from worker.engine.prune import NodeMasks, calibrated_loss, task_logits
+from worker.engine.prune import calibrated_loss, task_logits
 from worker.engine.sites import parse_node
 from worker.engine.tasks import build_task, get_task
 from worker.engine.tasks.base import pair_labels, two_class_logits

@@ -147,6 +147,7 @@ def render(request: Request, circuit_id: int) -> bytes:
                 runs=c.runs,
                 validation=c.validation,
                 ablation=c.params.get("ablation", "mean"),
+                unit=c.params.get("unit", "nodes"),
                 faithfulness=c.faithfulness,
                 params=c.params,
                 nodes=[CircuitNodeRead.model_validate(n) for n in c.nodes],
@@ -233,13 +234,20 @@ def trace_circuit(circuit_id: CircuitId, body: TraceRequest, request: Request, s
     data = task_data(request, model, c.task.name, c.task)
     ablation, n_ctx = lm.ablation(body.ablation), lm.model.cfg.n_ctx
     scale = c.calibration.get("scale", 1.0)
+    run_edits = None
+    if c.params.get("unit") == "edges":  # the circuit's own edges run, not every edge among its nodes
+        masks = lm.edge_masks()
+        keep = masks.circuit_keep(c, names - set(body.off))
+        run_edits = lambda batch, length: masks.edit(lm.model, ablation, keep, batch, length)  # noqa: E731
     traces = []
     for prompt in body.prompts:
         ids = lm.tok.encode(prompt).ids
         if not ids:
             raise HTTPException(422, f"prompt {prompt[:40]!r}: encodes to no tokens")
         kept = ids[-n_ctx:]
-        t = trace(lm.model, kept, sorted(names), ablation, data.token_a, data.token_b, set(body.off))
+        t = trace(
+            lm.model, kept, sorted(names), ablation, data.token_a, data.token_b, set(body.off), run_edits
+        )
         traces.append(
             PromptTrace(
                 prompt=prompt,

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from fastapi import APIRouter, HTTPException, Request
 
 from worker.engine.ablation import Ablation, prunable_sites
-from worker.engine.prune import NodeMasks, calibrated_loss, task_logits
+from worker.engine.masks import NodeMasks
+from worker.engine.prune import calibrated_loss, task_logits
 from worker.engine.sites import catalog, site_layer
 from worker.engine.tasks.base import pair_labels
 from worker.engine.transcoders import parse_feature, task_logits_with
@@ -118,7 +119,12 @@ def run_ablation(circuit_id: int, body: AblationRequest, request: Request, sessi
     data = task_data(request, model, circuit.task.name, circuit.task)
     prompts = data.test[: body.pairs]
     labels = pair_labels(len(prompts))
-    if features is None:
+    if features is None and circuit.params.get("unit") == "edges":
+        on = set(body.on) - set(body.off)
+        logits2, full = edge_ablation(
+            lm, circuit, data, prompts, kept, on, body.mode, lm.ablation(body.ablation)
+        )
+    elif features is None:
         logits2, full = node_ablation(lm, model, data, prompts, kept, body.mode, lm.ablation(body.ablation))
     else:
         tr = loaded_transcoders(request, features, model)
@@ -162,6 +168,18 @@ def node_ablation(lm, model: Model, data, prompts, kept: set[str], mode: str, ab
     for name in kept:
         site, index = check_node(model, name)
         chosen[masks.slices[site][0] + index] = 1
+    keep = chosen if mode == "keep" else 1 - chosen
+    full = lm.memo(
+        ("full", data.name, len(prompts)), lambda: task_logits(lm.model, data, prompts, None, masks, ablation)
+    )
+    return task_logits(lm.model, data, prompts, keep, masks, ablation), full
+
+
+def edge_ablation(lm, circuit, data, prompts, kept: set[str], on: set[str], mode: str, ablation: Ablation):
+    """An edge circuit (pruned with edge masks): its edges between kept nodes, and every edge between
+    kept nodes that touches a node switched on, are kept (mode keep) or ablated (mode ablate)."""
+    masks = lm.edge_masks()
+    chosen = masks.circuit_keep(circuit, kept, frozenset(on))
     keep = chosen if mode == "keep" else 1 - chosen
     full = lm.memo(
         ("full", data.name, len(prompts)), lambda: task_logits(lm.model, data, prompts, None, masks, ablation)

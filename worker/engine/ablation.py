@@ -102,22 +102,30 @@ class Ablation:
     def as_mode(self, mode: AblationMode) -> Ablation:
         return Ablation(mode, self.means, self.windows, self.seed)
 
-    def edits(
-        self, model: SparseGPT, keep: dict[str, torch.Tensor], batch: int, length: int
-    ) -> dict[str, SiteEdit]:
-        """Site edits for a forward pass over `batch` prompts of `length` tokens; keep (per site, 0/1 or
-        fractional, may carry gradients) says which nodes stay."""
+    def replacements(
+        self, model: SparseGPT, sites: list[str], batch: int, length: int
+    ) -> dict[str, torch.Tensor | None]:
+        """What each site's masked nodes (and masked edges out of it) are replaced by in a forward pass
+        over `batch` prompts of `length` tokens: its means, None (zero) or a resampled activation."""
         if self.mode == "mean":
-            return {s: SiteEdit(keep=k, replace=self.means[s]) for s, k in keep.items()}
+            return {s: self.means[s] for s in sites}
         if self.mode == "zero":
-            return {s: SiteEdit(keep=k) for s, k in keep.items()}
+            return dict.fromkeys(sites)
         if length > self.windows.shape[1]:
             raise ValueError(f"prompts of {length} tokens are longer than the resample windows")
         pick = torch.randint(len(self.windows), (batch,), generator=self.generator)
         device = next(model.parameters()).device
         with torch.no_grad():
-            _, acts = model(self.windows[pick, :length].to(device), capture=list(keep))
-        return {s: SiteEdit(keep=k, replace=acts[s]) for s, k in keep.items()}
+            _, acts = model(self.windows[pick, :length].to(device), capture=sites)
+        return {s: acts[s] for s in sites}
+
+    def edits(
+        self, model: SparseGPT, keep: dict[str, torch.Tensor], batch: int, length: int
+    ) -> dict[str, SiteEdit]:
+        """Site edits for a forward pass over `batch` prompts of `length` tokens; keep (per site, 0/1 or
+        fractional, may carry gradients) says which nodes stay."""
+        replace = self.replacements(model, list(keep), batch, length)
+        return {s: SiteEdit(keep=k, replace=replace[s]) for s, k in keep.items()}
 
 
 def load_ablation(folder: Path, model: SparseGPT, tok, run, mode: AblationMode = "mean", seed: int = 0):

@@ -23,8 +23,10 @@ JSON schema (version 1), top-level keys:
   validation      optional: controls (random circuit, shuffled labels, nonsense task, generalisation
                   gap) and `checks`, each control judged pass/fail against its stated criterion
   ablation        what masked nodes were replaced by while pruning: mean | zero | resample
-  faithfulness    {metric, pairs, modes: {mode: {m_full, m_empty, points: [{percent, nodes, m, f}],
-                  cpr, cmd}}}: the MIB faithfulness curve over the pruner's node order, per ablation
+  unit            what the masks were on: "nodes" (the paper's) or "edges" (worker/engine/masks.py);
+                  k in `curve`, the random control and the faithfulness points count that unit
+  faithfulness    {metric, unit, pairs, modes: {mode: {m_full, m_empty, points: [{percent, nodes|edges, m,
+                  f}], cpr, cmd}}}: the MIB faithfulness curve over the pruner's order, per ablation
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .model import SparseGPT
-from .sites import layer_site, node_name, parse_node, site_layer
+from .sites import LAYER_SITES, layer_site, node_name, parse_node, site_kind, site_layer
 
 SCHEMA_VERSION = 1
 
@@ -73,6 +75,7 @@ class Circuit:
     validation: dict = field(default_factory=dict)
     ablation: str = "mean"
     faithfulness: dict = field(default_factory=dict)
+    unit: str = "nodes"  # what the pruner's masks were on: nodes or edges
 
     def to_json(self) -> dict:
         out = {"schema_version": SCHEMA_VERSION, **asdict(self)}
@@ -109,35 +112,57 @@ def _matrix_edges(w: torch.Tensor, src: str, dst: str, kept: dict[str, list[int]
     ]
 
 
+def weight_matrices(model: SparseGPT) -> list[tuple[str, str, torch.Tensor]]:
+    """(source site, destination site, weight out x in) of every matrix between node sites, in forward
+    order. The heads' outputs reach the output projection through the attention mixing, so its source
+    is `attn.v`."""
+    out = []
+    for layer, block in enumerate(model.blocks):
+        at = [layer_site(layer, kind) for kind in LAYER_SITES]
+        act_in, q, k, v, attn_delta, mlp_in, post_act, mlp_delta = at
+        out += [
+            (act_in, q, block.attn.q_proj.weight),
+            (act_in, k, block.attn.k_proj.weight),
+            (act_in, v, block.attn.v_proj.weight),
+            (v, attn_delta, block.attn.o_proj.weight),
+            (mlp_in, post_act, block.mlp.fc_in.weight),
+            (post_act, mlp_delta, block.mlp.fc_out.weight),
+        ]
+    return out
+
+
+def residual_links(model: SparseGPT) -> list[tuple[str, str, torch.Tensor]]:
+    """(writer site, reader site, the reader's norm gain) for every sublayer's residual write and every
+    later sublayer's residual read: write channel c reaches read channel c."""
+    readers = [
+        (layer_site(layer, f"{kind}.act_in"), block_norm.weight)
+        for layer, block in enumerate(model.blocks)
+        for kind, block_norm in (("attn", block.attn.norm), ("mlp", block.mlp.norm))
+    ]
+    writers = [r.replace("act_in", "resid_delta") for r, _ in readers]
+    return [(w, r, gain) for i, w in enumerate(writers) for r, gain in readers[i + 1 :]]
+
+
+def qk_edges(kept: dict[str, list[int]], layer: int) -> list[Edge]:
+    """A key channel and the query channel it is dotted with, where both are kept (weight 1)."""
+    q, k = layer_site(layer, "attn.q"), layer_site(layer, "attn.k")
+    return [
+        Edge(node_name(k, c), node_name(q, c), 1.0, "qk")
+        for c in sorted(set(kept.get(q, [])) & set(kept.get(k, [])))
+    ]
+
+
 @torch.no_grad()
 def edges_from_weights(model: SparseGPT, nodes: list[str]) -> list[Edge]:
     kept = _by_site(nodes)
     edges: list[Edge] = []
-    readers = []  # (forward position, site, norm gain) of every residual read
-    writers = []  # (forward position, site)
-    for layer, block in enumerate(model.blocks):
-
-        def at(kind: str, layer=layer) -> str:
-            return layer_site(layer, kind)
-
-        for name in "qkv":
-            proj = getattr(block.attn, f"{name}_proj").weight
-            edges += _matrix_edges(proj, at("attn.act_in"), at(f"attn.{name}"), kept)
-        for c in sorted(set(kept.get(at("attn.q"), [])) & set(kept.get(at("attn.k"), []))):
-            edges.append(Edge(node_name(at("attn.k"), c), node_name(at("attn.q"), c), 1.0, "qk"))
-        edges += _matrix_edges(block.attn.o_proj.weight, at("attn.v"), at("attn.resid_delta"), kept)
-        edges += _matrix_edges(block.mlp.fc_in.weight, at("mlp.act_in"), at("mlp.post_act"), kept)
-        edges += _matrix_edges(block.mlp.fc_out.weight, at("mlp.post_act"), at("mlp.resid_delta"), kept)
-        readers += [
-            (2 * layer, at("attn.act_in"), block.attn.norm.weight),
-            (2 * layer + 1, at("mlp.act_in"), block.mlp.norm.weight),
-        ]
-        writers += [(2 * layer, at("attn.resid_delta")), (2 * layer + 1, at("mlp.resid_delta"))]
-    for wpos, wsite in writers:
-        for rpos, rsite, gain in readers:
-            if rpos > wpos:
-                for c in sorted(set(kept.get(wsite, [])) & set(kept.get(rsite, []))):
-                    edges.append(Edge(node_name(wsite, c), node_name(rsite, c), float(gain[c]), "residual"))
+    for src, dst, w in weight_matrices(model):
+        edges += _matrix_edges(w, src, dst, kept)
+        if site_kind(dst) == "attn.v":
+            edges += qk_edges(kept, site_layer(dst))
+    for wsite, rsite, gain in residual_links(model):
+        for c in sorted(set(kept.get(wsite, [])) & set(kept.get(rsite, []))):
+            edges.append(Edge(node_name(wsite, c), node_name(rsite, c), float(gain[c]), "residual"))
     return edges
 
 

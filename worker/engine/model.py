@@ -2,13 +2,15 @@
 
 Every activation the rest of the project talks about passes through `Pass.site(name, x)`, which is the
 one place where activations are captured and edited. A node is `site[index]`, e.g. `1.mlp.post_act[7]`.
+Edges (a weight between two nodes, a residual link from a write channel to a later read channel) are
+edited through `Pass.linear` and `Pass.read` (`EdgeEdit`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -53,19 +55,72 @@ class SiteEdit:
         return x
 
 
-class Pass:
-    """State of one forward pass: which sites to edit and which to record."""
+@dataclass
+class EdgeEdit:
+    """Edge ablation: a masked edge carries what its source node would be replaced by (its mean, 0 or a
+    resampled value), while the source's other edges carry its value.
 
-    def __init__(self, edits: dict[str, SiteEdit] | None, capture: Iterable[str]):
+    matrices[dst] = (keep, replace): keep (out, in) over the entries of the weight matrix into site dst,
+    replace = the replacement of the matrix's source site, None for zero.
+    reads[reader] = [(writer, keep, replace)]: the reader (an `{l}.attn.act_in` or `{l}.mlp.act_in`) sees
+    the residual stream with the delta of an earlier writer (`{l}.*.resid_delta`) replaced where keep
+    (d_model,) is 0. keep may be fractional and carry gradients (pruning masks)."""
+
+    matrices: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)
+    reads: dict[str, list[tuple[str, torch.Tensor, torch.Tensor | None]]] = field(default_factory=dict)
+
+    def writers(self) -> set[str]:
+        return {w for links in self.reads.values() for w, _, _ in links}
+
+
+class Pass:
+    """State of one forward pass: which sites and edges to edit and which sites to record."""
+
+    def __init__(
+        self,
+        edits: dict[str, SiteEdit] | None,
+        capture: Iterable[str],
+        edge_edit: EdgeEdit | None = None,
+    ):
         self.edits = edits or {}
         self.capture = set(capture)
         self.acts: dict[str, torch.Tensor] = {}
+        self.edge_edit = edge_edit
+        self.writers = edge_edit.writers() if edge_edit else set()
+        self.writes: dict[str, torch.Tensor] = {}
 
     def site(self, name: str, x: torch.Tensor) -> torch.Tensor:
         if name in self.edits:
             x = self.edits[name](x)
         if name in self.capture:
             self.acts[name] = x
+        if name in self.writers:
+            self.writes[name] = x
+        return x
+
+    def linear(self, dst: str, layer: nn.Linear, x: torch.Tensor, through=None) -> torch.Tensor:
+        """layer(x) into site dst; with the matrix's entries masked (EdgeEdit), a masked entry reads the
+        replacement of its source instead of x, passed `through` what lies between the source site and
+        the matrix (the attention mixing, for the heads' outputs)."""
+        edit = self.edge_edit.matrices.get(dst) if self.edge_edit else None
+        if edit is None:
+            return layer(x)
+        keep, replace = edit
+        w = layer.weight
+        keep = keep.to(w)
+        out = F.linear(x, w * keep, layer.bias)
+        if replace is None:  # zero ablation
+            return out
+        replace = replace.to(x).expand(*x.shape[:-1], replace.shape[-1])
+        return out + F.linear(replace if through is None else through(replace), w * (1 - keep))
+
+    def read(self, reader: str, x: torch.Tensor) -> torch.Tensor:
+        """The residual stream x as the reader site sees it (EdgeEdit.reads)."""
+        links = self.edge_edit.reads.get(reader, ()) if self.edge_edit else ()
+        for writer, keep, replace in links:
+            delta = self.writes[writer]
+            swapped = delta if replace is None else delta - replace.to(x)
+            x = x - (1 - keep.to(x)) * swapped
         return x
 
 
@@ -127,14 +182,19 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         H, Dh = self.cfg.n_head, self.cfg.d_head
         s = f"{self.layer}.attn"
-        h = p.site(f"{s}.act_in", topk(self.norm(x), "attn.act_in"))
-        q = p.site(f"{s}.q", topk(self.q_proj(h), "attn.q"))
-        k = p.site(f"{s}.k", topk(self.k_proj(h), "attn.k"))
-        v = p.site(f"{s}.v", topk(self.v_proj(h), "attn.v"))
-        q, k, v = (t.view(B, T, H, Dh).transpose(1, 2) for t in (q, k, v))
-        y = causal_attention(q, k, v, self.sink).transpose(1, 2).reshape(B, T, H * Dh)
-        y = p.site(f"{s}.y", y)  # the heads' outputs side by side: a capture point, not a node site
-        return p.site(f"{s}.resid_delta", topk(self.o_proj(y), "attn.resid_delta"))
+        h = p.site(f"{s}.act_in", topk(self.norm(p.read(f"{s}.act_in", x)), "attn.act_in"))
+        q = p.site(f"{s}.q", topk(p.linear(f"{s}.q", self.q_proj, h), "attn.q"))
+        k = p.site(f"{s}.k", topk(p.linear(f"{s}.k", self.k_proj, h), "attn.k"))
+        v = p.site(f"{s}.v", topk(p.linear(f"{s}.v", self.v_proj, h), "attn.v"))
+        q, k = (t.view(B, T, H, Dh).transpose(1, 2) for t in (q, k))
+
+        def mix(v):  # the heads' outputs side by side: (B, T, H * Dh)
+            v = v.reshape(B, T, H, Dh).transpose(1, 2)
+            return causal_attention(q, k, v, self.sink).transpose(1, 2).reshape(B, T, H * Dh)
+
+        y = p.site(f"{s}.y", mix(v))  # a capture point, not a node site
+        out = p.linear(f"{s}.resid_delta", self.o_proj, y, through=mix)
+        return p.site(f"{s}.resid_delta", topk(out, "attn.resid_delta"))
 
 
 class MLP(nn.Module):
@@ -148,9 +208,11 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, p: Pass, topk) -> torch.Tensor:
         s = f"{self.layer}.mlp"
-        h = p.site(f"{s}.act_in", topk(self.norm(x), "mlp.act_in"))
-        h = p.site(f"{s}.post_act", topk(self.act(self.fc_in(h)), "mlp.post_act"))
-        return p.site(f"{s}.resid_delta", topk(self.fc_out(h), "mlp.resid_delta"))
+        h = p.site(f"{s}.act_in", topk(self.norm(p.read(f"{s}.act_in", x)), "mlp.act_in"))
+        h = p.site(f"{s}.post_act", topk(self.act(p.linear(f"{s}.post_act", self.fc_in, h)), "mlp.post_act"))
+        return p.site(
+            f"{s}.resid_delta", topk(p.linear(f"{s}.resid_delta", self.fc_out, h), "mlp.resid_delta")
+        )
 
 
 class Block(nn.Module):
@@ -227,6 +289,7 @@ class SparseGPT(nn.Module):
         capture: Iterable[str] = (),
         last_only: bool = False,
         start: tuple[str, torch.Tensor] | None = None,
+        edge_edit: EdgeEdit | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits (batch, position, vocab) and the captured site activations. `last_only` computes the
         logits of the last position only (batch, 1, vocab): all that next-token tasks need.
@@ -235,7 +298,7 @@ class SparseGPT(nn.Module):
         T = idx.shape[1]
         if T > self.cfg.n_ctx:
             raise ValueError(f"sequence of {T} tokens exceeds the context of {self.cfg.n_ctx}")
-        p = Pass(edits, capture)
+        p = Pass(edits, capture, edge_edit)
         if start is None:
             first, from_mlp = 0, False
             x = self.wte(idx)

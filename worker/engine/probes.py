@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from .ablation import Ablation, prunable_sites
+from .masks import NodeMasks
 from .model import SparseGPT
-from .prune import NodeMasks, calibrated_loss, task_logits
+from .prune import calibrated_loss, task_logits
 from .sites import parse_node
 from .tasks.base import TaskData, pair_labels
 

@@ -16,6 +16,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +31,11 @@ from .ablation import (
     shuffled_labels,
     validation_checks,
 )
-from .circuit import Circuit, edges_from_weights, make_nodes
+from .circuit import Circuit
 from .config import CONFIG, SEED_MAX
+from .masks import EdgeMasks, NodeMasks
 from .model import SparseGPT
 from .search import drop_greedily, smallest_top_k
-from .sites import node_name
 from .tasks.base import TaskData, pair_labels, source_file, two_class_logits
 
 
@@ -62,46 +63,8 @@ class PruneConfig(BaseModel):
     curve_pairs: int = Field(256, ge=1, le=65_536)  # test pairs each curve point is measured on
     seed: int = Field(0, ge=0, le=SEED_MAX)
     ablation: AblationMode = "mean"  # what masked nodes are replaced by (worker/engine/ablation.py)
+    unit: Literal["nodes", "edges"] = "nodes"  # what the masks are on (worker/engine/masks.py)
     faithfulness_pairs: int = Field(128, ge=1, le=65_536)  # test pairs of each faithfulness-curve point
-
-
-class HeavisideSTE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, tau: torch.Tensor, temperature: float) -> torch.Tensor:
-        ctx.save_for_backward(tau)
-        ctx.temperature = temperature
-        return (tau > 0).to(tau.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (tau,) = ctx.saved_tensors
-        s = torch.sigmoid(tau / ctx.temperature)
-        return grad * s * (1 - s) / ctx.temperature, None
-
-
-class NodeMasks(torch.nn.Module):
-    """All mask logits in one flat tensor; `slices` maps a site to its range."""
-
-    def __init__(self, site_dims: dict[str, int], mean: float, std: float, generator: torch.Generator):
-        super().__init__()
-        self.slices, start = {}, 0
-        for site, dim in site_dims.items():
-            self.slices[site] = (start, start + dim)
-            start += dim
-        self.tau = torch.nn.Parameter(mean + std * torch.randn(start, generator=generator))
-
-    def keep(self, temperature: float) -> torch.Tensor:
-        """Exactly 0/1 forward (Heaviside), sigmoid(tau / T) gradient backward."""
-        return HeavisideSTE.apply(self.tau, temperature)
-
-    def by_site(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {s: flat[a:b] for s, (a, b) in self.slices.items()}
-
-    def node(self, flat_index: int) -> str:
-        for site, (a, b) in self.slices.items():
-            if a <= flat_index < b:
-                return node_name(site, flat_index - a)
-        raise IndexError(flat_index)
 
 
 MAX_CALIBRATION_SCALE = 4.0
@@ -141,12 +104,13 @@ def calibrated_loss(logits2: torch.Tensor, labels: torch.Tensor, scale: float, s
 def task_logits(
     model: SparseGPT, task: TaskData, prompts: torch.Tensor, keep_flat, masks, ablation: Ablation, chunk=128
 ):
-    """Two-class logits of every prompt (pairs flattened) with nodes outside keep ablated."""
+    """Two-class logits of every prompt (pairs flattened) with the units (nodes or edges) outside keep
+    ablated."""
     device, out = next(model.parameters()).device, []
     for i in range(0, len(prompts), chunk):
         x = prompts[i : i + chunk].flatten(0, 1).to(device)
-        edits = None if keep_flat is None else ablation.edits(model, masks.by_site(keep_flat), *x.shape)
-        logits, _ = model(x, edits=edits, last_only=True)
+        edits = {} if keep_flat is None else masks.edit(model, ablation, keep_flat, *x.shape)
+        logits, _ = model(x, **edits, last_only=True)
         out.append(two_class_logits(logits, task).cpu())
     return torch.cat(out)
 
@@ -174,21 +138,27 @@ class PruneResult:
     runs: list[SearchRun] = field(default_factory=list)
 
 
+def make_masks(model: SparseGPT, unit: str, mean: float, std: float, generator: torch.Generator):
+    """One mask logit per node of every prunable site, or per candidate edge (masks.py)."""
+    if unit == "edges":
+        return EdgeMasks(model, mean, std, generator)
+    dims = model.site_dims()
+    return NodeMasks({s: dims[s] for s in prunable_sites(model)}, mean, std, generator)
+
+
 def learn_masks(
     model, task, prompts, ablation, cfg: PruneConfig, k_coef: float, lr: float, seed: int, progress=None
 ):
-    """Mask logits trained on `prompts` (pairs) with the task CE + k_coef * active nodes objective."""
+    """Mask logits trained on `prompts` (pairs) with the task CE + k_coef * active units objective."""
     g = torch.Generator().manual_seed(seed)
-    sites = prunable_sites(model)
-    dims = model.site_dims()
-    masks = NodeMasks({s: dims[s] for s in sites}, cfg.init_mean, cfg.init_std, g)
+    masks = make_masks(model, cfg.unit, cfg.init_mean, cfg.init_std, g)
     opt = torch.optim.AdamW(masks.parameters(), lr=lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay)
     device = next(model.parameters()).device  # masks stay on the CPU; SiteEdit moves them
     for step in range(cfg.steps):
         idx = torch.randint(0, len(prompts), (min(cfg.batch_pairs, len(prompts)),), generator=g)
         keep = masks.keep(cfg.temperature)
         x = prompts[idx].flatten(0, 1).to(device)
-        logits, _ = model(x, edits=ablation.edits(model, masks.by_site(keep), *x.shape), last_only=True)
+        logits, _ = model(x, **masks.edit(model, ablation, keep, *x.shape), last_only=True)
         task_ce = F.cross_entropy(two_class_logits(logits, task), pair_labels(len(idx), device))
         loss = task_ce.cpu() + k_coef * keep.sum()
         opt.zero_grad(set_to_none=True)
@@ -353,13 +323,14 @@ def circuit_losses(
 def loss_curve(
     model, task: TaskData, ablation, masks: NodeMasks, order: list[int], k_max: int, points: int, pairs: int
 ):
-    """Calibrated test loss (first `pairs` test pairs) of the top-k circuit for k on a geometric grid,
-    with the number of edges among those k nodes (circuit size in the paper's unit)."""
+    """Calibrated test loss (first `pairs` test pairs) of the top-k circuit (k nodes or edges) for k on
+    a geometric grid, with the circuit's number of edges (its size in the paper's unit)."""
     ks = sorted({int(round(k_max ** (i / (points - 1)))) for i in range(points)} | {0})
+    tau = masks.tau.detach()
     return [
         {
             "k": k,
-            "edges": len(edges_from_weights(model, [masks.node(i) for i in order[:k]])),
+            "edges": len(masks.parts(model, order[:k], tau)[1]),
             "loss": calibrated_test_loss(model, task, ablation, masks, keep_top(masks, order, k), pairs),
         }
         for k in ks
@@ -402,7 +373,7 @@ def faithfulness_curve(
     model, task: TaskData, ablation: Ablation, masks: NodeMasks, order, pairs: int
 ) -> dict:
     """f(C) = (m(C) - m(empty)) / (m(N) - m(empty)) on the first `pairs` test pairs, for circuits of the
-    top FAITHFULNESS_PERCENTS % of all nodes in the pruner's order, and its CPR / CMD."""
+    top FAITHFULNESS_PERCENTS % of all nodes (or edges) in the pruner's order, and its CPR / CMD."""
     test = task.test[:pairs]
     labels = pair_labels(len(test))
 
@@ -414,7 +385,7 @@ def faithfulness_curve(
     for percent in FAITHFULNESS_PERCENTS:
         k = max(1, round(len(order) * percent / 100))
         mk = m(keep_top(masks, order, k))
-        points.append({"percent": percent, "nodes": k, "m": mk, "f": (mk - m_empty) / (m_full - m_empty)})
+        points.append({"percent": percent, masks.unit: k, "m": mk, "f": (mk - m_empty) / (m_full - m_empty)})
     cpr, cmd = curve_areas(points)
     return {"m_full": m_full, "m_empty": m_empty, "points": points, "cpr": cpr, "cmd": cmd}
 
@@ -425,6 +396,7 @@ def faithfulness(model, task: TaskData, ablation: Ablation, masks: NodeMasks, or
     modes = [m for m in ABLATION_MODES if m != "resample" or ablation.windows is not None]
     return {
         "metric": "mean logit difference, right minus wrong completion, test split",
+        "unit": masks.unit,
         "pairs": min(pairs, len(task.test)),
         "modes": {
             mode: faithfulness_curve(model, task, ablation.as_mode(mode), masks, order, pairs)
@@ -442,8 +414,7 @@ def find_circuit(
     masks, order, k = result.masks, result.order, result.k
     report(0.85, "losses and loss-vs-k curve")
     keep = keep_top(masks, order, k)
-    names = [masks.node(i) for i in order[:k]]
-    tau = {masks.node(i): float(result.tau[i]) for i in order[:k]}
+    nodes, edges = masks.parts(model, order[:k], result.tau)
     active = max(k, int((result.tau > 0).sum()))
     _, mask_train = split_train(task, cfg.eval_pairs, cfg.seed)
     own_pairs = mask_train[: cfg.eval_pairs]
@@ -452,8 +423,8 @@ def find_circuit(
         task=task.name,
         model=model_ref,
         target_loss=cfg.target_loss,
-        nodes=make_nodes(names, tau),
-        edges=edges_from_weights(model, names),
+        nodes=nodes,
+        edges=edges,
         losses={
             **circuit_losses(model, task, ablation, masks, keep, result.scale, result.shift),
             "circuit_train_heldout": result.selection_loss,
@@ -474,6 +445,7 @@ def find_circuit(
         ),
         runs=[asdict(r) for r in result.runs],
         ablation=ablation.mode,
+        unit=masks.unit,
     )
     report(0.92, "faithfulness curves")
     circuit.faithfulness = faithfulness(model, task, ablation, masks, order, cfg.faithfulness_pairs)
@@ -482,21 +454,23 @@ def find_circuit(
 
 
 def random_control(model, task: TaskData, ablation, circuit: Circuit, draws: int = 3, seed: int = 0) -> dict:
-    """Circuits of the same size drawn at random (same number of nodes per site): calibrated test loss."""
-    dims = {s: d for s, d in model.site_dims().items() if s in prunable_sites(model)}
-    masks = NodeMasks(dims, 0.0, 0.0, torch.Generator())
-    per_site: dict[str, int] = {}
-    for n in circuit.nodes:
-        per_site[n.site] = per_site.get(n.site, 0) + 1
+    """Circuits of the same size drawn at random (as many nodes per site, or edges per matrix and
+    residual link): calibrated test loss."""
+    masks = make_masks(model, circuit.unit, 0.0, 0.0, torch.Generator())
+    ranges = list(masks.slices.values())
+    per_range = Counter(next(r for r in ranges if r[0] <= i < r[1]) for i in masks.indices(circuit))
     g = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(draws):
         keep = torch.zeros(masks.tau.numel())
-        for site, count in per_site.items():
-            a, b = masks.slices[site]
+        for (a, b), count in per_range.items():
             keep[a + torch.randperm(b - a, generator=g)[:count]] = 1
         losses.append(calibrated_test_loss(model, task, ablation, masks, keep))
-    return {"nodes": len(circuit.nodes), "losses": losses, "mean_loss": sum(losses) / len(losses)}
+    return {
+        circuit.unit: len(masks.indices(circuit)),
+        "losses": losses,
+        "mean_loss": sum(losses) / len(losses),
+    }
 
 
 def control_summary(control: Circuit, target: float) -> dict:

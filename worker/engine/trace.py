@@ -79,8 +79,11 @@ def trace(
     token_a: int,
     token_b: int,
     off: set[str] = frozenset(),
+    run_edits=None,
 ) -> Trace:
-    """The circuit (`nodes` less `off`) on one prompt of token ids."""
+    """The circuit (`nodes` less `off`) on one prompt of token ids. `run_edits(batch, length)`: the
+    model(...) keyword arguments of the circuit run when it is not the node set alone (an edge
+    circuit: masks.EdgeMasks.edit)."""
     heads: dict[tuple[int, int], list[str]] = {}
     for n in nodes:
         if (lh := head_of(n, model.cfg.d_head)) is not None:
@@ -88,8 +91,11 @@ def trace(
     capture = {parse_node(n)[0] for n in nodes}
     capture |= {layer_site(layer, kind) for layer, _ in heads for kind in ("attn.q", "attn.k")}
     x = torch.tensor([ids])
-    edits = circuit_edits(model, set(nodes) - set(off), ablation, 1, len(ids))
-    logits, acts = model(x, edits=edits, capture=capture)
+    if run_edits is None:
+        edits = {"edits": circuit_edits(model, set(nodes) - set(off), ablation, 1, len(ids))}
+    else:
+        edits = run_edits(1, len(ids))
+    logits, acts = model(x, **edits, capture=capture)
     full, _ = model(x, last_only=True)
     out = []
     for (layer, head), members in sorted(heads.items()):

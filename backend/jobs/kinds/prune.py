@@ -1,9 +1,10 @@
 """prune: the smallest circuit of a model that does a task (learned node masks, bisection to the target
-loss, calibration), optionally with its controls, stored as a Circuit with nodes and edges."""
+loss, calibration) or edge masks, optionally with its controls, stored as a Circuit with nodes and edges."""
 
 from __future__ import annotations
 
 from dataclasses import replace as with_tensors
+from typing import Literal
 
 from pydantic import Field
 
@@ -41,6 +42,12 @@ class PruneParams(Strict):
         PruneConfig, "ablation", description="what masked nodes are replaced by: mean, zero or resample"
     )
     faithfulness_pairs: int = from_engine(PruneConfig, "faithfulness_pairs", le=PAIRS)
+    unit: Literal["nodes", "edges"] = from_engine(
+        PruneConfig,
+        "unit",
+        description="what the masks are on: nodes (the paper's) or edges (weights and residual links, so "
+        "that the circuit's size in edges is what the pruner minimises)",
+    )
     validate_circuit: bool = Field(
         False, description="also run the controls (random circuit, shuffled labels, nonsense task)"
     )

@@ -599,7 +599,7 @@ export interface components {
             mode: "keep" | "ablate";
             /**
              * Off
-             * @description circuit nodes to ablate
+             * @description nodes to ablate
              */
             off?: string[];
             /**
@@ -896,7 +896,7 @@ export interface components {
             edges: components["schemas"]["CircuitEdgeRead"][];
             /**
              * Faithfulness
-             * @description {metric, pairs, modes: {mode: {m_full, m_empty, points: [{percent, nodes, m, f}], cpr, cmd}}}: the faithfulness curve f(C) = (m(C) - m(empty)) / (m(full) - m(empty)) per ablation mode
+             * @description {metric, unit, pairs, modes: {mode: {m_full, m_empty, points: [{percent, nodes|edges, m, f}], cpr, cmd}}}: the faithfulness curve f(C) = (m(C) - m(empty)) / (m(full) - m(empty)) per ablation mode
              */
             faithfulness: {
                 [key: string]: unknown;
@@ -945,6 +945,13 @@ export interface components {
              * @description transcoder circuits: the transcoders behind its features
              */
             transcoder_id?: number | null;
+            /**
+             * Unit
+             * @description what the pruner's masks were on; `curve` k and the faithfulness points count it
+             * @default nodes
+             * @enum {string}
+             */
+            unit: "nodes" | "edges";
             /**
              * Validation
              * @description controls (random circuit, shuffled labels, nonsense task, generalisation gap) and `checks`: [{name, passed, value, criterion}]; empty when the circuit was not validated
@@ -2078,6 +2085,13 @@ export interface components {
             /** Task */
             task: string;
             /**
+             * Unit
+             * @description what the masks are on: nodes (the paper's) or edges (weights and residual links, so that the circuit's size in edges is what the pruner minimises)
+             * @default nodes
+             * @enum {string}
+             */
+            unit: "nodes" | "edges";
+            /**
              * Validate Circuit
              * @description also run the controls (random circuit, shuffled labels, nonsense task)
              * @default false
@@ -2502,7 +2516,7 @@ export interface components {
             ablation: "mean" | "zero" | "resample";
             /**
              * Off
-             * @description circuit nodes to ablate
+             * @description nodes to ablate
              */
             off?: string[];
             /**
@@ -2960,6 +2974,15 @@ export interface operations {
                     "application/json": components["schemas"]["ValidationErrorBody"];
                 };
             };
+            /** @description database unavailable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     get_circuit_api_v1_circuits__circuit_id__get: {
@@ -3001,6 +3024,15 @@ export interface operations {
                     "application/json": components["schemas"]["ValidationErrorBody"];
                 };
             };
+            /** @description database unavailable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     live_ablation_api_v1_circuits__circuit_id__ablate_post: {
@@ -3029,6 +3061,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["AblationResult"];
+                };
+            };
+            /** @description request body not JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description invalid x-api-key */
@@ -3137,6 +3178,15 @@ export interface operations {
                     "application/json": components["schemas"]["ValidationErrorBody"];
                 };
             };
+            /** @description database unavailable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     circuit_labels_api_v1_circuits__circuit_id__labels_get: {
@@ -3187,6 +3237,15 @@ export interface operations {
                     "application/json": components["schemas"]["ValidationErrorBody"];
                 };
             };
+            /** @description database unavailable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     circuit_probes_api_v1_circuits__circuit_id__probes_get: {
@@ -3228,6 +3287,15 @@ export interface operations {
                     "application/json": components["schemas"]["ValidationErrorBody"];
                 };
             };
+            /** @description database unavailable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     trace_circuit_api_v1_circuits__circuit_id__trace_post: {
@@ -3253,6 +3321,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["TraceResult"];
+                };
+            };
+            /** @description request body not JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description no such circuit */
@@ -3289,6 +3366,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ValidationErrorBody"];
+                };
+            };
+            /** @description database unavailable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
@@ -3347,6 +3433,15 @@ export interface operations {
                     "application/json": components["schemas"]["ValidationErrorBody"];
                 };
             };
+            /** @description database unavailable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     submit_job_api_v1_jobs_post: {
@@ -3369,6 +3464,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["JobRead"];
+                };
+            };
+            /** @description request body not JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description missing or invalid x-api-key */
@@ -3465,6 +3569,15 @@ export interface operations {
                     "application/json": components["schemas"]["ValidationErrorBody"];
                 };
             };
+            /** @description database unavailable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     cancel_job_api_v1_jobs__job_id__cancel_post: {
@@ -3532,6 +3645,15 @@ export interface operations {
                     "application/json": components["schemas"]["ValidationErrorBody"];
                 };
             };
+            /** @description database unavailable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     job_events_api_v1_jobs__job_id__events_get: {
@@ -3562,7 +3684,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "text/event-stream": components["schemas"]["ErrorBody"];
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description Validation Error */
@@ -3572,6 +3694,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ValidationErrorBody"];
+                };
+            };
+            /** @description database unavailable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
@@ -3606,6 +3737,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ValidationErrorBody"];
+                };
+            };
+            /** @description database unavailable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
@@ -3649,6 +3789,15 @@ export interface operations {
                     "application/json": components["schemas"]["ValidationErrorBody"];
                 };
             };
+            /** @description database unavailable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     get_metrics_api_v1_models__model_id__metrics_get: {
@@ -3690,6 +3839,15 @@ export interface operations {
                     "application/json": components["schemas"]["ValidationErrorBody"];
                 };
             };
+            /** @description database unavailable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     get_node_api_v1_models__model_id__nodes__node__get: {
@@ -3727,6 +3885,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description its transcoders are not loadable */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Validation Error */
             422: {
                 headers: {
@@ -3734,6 +3901,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ValidationErrorBody"];
+                };
+            };
+            /** @description database unavailable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
@@ -3764,6 +3940,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["PlaygroundResult"];
+                };
+            };
+            /** @description request body not JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description invalid x-api-key */
@@ -3870,6 +4055,15 @@ export interface operations {
                     "application/json": components["schemas"]["ValidationErrorBody"];
                 };
             };
+            /** @description database unavailable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     site_nodes_api_v1_models__model_id__sites__site__nodes_get: {
@@ -3916,6 +4110,15 @@ export interface operations {
                     "application/json": components["schemas"]["ValidationErrorBody"];
                 };
             };
+            /** @description database unavailable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     steer_sweep_api_v1_models__model_id__steer_post: {
@@ -3941,6 +4144,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["SteerResult"];
+                };
+            };
+            /** @description request body not JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description invalid x-api-key */
@@ -4026,6 +4238,15 @@ export interface operations {
                     "application/json": components["schemas"]["Overview"];
                 };
             };
+            /** @description database unavailable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     get_session_api_v1_session_get: {
@@ -4056,6 +4277,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ValidationErrorBody"];
+                };
+            };
+            /** @description database unavailable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
@@ -4090,6 +4320,15 @@ export interface operations {
                     "application/json": components["schemas"]["ValidationErrorBody"];
                 };
             };
+            /** @description database unavailable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     create_task_api_v1_tasks_post: {
@@ -4112,6 +4351,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["TaskRead"];
+                };
+            };
+            /** @description request body not JSON */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description missing or invalid x-api-key */
@@ -4148,6 +4396,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ValidationErrorBody"];
+                };
+            };
+            /** @description database unavailable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
@@ -4188,6 +4445,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ValidationErrorBody"];
+                };
+            };
+            /** @description database unavailable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
@@ -4238,7 +4504,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description the model is not ready */
+            /** @description the model is not trained yet */
             409: {
                 headers: {
                     [name: string]: unknown;
@@ -4307,6 +4573,15 @@ export interface operations {
                     "application/json": components["schemas"]["ValidationErrorBody"];
                 };
             };
+            /** @description database unavailable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
         };
     };
     get_transcoder_api_v1_transcoders__transcoder_id__get: {
@@ -4346,6 +4621,15 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ValidationErrorBody"];
+                };
+            };
+            /** @description database unavailable (Retry-After) */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };

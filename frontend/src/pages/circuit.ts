@@ -105,6 +105,7 @@ class CircuitView {
           fact("ablated", fmt(L.ablated)),
           fact("nodes", `${c.n_nodes}`),
           fact("edges", `${c.n_edges}`),
+          fact("masks on", c.unit ?? "nodes"),
         ),
         targetVerdict(c),
         badgeRow(checkBadges(c)),
@@ -640,7 +641,8 @@ class CircuitView {
   /** The nodes kept at the selected point of the loss-vs-k curve (all of them without a curve). */
   keptNodes(): Set<string> {
     const curve = this.circuit.curve;
-    if (curve.length === 0) return new Set(this.circuit.nodes.map((n) => n.name));
+    // An edge circuit's curve counts edges: which nodes its top-k edges touch is not stored.
+    if (curve.length === 0 || this.circuit.unit === "edges") return new Set(this.circuit.nodes.map((n) => n.name));
     return keptAtK(this.circuit.nodes, Number(curve[this.curveIndex].k ?? this.circuit.n_nodes));
   }
 
@@ -657,7 +659,9 @@ class CircuitView {
     });
     const label = this.root.querySelector("#k-label");
     const k = Number(point.k ?? this.circuit.n_nodes);
-    if (label) label.textContent = `k = ${k}: keeps ${kept.size} of ${this.circuit.n_nodes} nodes, loss ${fmt(point.loss)}`;
+    if (label)
+      label.textContent =
+        this.circuit.unit === "edges" ? `k = ${k} edges (${point.edges ?? "?"} with the qk pairs), loss ${fmt(point.loss)}` : `k = ${k}: keeps ${kept.size} of ${this.circuit.n_nodes} nodes, loss ${fmt(point.loss)}`;
     const plot = this.root.querySelector<HTMLElement>("#curve-plot");
     // Plot after the graph's first frame: parsing plotly (~4.5 MB) must not delay the circuit.
     if (plot && !this.graphShown) this.afterFirstFrame(() => this.plotCurve(plot));

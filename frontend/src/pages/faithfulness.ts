@@ -28,7 +28,7 @@ export function faithfulnessBox(c: Circuit): { box: HTMLElement; plot: () => Pro
   else {
     const meta = c.faithfulness as { metric?: string; pairs?: number };
     box.append(
-      h("p", { class: "hint" }, `f(C) = (m(C) − m(∅)) / (m(full) − m(∅)), m = ${meta.metric ?? "mean logit difference"}, ${meta.pairs ?? "?"} pairs; circuits of the top x % of all nodes in the pruner's order. CPR: area under f (higher is better); CMD: area under |1 − f| (0 is best). Pruned with ${c.ablation} ablation.`),
+      h("p", { class: "hint" }, `f(C) = (m(C) − m(∅)) / (m(full) − m(∅)), m = ${meta.metric ?? "mean logit difference"}, ${meta.pairs ?? "?"} pairs; circuits of the top x % of all ${c.unit ?? "nodes"} in the pruner's order. CPR: area under f (higher is better); CMD: area under |1 − f| (0 is best). Pruned with ${c.ablation} ablation.`),
       h(
         "table",
         { class: "grid", id: "faithfulness-scores" },
@@ -55,7 +55,7 @@ export function faithfulnessBox(c: Circuit): { box: HTMLElement; plot: () => Pro
     await newPlot(
       el,
       entries.map(([mode, cv]) => ({ x: cv.points.map((p) => p.percent), y: cv.points.map((p) => p.f), mode: "lines+markers", name: `${mode} (CPR ${fmt(cv.cpr, 2)})`, line: { color: MODE_COLOURS[mode] } })),
-      { height: 260, margin: { t: 10, r: 10, b: 40, l: 50 }, xaxis: { type: "log", title: { text: "% of nodes kept" } }, yaxis: { title: { text: "faithfulness f" } }, shapes: [{ type: "line", xref: "paper", x0: 0, x1: 1, y0: 1, y1: 1, line: { dash: "dot", color: "#999" } }] },
+      { height: 260, margin: { t: 10, r: 10, b: 40, l: 50 }, xaxis: { type: "log", title: { text: `% of ${c.unit ?? "nodes"} kept` } }, yaxis: { title: { text: "faithfulness f" } }, shapes: [{ type: "line", xref: "paper", x0: 0, x1: 1, y0: 1, y1: 1, line: { dash: "dot", color: "#999" } }] },
       { displayModeBar: false, responsive: true },
     );
   };
