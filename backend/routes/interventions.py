@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 from fastapi import APIRouter, HTTPException, Request
 
-from worker.engine.ablation import Ablation, prunable_sites
-from worker.engine.masks import NodeMasks
-from worker.engine.prune import calibrated_loss, task_logits
+from worker.engine.ablation import Ablation
+from worker.engine.prune import calibrated_loss, make_masks, task_logits
 from worker.engine.sites import catalog, site_layer
 from worker.engine.tasks.base import pair_labels
 from worker.engine.transcoders import parse_feature, task_logits_with
@@ -160,19 +159,23 @@ def run_ablation(circuit_id: int, body: AblationRequest, request: Request, sessi
     )
 
 
+def full_logits(lm, data, prompts, masks, ablation: Ablation):
+    """The full model's two-class logits on the prompts, computed once per task and count."""
+    key = ("full", data.name, len(prompts))
+    return lm.memo(key, lambda: task_logits(lm.model, data, prompts, None, masks, ablation))
+
+
 def node_ablation(lm, model: Model, data, prompts, kept: set[str], mode: str, ablation: Ablation):
     """(two-class logits with the node set kept or ablated, those of the full model)."""
-    dims = lm.model.site_dims()
-    masks = NodeMasks({s: dims[s] for s in prunable_sites(lm.model)}, 0.0, 0.0, torch.Generator())
+    masks = make_masks(lm.model, "nodes", 0.0, 0.0, torch.Generator())
     chosen = torch.zeros(masks.tau.numel())
     for name in kept:
         site, index = check_node(model, name)
         chosen[masks.slices[site][0] + index] = 1
     keep = chosen if mode == "keep" else 1 - chosen
-    full = lm.memo(
-        ("full", data.name, len(prompts)), lambda: task_logits(lm.model, data, prompts, None, masks, ablation)
+    return task_logits(lm.model, data, prompts, keep, masks, ablation), full_logits(
+        lm, data, prompts, masks, ablation
     )
-    return task_logits(lm.model, data, prompts, keep, masks, ablation), full
 
 
 def edge_ablation(lm, circuit, data, prompts, kept: set[str], on: set[str], mode: str, ablation: Ablation):
@@ -181,10 +184,9 @@ def edge_ablation(lm, circuit, data, prompts, kept: set[str], on: set[str], mode
     masks = lm.edge_masks()
     chosen = masks.circuit_keep(circuit, kept, frozenset(on))
     keep = chosen if mode == "keep" else 1 - chosen
-    full = lm.memo(
-        ("full", data.name, len(prompts)), lambda: task_logits(lm.model, data, prompts, None, masks, ablation)
+    return task_logits(lm.model, data, prompts, keep, masks, ablation), full_logits(
+        lm, data, prompts, masks, ablation
     )
-    return task_logits(lm.model, data, prompts, keep, masks, ablation), full
 
 
 def feature_ablation(lm, coders, data, prompts, kept: set[str], mode: str):

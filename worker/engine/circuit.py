@@ -92,7 +92,8 @@ class Circuit:
         return cls(**body)
 
 
-def _by_site(nodes: list[str]) -> dict[str, list[int]]:
+def nodes_by_site(nodes) -> dict[str, list[int]]:
+    """Node names -> {site: sorted channel indices}."""
     out: dict[str, list[int]] = {}
     for n in nodes:
         site, idx = parse_node(n)
@@ -154,7 +155,7 @@ def qk_edges(kept: dict[str, list[int]], layer: int) -> list[Edge]:
 
 @torch.no_grad()
 def edges_from_weights(model: SparseGPT, nodes: list[str]) -> list[Edge]:
-    kept = _by_site(nodes)
+    kept = nodes_by_site(nodes)
     edges: list[Edge] = []
     for src, dst, w in weight_matrices(model):
         edges += _matrix_edges(w, src, dst, kept)

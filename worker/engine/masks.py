@@ -26,12 +26,13 @@ from .circuit import (
     Node,
     edges_from_weights,
     make_nodes,
+    nodes_by_site,
     qk_edges,
     residual_links,
     weight_matrices,
 )
 from .model import EdgeEdit, SparseGPT
-from .sites import node_name, parse_node, site_kind, site_layer
+from .sites import node_name, site_kind, site_layer
 
 
 class HeavisideSTE(torch.autograd.Function):
@@ -82,9 +83,8 @@ class NodeMasks(Masks):
     def parts(self, model: SparseGPT, kept: list[int], tau: torch.Tensor) -> tuple[list[Node], list[Edge]]:
         """The circuit of the kept nodes (largest tau first): its nodes and the edges among them."""
         names = [self.node(i) for i in kept]
-        return make_nodes(
-            names, {n: float(tau[i]) for n, i in zip(names, kept, strict=True)}
-        ), edges_from_weights(model, names)
+        nodes = make_nodes(names, {n: float(tau[i]) for n, i in zip(names, kept, strict=True)})
+        return nodes, edges_from_weights(model, names)
 
     def indices(self, circuit: Circuit) -> list[int]:
         return [self.slices[n.site][0] + n.index for n in circuit.nodes]
@@ -173,10 +173,7 @@ class EdgeMasks(Masks):
         for e, i in zip(edges, kept, strict=True):
             for name in (e.src, e.dst):
                 node_tau.setdefault(name, float(tau[i]))
-        kept_by_site: dict[str, list[int]] = {}
-        for name in node_tau:
-            site, index = parse_node(name)
-            kept_by_site.setdefault(site, []).append(index)
+        kept_by_site = nodes_by_site(node_tau)
         layers = sorted(site_layer(s) for s in kept_by_site if site_kind(s) == "attn.q")
         edges += [e for layer in layers for e in qk_edges(kept_by_site, layer)]
         return make_nodes(list(node_tau), node_tau), edges
@@ -187,10 +184,7 @@ class EdgeMasks(Masks):
             torch.zeros(self.tau.numel(), dtype=torch.bool),
             torch.zeros(self.tau.numel(), dtype=torch.bool),
         )
-        chosen: dict[str, list[int]] = {}
-        for name in names:
-            site, index = parse_node(name)
-            chosen.setdefault(site, []).append(index)
+        chosen = nodes_by_site(names)
         for g in self.groups:
             a, b = self.slices[g.key]
             for site, ends, out in ((g.src, g.src_index, src), (g.dst, g.dst_index, dst)):

@@ -457,8 +457,8 @@ def random_control(model, task: TaskData, ablation, circuit: Circuit, draws: int
     """Circuits of the same size drawn at random (as many nodes per site, or edges per matrix and
     residual link): calibrated test loss."""
     masks = make_masks(model, circuit.unit, 0.0, 0.0, torch.Generator())
-    ranges = list(masks.slices.values())
-    per_range = Counter(next(r for r in ranges if r[0] <= i < r[1]) for i in masks.indices(circuit))
+    ranges, units = list(masks.slices.values()), masks.indices(circuit)
+    per_range = Counter(next(r for r in ranges if r[0] <= i < r[1]) for i in units)
     g = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(draws):
@@ -467,7 +467,7 @@ def random_control(model, task: TaskData, ablation, circuit: Circuit, draws: int
             keep[a + torch.randperm(b - a, generator=g)[:count]] = 1
         losses.append(calibrated_test_loss(model, task, ablation, masks, keep))
     return {
-        circuit.unit: len(masks.indices(circuit)),
+        circuit.unit: len(units),
         "losses": losses,
         "mean_loss": sum(losses) / len(losses),
     }
