@@ -118,6 +118,16 @@ def register_model(settings: Settings, folder: Path, name: str) -> int:
     return model_id
 
 
+def delete_circuit(settings: Settings, circuit_id: int) -> None:
+    """Remove a circuit a test added to a shared app, so that the app's other tests still see one."""
+    from backend.models import Circuit
+
+    db = Database(settings)
+    with db.session() as s:
+        s.delete(s.get(Circuit, circuit_id))
+    db.dispose()
+
+
 def create_postgres_database() -> tuple[str, str]:
     """A fresh randomly named database: (SQLAlchemy URL, name)."""
     name = f"circuits_test_{uuid.uuid4().hex[:12]}"

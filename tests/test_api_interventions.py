@@ -127,10 +127,12 @@ def test_live_ablation_modes_follow_the_engine(api_backend):
     assert load_or_make_windows(world["folder"], model, tok, run).shape[1] == model.cfg.n_ctx
 
 
-def test_an_edge_circuit_is_pruned_stored_and_ablated_on_its_edges(api_backend):
+def test_an_edge_circuit_is_pruned_stored_and_ablated_on_its_edges(api_backend, request):
     """A prune job with unit=edges stores an edge circuit; live ablation keeps (or ablates) its edges,
     not the edges among its nodes."""
     from types import SimpleNamespace
+
+    from backend_support import delete_circuit
 
     from worker.engine.ablation import Ablation
     from worker.engine.masks import EdgeMasks
@@ -153,6 +155,7 @@ def test_an_edge_circuit_is_pruned_stored_and_ablated_on_its_edges(api_backend):
     }
     job = api.wait(api.submit("prune", params), timeout=300)
     assert job["status"] == "succeeded", job
+    request.addfinalizer(lambda: delete_circuit(api_backend.settings, job["result"]["circuit_id"]))
     r = c.get(f"{API}/circuits/{job['result']['circuit_id']}")
     assert r.status_code == 200, r.text
     stored = r.json()

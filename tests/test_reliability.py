@@ -345,6 +345,7 @@ def test_wrong_methods_on_api_routes_get_the_apis_405(make_api):
 def test_a_read_that_lost_its_database_connection_is_answered_by_its_retry(tmp_path):
     """The retried read gets the request again (it used to wait forever for a message already read)."""
     import asyncio
+    import concurrent.futures
 
     import httpx
     from sqlalchemy.exc import OperationalError
@@ -365,6 +366,8 @@ def test_a_read_that_lost_its_database_connection_is_answered_by_its_retry(tmp_p
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
             return await asyncio.wait_for(client.get(f"{API}/flaky"), timeout=10)
 
-    r = asyncio.run(read())
+    # Its own thread: a browser test's Playwright may hold this thread's event loop.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        r = pool.submit(asyncio.run, read()).result(timeout=20)
     assert r.status_code == 200 and r.json() == {"calls": 2}
     assert "x-circuits-retryable" not in r.headers
