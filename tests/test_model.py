@@ -30,6 +30,36 @@ def test_abs_topk_keeps_k_largest_magnitudes():
     assert (kept_min > dropped_max).all()
 
 
+def test_abs_topk_kernel_matches_torch_topk_forward_and_backward():
+    """The CPU kernel (values and mask in one pass) against torch.topk, on a non-contiguous input."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 48, 5).transpose(1, 2).requires_grad_()  # (6, 5, 48), last axis strided
+    y = abs_topk(x, 12)
+    kept = torch.zeros_like(x, dtype=torch.bool).scatter_(-1, x.abs().topk(12, dim=-1).indices, True)
+    assert torch.equal(y, torch.where(kept, x, 0.0))
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    assert torch.equal(x.grad, torch.where(kept, grad, 0.0))
+
+
+def test_sink_attention_from_the_kernels_log_sum_exp_matches_the_padded_key():
+    """CPU float32 takes the flash kernel's log-sum-exp; float64 takes the padded extra key: same
+    outputs and gradients for q, k, v and the sink."""
+    from worker.engine.model import causal_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 9, 4, 8).transpose(1, 2) for _ in range(3))  # the model's layout
+    sink, grad = torch.randn(4), torch.randn(3, 4, 9, 8)
+    results = []
+    for dtype in (torch.float32, torch.float64):
+        inputs = [t.to(dtype).detach().requires_grad_() for t in (q, k, v, sink)]
+        out = causal_attention(*inputs)
+        out.backward(grad.to(dtype))
+        results.append([out.double(), *(t.grad.double() for t in inputs)])
+    for fast, padded in zip(*results, strict=True):
+        torch.testing.assert_close(fast, padded, atol=1e-5, rtol=1e-5)
+
+
 def test_every_site_is_sparse_at_a_quarter():
     model = make_model()
     x = torch.randint(0, 64, (3, 16))

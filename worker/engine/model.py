@@ -17,18 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .kernels import topk_threshold
+from .kernels import abs_topk, add_table_rows
 from .sites import LAYER_SITES, resid_locations, site_dims
-
-
-def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the k entries of largest |x| along the last axis, zero the rest. The threshold is found
-    outside autograd: the gradient flows to the kept entries only, as through a mask."""
-    if k >= x.shape[-1]:
-        return x
-    with torch.no_grad():
-        keep = x.abs() >= topk_threshold(x, k)  # ties at the threshold (measure zero) keep a few more
-    return x * keep
 
 
 @dataclass
@@ -124,14 +114,50 @@ class Pass:
         return x
 
 
+class _SinkAttentionCPU(torch.autograd.Function):
+    """Causal attention with a sink from the CPU flash kernel's own outputs, with no padded copies.
+    Without the sink the kernel gives out0 and the log-sum-exp L of each query's scores; the sink adds
+    exp(sink) to the softmax's denominator and nothing to its numerator, so out = r * out0 with
+    r = sigmoid(L - sink). Backward: with the sink the score gradients are P'(dO.v - dO.out), P' = r * p;
+    the kernel's backward computes p(g.v - g.o) from the g and o it is given, so g = r * dO and o = out give
+    exactly that (and dV = P'^T dO). d sink = -(1 - r) dO.out."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, sink, scale: float):
+        out0, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, True, scale=scale
+        )
+        r = torch.sigmoid(lse - sink.view(1, -1, 1)).unsqueeze(-1)
+        out = out0 * r
+        ctx.save_for_backward(q, k, v, out, lse, r)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, out, lse, r = ctx.saved_tensors
+        dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            (grad * r).contiguous(), q, k, v, out, lse, 0.0, True, scale=ctx.scale
+        )
+        dsink = -((1 - r.squeeze(-1)) * (grad * out).sum(-1)).sum((0, 2))
+        return dq, dk, dv, dsink, None
+
+
 def causal_attention(q, k, v, sink: torch.Tensor | None) -> torch.Tensor:
     """Causal softmax attention over (batch, head, position, d_head). The sink is an extra key slot
-    with logit `sink[h]` and zero value, visible to every query. It is written as one more key (first)
-    and one more dimension: queries get a 1 there, real keys a 0, the sink key sink * sqrt(d_head), so
-    the fused causal kernel applies (a dummy first query keeps the causal mask aligned)."""
+    with logit `sink[h]` and zero value, visible to every query. On CPU in float32 it comes from the flash
+    kernel's log-sum-exp (`_SinkAttentionCPU`); elsewhere it is written as one more key (first) and one
+    more dimension: queries get a 1 there, real keys a 0, the sink key sink * sqrt(d_head), so the fused
+    causal kernel applies (a dummy first query keeps the causal mask aligned)."""
     scale = 1 / math.sqrt(q.shape[-1])
     if sink is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    if (
+        q.device.type == "cpu"
+        and q.dtype == sink.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+    ):
+        return _SinkAttentionCPU.apply(q, k, v, sink, scale)
     B, H, T, D = q.shape
     sink_key = torch.cat([q.new_zeros(H, D), (sink.to(q.dtype) / scale).view(H, 1)], -1)
     q = F.pad(F.pad(q, (0, 1), value=1.0), (0, 0, 1, 0))
@@ -316,5 +342,5 @@ class SparseGPT(nn.Module):
             x, idx = x[:, -1:], idx[:, -1:]
         logits = self.lm_head(self.final_norm(x))
         if self.bigram is not None:
-            logits = logits + self.bigram(idx).to(logits.dtype)
+            logits = add_table_rows(logits, self.bigram.weight, idx)
         return logits, p.acts
