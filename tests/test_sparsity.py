@@ -31,6 +31,22 @@ def test_topk_projection_minimum_per_neuron(min_dim):
     assert int(per_slice.min()) >= 4
 
 
+@pytest.mark.parametrize("min_dim", [None, 0, 1])
+def test_topk_projection_kernel_matches_the_torch_path(min_dim):
+    """The CPU kernel (contiguous float32) and the torch path (here: a transposed view) zero the same
+    entries, ties and already-zero entries included."""
+    torch.manual_seed(2)
+    w = torch.randn(48, 40)
+    w[w.abs() < 0.5] = 0.0  # many zeros, as after earlier projections
+    w[7, :6] = w[7, 6]  # ties
+    fast, slow = w.clone(), w.T.contiguous().T  # same values; the second is not contiguous
+    assert fast.is_contiguous() and not slow.is_contiguous()
+    for k in (30, 4 * 40 + 3, 900):
+        topk_project_(fast, k, 4, min_dim)
+        topk_project_(slow, k, 4, min_dim)
+        assert torch.equal(fast, slow)
+
+
 def test_target_nonzeros_never_below_forced_minimum():
     p = torch.nn.Parameter(torch.zeros(64, 32))
     sp = SparseParam("x.fc_in.weight", p, "weight", 1)

@@ -4,11 +4,13 @@
 |x| satisfy |x| >= t (ties at the k-th largest keep all tied entries). torch.topk on short rows costs
 about 40 cycles an entry on these CPUs (branchy selection); counting is branch-free and vectorises.
 `abs_topk` applies it in one kernel each way (forward: the kept entries and their mask; backward: the
-gradient through the mask); other devices and dtypes take the torch path."""
+gradient through the mask); `topk_project_cpu_` is the weight top-k projection in place, with the
+per-slice minimum, in one compiled call per matrix; other devices and dtypes take the torch path."""
 
 from __future__ import annotations
 
 import numba
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -56,6 +58,66 @@ def _masked_rows(g, keep, out):
     for i in numba.prange(g.shape[0]):
         for j in range(g.shape[1]):
             out[i, j] = g[i, j] if keep[i, j] else 0.0
+
+
+INF_BITS = 0x7F800000  # the bit pattern of +inf: a score above every finite |w|
+
+
+@numba.njit(cache=True, boundscheck=False, inline="always")
+def _score(bits, i, j, floors, per_column):
+    # |w| as bits, or +inf for an entry its slice's minimum forces to stay (floors: per-slice thresholds).
+    s = bits[i, j] & SIGN_OFF
+    if floors.shape[0] == 0:
+        return s
+    if per_column:
+        return INF_BITS if s >= floors[j] else s
+    return INF_BITS if s >= floors[i] else s
+
+
+@numba.njit(cache=True, boundscheck=False)
+def _count_at_least(bits, floors, per_column, cand):
+    # Serial: it runs up to 31 times per matrix, and a parallel launch costs more than these counts.
+    total = 0
+    for i in range(bits.shape[0]):
+        for j in range(bits.shape[1]):
+            total += _score(bits, i, j, floors, per_column) >= cand
+    return total
+
+
+@numba.njit(parallel=True, cache=True, boundscheck=False)
+def _slice_floors(bits, min_per, per_column):
+    if per_column:
+        columns = np.ascontiguousarray(bits.T)  # strided columns would cost 31 strided passes each
+        floors = np.empty(bits.shape[1], np.int32)
+        for j in numba.prange(bits.shape[1]):
+            floors[j] = _row_threshold(columns[j], min_per)
+    else:
+        floors = np.empty(bits.shape[0], np.int32)
+        for i in numba.prange(bits.shape[0]):
+            floors[i] = _row_threshold(bits[i], min_per)
+    return floors
+
+
+@numba.njit(parallel=True, cache=True, boundscheck=False)
+def _zero_below(bits, floors, per_column, t):
+    for i in numba.prange(bits.shape[0]):
+        for j in range(bits.shape[1]):
+            if _score(bits, i, j, floors, per_column) < t:
+                bits[i, j] = 0
+
+
+@numba.njit(cache=True, boundscheck=False)
+def _project_bits(bits, k, min_per, per_column):
+    floors = _slice_floors(bits, min_per, per_column) if min_per else np.empty(0, np.int32)
+    t = 0  # the threshold over the scores, bit by bit from the top as in _row_threshold
+    for b in range(30, -1, -1):
+        cand = t | (1 << b)
+        count = _count_at_least(bits, floors, per_column, cand)
+        if count >= k:
+            t = cand
+            if count == k:
+                break
+    _zero_below(bits, floors, per_column, t)
 
 
 def _set_threads() -> None:
@@ -164,3 +226,10 @@ def add_table_rows(logits: torch.Tensor, table: torch.Tensor, idx: torch.Tensor)
     if _cpu_float32(logits) and _cpu_float32(table) and table.is_contiguous():
         return _AddTableRows.apply(logits, table, idx)
     return logits + F.embedding(idx, table).to(logits.dtype)
+
+
+def topk_project_cpu_(w: torch.Tensor, k: int, min_per: int, per_column: bool) -> None:
+    """In place, CPU float32, contiguous w: keep the k largest |w|, first the `min_per` largest of every
+    row (or column); zero the rest (sparsity.topk_project_ documents the rule)."""
+    _set_threads()
+    _project_bits(w.view(-1, w.shape[-1]).view(torch.int32).numpy(), k, min_per, per_column)

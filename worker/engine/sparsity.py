@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .kernels import topk_threshold
+from .kernels import topk_project_cpu_, topk_threshold
 
 # Matrices whose rows are a neuron's / channel's inputs, and whose columns are a channel's outputs.
 ROW_MIN = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "fc_in.weight")
@@ -52,12 +52,14 @@ def topk_project_(w: torch.Tensor, k: int, min_per: int = 0, min_dim: int | None
     Ties with the k-th largest (zeros, when fewer than k entries are nonzero) may keep a few more."""
     if k >= w.numel():
         return
+    if w.device.type == "cpu" and w.dtype == torch.float32 and w.is_contiguous():
+        return topk_project_cpu_(w, k, min_per if min_dim is not None else 0, min_dim == 0)
     score = w.abs()
     if min_per and min_dim is not None:
         slices = score if min_dim == 1 else score.T
         forced = slices >= topk_threshold(slices, min(min_per, slices.shape[1]))
         slices.masked_fill_(forced, float("inf"))
-    w.masked_fill_(score < topk_threshold(score.view(1, -1), k).view(()), 0.0)
+    w.masked_fill_(score < topk_threshold(score.reshape(1, -1), k).view(()), 0.0)
 
 
 def density_at(step: int, total: int, target: float, start: float = 0.01, end: float = 0.5) -> float:
