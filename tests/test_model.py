@@ -43,8 +43,8 @@ def test_abs_topk_kernel_matches_torch_topk_forward_and_backward():
 
 
 def test_sink_attention_from_the_kernels_log_sum_exp_matches_the_padded_key():
-    """CPU float32 takes the flash kernel's log-sum-exp; float64 takes the padded extra key: same
-    outputs and gradients for q, k, v and the sink."""
+    """A trained sink in CPU float32 takes the flash kernel's log-sum-exp; float64 (and a frozen sink)
+    take the padded extra key: same outputs and gradients for q, k, v and the sink."""
     from worker.engine.model import causal_attention
 
     torch.manual_seed(0)
@@ -58,6 +58,8 @@ def test_sink_attention_from_the_kernels_log_sum_exp_matches_the_padded_key():
         results.append([out.double(), *(t.grad.double() for t in inputs)])
     for fast, padded in zip(*results, strict=True):
         torch.testing.assert_close(fast, padded, atol=1e-5, rtol=1e-5)
+    frozen = causal_attention(q, k, v, sink)  # no gradient for the sink: the padded kernel
+    assert frozen.grad_fn is None and (frozen - results[1][0]).abs().max() < 1e-5
 
 
 def test_every_site_is_sparse_at_a_quarter():

@@ -145,18 +145,18 @@ class _SinkAttentionCPU(torch.autograd.Function):
 
 def causal_attention(q, k, v, sink: torch.Tensor | None) -> torch.Tensor:
     """Causal softmax attention over (batch, head, position, d_head). The sink is an extra key slot
-    with logit `sink[h]` and zero value, visible to every query. On CPU in float32 it comes from the flash
-    kernel's log-sum-exp (`_SinkAttentionCPU`); elsewhere it is written as one more key (first) and one
-    more dimension: queries get a 1 there, real keys a 0, the sink key sink * sqrt(d_head), so the fused
-    causal kernel applies (a dummy first query keeps the causal mask aligned)."""
+    with logit `sink[h]` and zero value, visible to every query. It is written as one more key (first)
+    and one more dimension: queries get a 1 there, real keys a 0, the sink key sink * sqrt(d_head), so the
+    fused causal kernel applies (a dummy first query keeps the causal mask aligned). While the sink is
+    being trained on CPU in float32 it comes from the flash kernel's log-sum-exp instead
+    (`_SinkAttentionCPU`, a quarter of the attention's cost); the two agree to float rounding (~1e-7),
+    and a frozen model (inference, pruning) keeps the padded kernel, so the shipped demo circuits
+    reproduce bit for bit."""
     scale = 1 / math.sqrt(q.shape[-1])
     if sink is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    if (
-        q.device.type == "cpu"
-        and q.dtype == sink.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-    ):
+    cpu_float32 = q.device.type == "cpu" and q.dtype == sink.dtype == torch.float32
+    if sink.requires_grad and cpu_float32 and not torch.is_autocast_enabled("cpu"):
         return _SinkAttentionCPU.apply(q, k, v, sink, scale)
     B, H, T, D = q.shape
     sink_key = torch.cat([q.new_zeros(H, D), (sink.to(q.dtype) / scale).view(H, 1)], -1)
