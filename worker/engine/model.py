@@ -150,13 +150,14 @@ def causal_attention(q, k, v, sink: torch.Tensor | None) -> torch.Tensor:
     fused causal kernel applies (a dummy first query keeps the causal mask aligned). While the sink is
     being trained on CPU in float32 it comes from the flash kernel's log-sum-exp instead
     (`_SinkAttentionCPU`, a quarter of the attention's cost); the two agree to float rounding (~1e-7),
-    and a frozen model (inference, pruning) keeps the padded kernel, so the shipped demo circuits
-    reproduce bit for bit."""
+    and every other pass (inference, pruning, evaluation) keeps the padded kernel, so the shipped demo
+    circuits reproduce bit for bit."""
     scale = 1 / math.sqrt(q.shape[-1])
     if sink is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     cpu_float32 = q.device.type == "cpu" and q.dtype == sink.dtype == torch.float32
-    if sink.requires_grad and cpu_float32 and not torch.is_autocast_enabled("cpu"):
+    trained = torch.is_grad_enabled() and sink.requires_grad
+    if trained and cpu_float32 and not torch.is_autocast_enabled("cpu"):
         return _SinkAttentionCPU.apply(q, k, v, sink, scale)
     B, H, T, D = q.shape
     sink_key = torch.cat([q.new_zeros(H, D), (sink.to(q.dtype) / scale).view(H, 1)], -1)
