@@ -62,6 +62,25 @@ def test_sink_attention_from_the_kernels_log_sum_exp_matches_the_padded_key():
     assert frozen.grad_fn is None and (frozen - results[1][0]).abs().max() < 1e-5
 
 
+def test_bigram_rows_are_added_in_one_pass_as_torch_adds_them():
+    from worker.engine.kernels import add_table_rows
+
+    torch.manual_seed(0)
+    table = torch.randn(50, 50, requires_grad=True)
+    logits = torch.randn(3, 7, 50, requires_grad=True)
+    idx = torch.randint(0, 50, (3, 7))
+    grad = torch.randn(3, 7, 50)
+    fast = add_table_rows(logits, table, idx)
+    slow = logits + torch.nn.functional.embedding(idx, table)
+    assert torch.equal(fast, slow)
+    fast_grads = torch.autograd.grad(fast, [logits, table], grad)
+    slow_grads = torch.autograd.grad(slow, [logits, table], grad)
+    for a, b in zip(fast_grads, slow_grads, strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(IndexError, match="token ids"):
+        add_table_rows(logits, table, torch.full((3, 7), 50))
+
+
 def test_every_site_is_sparse_at_a_quarter():
     model = make_model()
     x = torch.randint(0, 64, (3, 16))

@@ -4,7 +4,8 @@
 |x| satisfy |x| >= t (ties at the k-th largest keep all tied entries). torch.topk on short rows costs
 about 40 cycles an entry on these CPUs (branchy selection); counting is branch-free and vectorises.
 `abs_topk` applies it in one kernel each way (forward: the kept entries and their mask; backward: the
-gradient through the mask); `topk_project_cpu_` is the weight top-k projection in place, with the
+gradient through the mask); `add_table_rows` adds the bigram table's rows to the logits in one pass;
+`topk_project_cpu_` is the weight top-k projection in place, with the
 per-slice minimum, in one compiled call per matrix; other devices and dtypes take the torch path."""
 
 from __future__ import annotations
@@ -224,6 +225,8 @@ class _AddTableRows(torch.autograd.Function):
 def add_table_rows(logits: torch.Tensor, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """logits (..., V) + table[idx] (idx (...) of row indices): the bigram table's contribution."""
     if _cpu_float32(logits) and _cpu_float32(table) and table.is_contiguous():
+        if idx.numel() and not 0 <= int(idx.min()) <= int(idx.max()) < table.shape[0]:
+            raise IndexError(f"token ids must lie in [0, {table.shape[0]}) (the kernel does not check)")
         return _AddTableRows.apply(logits, table, idx)
     return logits + F.embedding(idx, table).to(logits.dtype)
 
