@@ -199,16 +199,30 @@ Unit = Annotated[
 ]
 
 
+SelectPairs = Annotated[
+    int | None,
+    typer.Option(help="pairs from further held-out files that choose between runs (0: the bisection pairs)"),
+]
+
+
 def prune_config(
     target_loss: float | None,
     runs: int | None,
     steps: int | None,
     ablation: str | None = None,
     unit: str | None = None,
+    select_pairs: int | None = None,
 ):
     from worker.engine.prune import PruneConfig
 
-    given = {"target_loss": target_loss, "runs": runs, "steps": steps, "ablation": ablation, "unit": unit}
+    given = {
+        "target_loss": target_loss,
+        "runs": runs,
+        "steps": steps,
+        "ablation": ablation,
+        "unit": unit,
+        "select_pairs": select_pairs,
+    }
     return PruneConfig(**{k: v for k, v in given.items() if v is not None})
 
 
@@ -244,13 +258,15 @@ def prune(
     steps: Steps = None,
     ablation: Ablation = None,
     unit: Unit = None,
+    select_pairs: SelectPairs = None,
     validate: Annotated[bool, typer.Option("--validate", help="also run the controls")] = False,
 ) -> None:
     """Prune a model to the smallest circuit that does a task."""
     from worker.engine.checkpoints import atomic_write_text
 
     try:
-        circuit = prune_one(model, task, prune_config(target_loss, runs, steps, ablation, unit), validate)
+        cfg = prune_config(target_loss, runs, steps, ablation, unit, select_pairs)
+        circuit = prune_one(model, task, cfg, validate)
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, json.dumps(circuit.to_json(), indent=1))
     except USER_ERRORS as e:

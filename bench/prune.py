@@ -2,7 +2,7 @@
 size it reaches against a wider search (ratio), measured in one run. Losses are the circuit's
 calibrated loss on the held-out train pairs that chose its size, and on the test split.
 
-    python bench/prune.py --model data/models/small [--tasks a,b] [--wide-runs 32]"""
+    python bench/prune.py --model data/models/small [--tasks a,b] [--wide-runs 32] [--select-pairs 256]"""
 
 from __future__ import annotations
 
@@ -20,13 +20,15 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--tasks", default="single_double_quote")
     ap.add_argument("--wide-runs", type=int, default=32)
+    ap.add_argument("--select-pairs", type=int, default=0, help="the wide search chooses its run on these")
     args = ap.parse_args()
     model, tok, run = load_model(args.model)
     ablation = load_ablation(args.model, model, tok, run)
     for name in args.tasks.split(","):
         task = build_task(get_task(name), tok)
         rows = {}
-        for label, cfg in (("default", PruneConfig()), ("wide", PruneConfig(runs=args.wide_runs))):
+        wide = PruneConfig(runs=args.wide_runs, select_pairs=args.select_pairs)
+        for label, cfg in (("default", PruneConfig()), ("wide", wide)):
             t0 = time.perf_counter()
             c = find_circuit(model, task, ablation, cfg, args.model)
             rows[label] = (time.perf_counter() - t0, cfg.runs, len(c.nodes), len(c.edges))

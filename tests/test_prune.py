@@ -26,7 +26,10 @@ from worker.engine.prune import (
     drop_unneeded,
     find_circuit,
     keep_top,
+    prune,
+    split_files,
     split_train,
+    task_logits,
     validate,
 )
 from worker.engine.sites import parse_node
@@ -221,6 +224,32 @@ def test_held_out_pairs_come_from_files_the_masks_never_see(loaded):
     assert held_files and rest_files and not held_files & rest_files
     again, _ = split_train(task, eval_pairs=16)
     assert torch.equal(held, again)  # fixed by the seed
+
+
+def test_runs_are_chosen_on_selection_pairs_from_files_of_their_own(loaded):
+    """select_pairs: a third file-disjoint part judges each run, with the calibration that sized it."""
+    from worker.engine.tasks.base import pair_labels
+
+    model, _, ablation, task = loaded
+    parts = split_files(task, [16, 16])
+    assert len(parts) == 3 and sum(len(p) for p in parts) == len(task.train)
+    rows = {
+        tuple(p.flatten().tolist()): source_file(s)
+        for p, s in zip(task.train, task.sources["train"], strict=True)
+    }
+    files = [{rows[tuple(p.flatten().tolist())] for p in part} for part in parts]
+    assert all(files) and not (files[0] & files[1] or files[0] & files[2] or files[1] & files[2])
+    assert torch.equal(parts[0], split_train(task, 16)[0])  # the bisection pairs are those of select_pairs=0
+    for select_pairs, judged_on in ((0, parts[0]), (16, parts[1])):
+        cfg = PruneConfig(
+            steps=2, runs=2, eval_pairs=16, batch_pairs=8, refine_nodes=0, select_pairs=select_pairs
+        )
+        best = prune(model, task, ablation, cfg)
+        logits = task_logits(
+            model, task, judged_on, keep_top(best.masks, best.order, best.k), best.masks, ablation
+        )
+        expected = calibrated_loss(logits, pair_labels(len(judged_on)), best.scale, best.shift)
+        assert best.selection_loss == pytest.approx(expected, abs=1e-6)
 
 
 def test_each_ablation_mode_replaces_masked_nodes_by_its_definition(loaded):

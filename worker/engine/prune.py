@@ -56,6 +56,9 @@ class PruneConfig(BaseModel):
     init_mean: float = Field(0.1, ge=-100, le=100)
     init_std: float = Field(0.01, ge=0, le=100)
     runs: int = Field(2, ge=1, le=256)  # hyper-parameter search around the centre
+    # Pairs from further held-out files that choose between runs (0: the bisection pairs choose; a
+    # wide search that picks the best of many runs on the pairs that sized them overfits those pairs).
+    select_pairs: int = Field(0, ge=0, le=65_536)
     refine_nodes: int = Field(
         32, ge=0, le=65_536
     )  # greedy pass over the circuit's lowest-ranked nodes (0 = off)
@@ -187,23 +190,42 @@ def split_train(task: TaskData, eval_pairs: int, seed: int = 0) -> tuple[torch.T
     there predicts its loss on the test split (pairs from same-file neighbours share the file's quirks).
     The held-out part takes whole files, in an order fixed by seed, until it has eval_pairs pairs
     (at most a quarter of the split)."""
+    held_out, rest = split_files(task, [eval_pairs], seed)
+    return held_out, rest
+
+
+def split_files(task: TaskData, sizes: list[int], seed: int = 0) -> list[torch.Tensor]:
+    """The train split in len(sizes) + 1 file-disjoint parts: whole files, in an order fixed by seed,
+    until each part has its size (at most a quarter of the split each), then the rest."""
     train = task.train
     if len(train) < 8:
-        return train, train
-    want = min(eval_pairs, len(train) // 4)
+        return [train] * (len(sizes) + 1)
     sources = task.sources.get("train") or [f"pair{i}" for i in range(len(train))]
-    per_file = Counter(source_file(s) for s in sources)
+    files_of = [source_file(s) for s in sources]
+    per_file = Counter(files_of)
     files = list(per_file)  # first-seen order, then shuffled by seed
     random.Random(f"{task.name}/{seed}").shuffle(files)
-    held_files, count = set(), 0
-    for f in files:
-        if count >= want:
-            break
-        if count + per_file[f] <= want or not held_files:
-            held_files.add(f)
-            count += per_file[f]
-    held = torch.tensor([source_file(s) in held_files for s in sources])
-    return train[held], train[~held]
+    parts, taken = [], set()
+    for size in sizes:
+        want, part, count = min(size, len(train) // 4), set(), 0
+        for f in files:
+            if count >= want:
+                break
+            if f not in taken and (count + per_file[f] <= want or not part):
+                part.add(f)
+                count += per_file[f]
+        taken |= part
+        parts.append(train[torch.tensor([f in part for f in files_of])])
+    return [*parts, train[torch.tensor([f not in taken for f in files_of])]]
+
+
+def train_parts(task: TaskData, cfg: PruneConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(bisection and calibration pairs, run-selection pairs, mask-training pairs) for a prune."""
+    if not cfg.select_pairs:
+        held_out, mask_train = split_train(task, cfg.eval_pairs, cfg.seed)
+        return held_out, held_out, mask_train
+    held_out, select, mask_train = split_files(task, [cfg.eval_pairs, cfg.select_pairs], cfg.seed)
+    return held_out, select, mask_train
 
 
 @contextlib.contextmanager
@@ -260,7 +282,7 @@ def prune(
 ) -> PruneResult:
     """Search over `cfg.runs` hyper-parameter settings; keep the smallest circuit that meets the target."""
     report = on_progress or (lambda f, m: None)
-    held_out, mask_train = split_train(task, cfg.eval_pairs, cfg.seed)
+    held_out, select, mask_train = train_parts(task, cfg)
     best: PruneResult | None = None
     best_key = None
     runs: list[SearchRun] = []
@@ -277,6 +299,9 @@ def prune(
         active = int((tau > 0).sum())
         target = cfg.target_loss
         k, loss, scale, shift = bisect_nodes(model, task, ablation, masks, order, active, target, held_out)
+        if select is not held_out:  # the run is judged on other files, with the calibration it was sized with
+            logits = task_logits(model, task, select, keep_top(masks, order, k), masks, ablation)
+            loss = calibrated_loss(logits, pair_labels(len(select)), scale, shift)
         runs.append(SearchRun(k_coef, lr, active, k, loss, loss <= target))
         key = (runs[-1].reached_target, -k, -loss)  # meets the target, then fewest nodes, then lowest loss
         if best is None or key > best_key:
@@ -416,7 +441,7 @@ def find_circuit(
     keep = keep_top(masks, order, k)
     nodes, edges = masks.parts(model, order[:k], result.tau)
     active = max(k, int((result.tau > 0).sum()))
-    _, mask_train = split_train(task, cfg.eval_pairs, cfg.seed)
+    *_, mask_train = train_parts(task, cfg)
     own_pairs = mask_train[: cfg.eval_pairs]
     own = task_logits(model, task, own_pairs, keep, masks, ablation)
     circuit = Circuit(
