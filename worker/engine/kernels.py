@@ -75,16 +75,6 @@ def _score(bits, i, j, floors, per_column):
     return INF_BITS if s >= floors[i] else s
 
 
-@numba.njit(cache=True, boundscheck=False)
-def _count_at_least(bits, floors, per_column, cand):
-    # Serial: it runs up to 31 times per matrix, and a parallel launch costs more than these counts.
-    total = 0
-    for i in range(bits.shape[0]):
-        for j in range(bits.shape[1]):
-            total += _score(bits, i, j, floors, per_column) >= cand
-    return total
-
-
 @numba.njit(parallel=True, cache=True, boundscheck=False)
 def _slice_floors(bits, min_per, per_column):
     if per_column:
@@ -99,39 +89,32 @@ def _slice_floors(bits, min_per, per_column):
     return floors
 
 
-@numba.njit(parallel=True, cache=True, boundscheck=False)
-def _zero_below(bits, floors, per_column, t):
-    for i in numba.prange(bits.shape[0]):
-        for j in range(bits.shape[1]):
-            if _score(bits, i, j, floors, per_column) < t:
-                bits[i, j] = 0
-
-
 @numba.njit(cache=True, boundscheck=False)
 def _project_bits(bits, k, min_per, per_column):
     floors = _slice_floors(bits, min_per, per_column) if min_per else np.empty(0, np.int32)
-    t = 0  # the threshold over the scores, bit by bit from the top as in _row_threshold
-    for b in range(30, -1, -1):
-        cand = t | (1 << b)
-        count = _count_at_least(bits, floors, per_column, cand)
-        if count >= k:
-            t = cand
-            if count == k:
-                break
-    _zero_below(bits, floors, per_column, t)
+    m, n = bits.shape
+    scores = np.empty(m * n, np.int32)
+    for i in range(m):
+        for j in range(n):
+            scores[i * n + j] = _score(bits, i, j, floors, per_column)
+    t = _row_threshold(scores, k)  # the global threshold: the whole matrix as one row of scores
+    for i in range(m):
+        for j in range(n):
+            if scores[i * n + j] < t:
+                bits[i, j] = 0
 
 
 def _set_threads() -> None:
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 
-def _cpu_float32(x: torch.Tensor) -> bool:
+def cpu_float32(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32
 
 
 def topk_threshold(x: torch.Tensor, k: int) -> torch.Tensor:
     """(..., 1) thresholds with |x| >= t true for the k largest |x| of each row (last axis)."""
-    if not _cpu_float32(x):
+    if not cpu_float32(x):
         return x.abs().topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
     rows = x.detach().reshape(-1, x.shape[-1]).contiguous()
     out = torch.empty(rows.shape[0], dtype=torch.int32)
@@ -169,7 +152,7 @@ def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:
     kept entries only, as through a mask. Ties at the k-th largest |x| (measure zero) keep them all."""
     if k >= x.shape[-1]:
         return x
-    if _cpu_float32(x):
+    if cpu_float32(x):
         return _AbsTopK.apply(x, k)
     with torch.no_grad():
         keep = x.abs() >= topk_threshold(x, k)
@@ -224,7 +207,7 @@ class _AddTableRows(torch.autograd.Function):
 
 def add_table_rows(logits: torch.Tensor, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """logits (..., V) + table[idx] (idx (...) of row indices): the bigram table's contribution."""
-    if _cpu_float32(logits) and _cpu_float32(table) and table.is_contiguous():
+    if cpu_float32(logits) and cpu_float32(table) and table.is_contiguous():
         if idx.numel() and not 0 <= int(idx.min()) <= int(idx.max()) < table.shape[0]:
             raise IndexError(f"token ids must lie in [0, {table.shape[0]}) (the kernel does not check)")
         return _AddTableRows.apply(logits, table, idx)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .kernels import abs_topk, add_table_rows
+from .kernels import abs_topk, add_table_rows, cpu_float32
 from .sites import LAYER_SITES, resid_locations, site_dims
 
 
@@ -155,9 +155,8 @@ def causal_attention(q, k, v, sink: torch.Tensor | None) -> torch.Tensor:
     scale = 1 / math.sqrt(q.shape[-1])
     if sink is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    cpu_float32 = q.device.type == "cpu" and q.dtype == sink.dtype == torch.float32
     trained = torch.is_grad_enabled() and sink.requires_grad
-    if trained and cpu_float32 and not torch.is_autocast_enabled("cpu"):
+    if trained and cpu_float32(q) and cpu_float32(sink) and not torch.is_autocast_enabled("cpu"):
         return _SinkAttentionCPU.apply(q, k, v, sink, scale)
     B, H, T, D = q.shape
     sink_key = torch.cat([q.new_zeros(H, D), (sink.to(q.dtype) / scale).view(H, 1)], -1)

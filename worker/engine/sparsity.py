@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .kernels import topk_project_cpu_, topk_threshold
+from .kernels import cpu_float32, topk_project_cpu_, topk_threshold
 
 # Matrices whose rows are a neuron's / channel's inputs, and whose columns are a channel's outputs.
 ROW_MIN = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "fc_in.weight")
@@ -52,7 +52,7 @@ def topk_project_(w: torch.Tensor, k: int, min_per: int = 0, min_dim: int | None
     Ties with the k-th largest (zeros, when fewer than k entries are nonzero) may keep a few more."""
     if k >= w.numel():
         return
-    if w.device.type == "cpu" and w.dtype == torch.float32 and w.is_contiguous():
+    if cpu_float32(w) and w.is_contiguous():
         return topk_project_cpu_(w, k, min_per if min_dim is not None else 0, min_dim == 0)
     score = w.abs()
     if min_per and min_dim is not None:
