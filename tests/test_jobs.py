@@ -48,6 +48,9 @@ def test_auth_validation_and_caps(make_api, database_url):
     assert "model 99 does not exist" in rejected("prune", {"model_id": 99, "task": "single_double_quote"})
     assert "model_id" in rejected("profile", {})
     assert "unknown task" in rejected("prune", {"model_id": 1, "task": "no_such_task"})
+    for select_pairs in (-1, 5000, "many"):
+        quote = {"model_id": 1, "task": "single_double_quote", "select_pairs": select_pairs}
+        assert "select_pairs" in rejected("prune", quote)
     assert "does not match any of the expected tags" in rejected("nonsense", {})
     r = c.post("/api/v1/jobs", content=b"{not json", headers={"x-api-key": api.key})
     assert r.status_code == 422

@@ -35,6 +35,12 @@ class PruneParams(Strict):
     lr: float = from_engine(PruneConfig, "lr")
     batch_pairs: int = from_engine(PruneConfig, "batch_pairs", le=PAIRS)
     eval_pairs: int = from_engine(PruneConfig, "eval_pairs", le=PAIRS)
+    select_pairs: int = from_engine(
+        PruneConfig,
+        "select_pairs",
+        le=PAIRS,
+        description="pairs from further held-out train files that choose between runs (0: bisection pairs)",
+    )
     curve_points: int = from_engine(PruneConfig, "curve_points")
     curve_pairs: int = from_engine(PruneConfig, "curve_pairs", le=PAIRS)
     seed: Seed = from_engine(PruneConfig, "seed")

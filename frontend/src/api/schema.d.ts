@@ -2072,6 +2072,12 @@ export interface components {
              */
             seed: number;
             /**
+             * Select Pairs
+             * @description pairs from further held-out train files that choose between runs (0: bisection pairs)
+             * @default 0
+             */
+            select_pairs: number;
+            /**
              * Steps
              * @description mask steps per run
              * @default 100
